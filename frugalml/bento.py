@@ -1,0 +1,90 @@
+"""BentoML packaging: model store, bento build, export and import.
+
+The BentoML home (model and bento store) is ``.frugalml/bentoml`` in the workspace unless
+``$BENTOML_HOME`` is set; call ``use_workspace_home`` before bentoml is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+SERVICE = "frugalml.serving.service:Classifier"
+BENTO_INCLUDE = ["frugalml/__init__.py", "frugalml/errors.py", "frugalml/images.py", "frugalml/modeling.py",
+                 "frugalml/serving/__init__.py", "frugalml/serving/service.py"]
+
+
+def use_workspace_home(root: str | os.PathLike = ".") -> Path:
+    home = Path(os.environ.get("BENTOML_HOME") or Path(root).resolve() / ".frugalml" / "bentoml")
+    os.environ["BENTOML_HOME"] = str(home)
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def package_root() -> Path:
+    """The folder that holds the ``frugalml`` package (the bento's build context)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def save_model(name: str, version: str, model_file: Path, info: dict) -> str:
+    import bentoml
+
+    tag = f"{name}:{version}"
+    try:
+        return str(bentoml.models.get(tag).tag)
+    except bentoml.exceptions.NotFound:
+        pass
+    labels = {"run_id": str(info.get("run_id", "")), "gate": str(info.get("gate", {}).get("decision", ""))}
+    with bentoml.models.create(tag, labels=labels, metadata=info) as ref:
+        shutil.copyfile(model_file, ref.path_of("model.pt"))
+        Path(ref.path_of("frugalml.json")).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+    return tag
+
+
+def build_bento(name: str, version: str, model_tag: str, serving) -> str:
+    import bentoml
+
+    tag = f"{name}:{version}"
+    try:
+        return str(bentoml.bentos.get(tag).tag)
+    except bentoml.exceptions.NotFound:
+        pass
+    bento = bentoml.bentos.build(
+        SERVICE, name=name, version=version, build_ctx=str(package_root()), include=BENTO_INCLUDE,
+        labels={"frugalml": "true"},
+        python={"packages": ["torch", "torchvision", "pillow", "pydantic"], "lock_packages": False},
+        args={"model_tag": model_tag, "max_image_bytes": serving.max_image_bytes,
+              "max_image_pixels": serving.max_image_pixels, "top_k": serving.top_k},
+    )
+    return str(bento.tag)
+
+
+def export_bento(tag: str, dest: Path) -> Path:
+    import bentoml
+
+    dest = dest.resolve()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.stem}.part.bento")
+    tmp.unlink(missing_ok=True)
+    out = Path(bentoml.export_bento(tag, str(tmp)))
+    os.replace(out, dest)
+    return dest
+
+
+def import_bento(path: Path) -> str:
+    import bentoml
+
+    return str(bentoml.import_bento(str(path)).tag)
+
+
+def has_bento(tag: str) -> bool:
+    import bentoml
+
+    try:
+        bentoml.bentos.get(tag)
+        return True
+    except bentoml.exceptions.NotFound:
+        return False

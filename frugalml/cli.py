@@ -1,0 +1,259 @@
+"""The ``frugalml`` command line.
+
+Exit codes: 0 success; 2 usage or configuration error; 3 the pipeline ran and rejected
+(validation failed, gate rejected); 1 an unexpected failure. Errors print one readable
+message; ``--debug`` shows the traceback too.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from frugalml.console import err
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Cost-aware MLOps pipeline for image classification.")
+storage_app = typer.Typer(no_args_is_help=True, help="The embedded S3 server (SeaweedFS) and DVC's remote settings.")
+data_app = typer.Typer(no_args_is_help=True, help="Labeled image sources.")
+runs_app = typer.Typer(no_args_is_help=True, help="Run records in the object store.")
+models_app = typer.Typer(no_args_is_help=True, help="The model registry.")
+app.add_typer(storage_app, name="storage")
+app.add_typer(data_app, name="data")
+app.add_typer(runs_app, name="runs")
+app.add_typer(models_app, name="models")
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks.")) -> None:
+    _state["debug"] = debug
+
+
+def _cfg(overrides: list[str] | None = None):
+    from frugalml import config
+
+    return config.load(overrides=overrides)
+
+
+def _store(cfg=None):
+    from frugalml.store import Store
+
+    cfg = cfg or _cfg()
+    return Store.from_config(cfg.storage)
+
+
+# -- storage ------------------------------------------------------------------------------
+@storage_app.command("up")
+def storage_up() -> None:
+    """Start the embedded S3 server on 127.0.0.1 (idempotent) and point DVC at it."""
+    from frugalml.dvcconf import write_local_config
+    from frugalml.embedded import EmbeddedS3
+    from frugalml.store import resolve_settings
+
+    cfg = _cfg()
+    info = EmbeddedS3(".", cfg.storage.bucket).up()
+    err.print(f"embedded S3 server running at {info.endpoint_url} (pid {info.pid}), bucket {cfg.storage.bucket}")
+    if Path(".dvc").is_dir() and not cfg.storage.endpoint_url:
+        write_local_config(cfg, resolve_settings(cfg.storage))
+        err.print("DVC remotes 'storage' and 'source' configured in .dvc/config.local")
+
+
+@storage_app.command("down")
+def storage_down() -> None:
+    """Stop the embedded S3 server (its data stays under .frugalml/storage)."""
+    from frugalml.embedded import EmbeddedS3
+
+    err.print("stopped" if EmbeddedS3(".").down() else "not running")
+
+
+@storage_app.command("status")
+def storage_status() -> None:
+    """Show whether the embedded S3 server runs and answers."""
+    from frugalml.embedded import EmbeddedS3
+
+    cfg = _cfg()
+    st = EmbeddedS3(".", cfg.storage.bucket).status()
+    print(json.dumps(st, indent=2))
+    if not st["running"]:
+        raise typer.Exit(1)
+
+
+@storage_app.command("configure")
+def storage_configure() -> None:
+    """Write DVC's local remote settings (.dvc/config.local) from params.yaml and the store in use."""
+    from frugalml.dvcconf import write_local_config
+    from frugalml.store import resolve_settings
+
+    cfg = _cfg()
+    settings = resolve_settings(cfg.storage)
+    path = write_local_config(cfg, settings)
+    err.print(f"wrote {path} (remote 'storage' -> s3://{settings.bucket}/{settings.prefix}dvc, "
+              f"endpoint {settings.endpoint_url or 'AWS'})")
+
+
+# -- data -----------------------------------------------------------------------------------
+@data_app.command("upload")
+def data_upload(source: str = typer.Argument(..., help="builtin:digits or a local folder of <class>/<image> files"),
+                dest: str = typer.Argument(..., help="s3://bucket/prefix")) -> None:
+    """Upload labeled images to an S3 prefix (skips objects already there with the same size)."""
+    from frugalml.console import Progress
+    from frugalml.errors import ConfigError
+    from frugalml.sources import is_hidden, iter_folder, write_builtin_digits
+    from frugalml.store import split_s3_uri
+
+    if not dest.startswith("s3://"):
+        raise ConfigError(f"destination {dest!r} must be an s3://bucket/prefix URI")
+    cfg = _cfg()
+    store = _store(cfg)
+    root = write_builtin_digits(Path(".frugalml/builtin/digits")) if source == "builtin:digits" else Path(source)
+    bucket, prefix = split_s3_uri(dest)
+    prefix = prefix.rstrip("/") + "/"
+    existing = {}
+    paginator = store.client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            existing[o["Key"]] = o["Size"]
+    entries = [e for e in iter_folder(root) if not is_hidden(e.path) and not e.problem]
+    progress = Progress("upload", len(entries), "files")
+    sent = 0
+    for e in entries:
+        key = prefix + e.path
+        if existing.get(key) != e.size:
+            store.client.put_object(Bucket=bucket, Key=key, Body=e.read())
+            sent += 1
+        progress.update()
+    progress.close(f"({sent} uploaded, {len(entries) - sent} already there)")
+
+
+# -- run --------------------------------------------------------------------------------------
+STAGE_NAMES = ["ingest", "validate", "train", "evaluate", "gate", "package"]
+
+
+@app.command("run")
+def run(set_: list[str] = typer.Option([], "--set", help="Override a params.yaml key: KEY=VALUE (written to params.yaml)."),
+        until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage.")) -> None:
+    """Run the training pipeline (Prefect flow over the DVC stages) and print the cost table."""
+    from frugalml import config
+    from frugalml.errors import ConfigError
+    from frugalml.runs import new_run_id
+
+    if until and until not in STAGE_NAMES:
+        raise ConfigError(f"--until must be one of {', '.join(STAGE_NAMES)}")
+    if set_:
+        config.write_overrides("params.yaml", set_)
+    _cfg()  # fail fast on a bad params.yaml, before Prefect starts
+    from flows.pipeline import training_pipeline
+
+    run_id = new_run_id()
+    err.print(f"run {run_id}: starting the pipeline")
+    record = training_pipeline(run_id=run_id, overrides=set_, until=until)
+    print_summary(record)
+    if record["status"] == "rejected":
+        raise typer.Exit(3)
+    if record["status"] == "failed":
+        raise typer.Exit(1)
+
+
+def print_summary(record: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"Cost per stage, run {record['run_id']}")
+    for col in ("stage", "status", "wall s", "CPU s", "peak RSS MB", "USD"):
+        t.add_column(col, justify="left" if col in ("stage", "status") else "right")
+    for r in record["stages"]:
+        t.add_row(r["stage"], r["status"], f"{r['wall_s']:.1f}", f"{r['cpu_s']:.1f}", f"{r['peak_rss_mb']:.0f}",
+                  f"{r['usd']:.5f}")
+    t.add_row("total", "", "", "", "", f"{record['total_usd']:.5f}")
+    err.print(t)
+    gate = record.get("gate")
+    if gate:
+        parts = [f"{c['name']} {c['value']:.4f} {c['op']} {c['threshold']} ({'pass' if c['passed'] else 'FAIL'})"
+                 for c in gate["checks"]]
+        color = "green" if gate["decision"] == "accept" else "red"
+        err.print(f"gate: [bold {color}]{gate['decision'].upper()}[/bold {color}] - " + "; ".join(parts))
+    if record.get("package"):
+        p = record["package"]
+        err.print(f"packaged {p['model']} {p['version']} -> {p['bento_uri']}")
+    if record.get("no_change"):
+        err.print("no change: every stage was up to date")
+    if record["status"] != "succeeded":
+        err.print(f"[bold red]run {record['status']}[/bold red]: {record['message']}")
+    err.print(f"run record: {record.get('record_uri', '')}")
+
+
+# -- runs / models --------------------------------------------------------------------------------
+@runs_app.command("list")
+def runs_list() -> None:
+    """List run records."""
+    from frugalml.runs import get_record, list_runs
+
+    store = _store()
+    for rid in list_runs(store):
+        r = get_record(store, rid)
+        acc = (r.get("gate") or {}).get("checks", [{}])[0].get("value", "")
+        print(f"{rid}  {r['status']:<9}  ${r['total_usd']:.5f}  {'no change' if r.get('no_change') else ''}{acc}")
+
+
+@runs_app.command("show")
+def runs_show(run_id: str) -> None:
+    """Print one run record as JSON."""
+    from frugalml.runs import get_record
+
+    print(json.dumps(get_record(_store(), run_id), indent=2))
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List registered versions of the configured model."""
+    from frugalml.registry import Registry
+
+    cfg = _cfg()
+    reg = Registry(_store(cfg), cfg.model.name)
+    for v in reg.versions():
+        rec = reg.get(v)
+        print(f"{v}  accuracy {rec['metrics']['accuracy']:.4f}  gate {rec['gate']['decision']}  run {rec['run_id']}")
+
+
+@models_app.command("show")
+def models_show(version: str) -> None:
+    """Print one version record as JSON."""
+    from frugalml.registry import Registry
+
+    cfg = _cfg()
+    print(json.dumps(Registry(_store(cfg), cfg.model.name).get(version), indent=2))
+
+
+def main() -> None:
+    from frugalml.errors import FrugalError
+
+    try:
+        app(standalone_mode=False)
+    except FrugalError as exc:
+        if _state["debug"]:
+            raise
+        err.print(f"[bold red]error:[/bold red] {exc}")
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        if _state["debug"]:
+            raise
+        err.print(f"[bold red]unexpected error:[/bold red] {exc.__class__.__name__}: {exc} (rerun with --debug)")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

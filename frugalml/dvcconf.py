@@ -1,0 +1,80 @@
+"""Keep DVC's local config in step with params.yaml and the object store.
+
+Two DVC remotes, both defined in the committed ``.dvc/config`` with their default URLs:
+
+* ``storage``: the DVC remote, ``s3://<bucket>/<prefix>dvc``;
+* ``source``: ``data.source`` itself, the ingest stage's external dependency
+  (``remote://source`` in dvc.yaml), so ``dvc status`` sees new or changed source images.
+
+``.dvc/config.local`` (never committed; DVC ignores it in git) gets the endpoint and, for
+the embedded server only, its credentials. Elsewhere DVC reads AWS credentials from the
+environment like boto3 does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from frugalml.config import Params
+from frugalml.errors import ConfigError
+from frugalml.fsutil import atomic_write_text
+from frugalml.sources import describe
+from frugalml.store import S3Settings
+
+LOCAL_CONFIG = Path(".dvc") / "config.local"
+BUILTIN_DIR = Path(".frugalml") / "builtin" / "digits"
+
+
+def source_url(cfg: Params, root: Path) -> str:
+    src = cfg.data.source
+    kind = describe(src)
+    if kind == "s3":
+        return src.rstrip("/")
+    if kind == "builtin":
+        return str((root / BUILTIN_DIR).resolve())
+    return str((root / Path(src).expanduser()).resolve())
+
+
+def write_local_config(cfg: Params, settings: S3Settings, root: str | os.PathLike = ".") -> Path:
+    root = Path(root)
+    if not (root / ".dvc").is_dir():
+        raise ConfigError(f"{root.resolve()} is not a DVC repository (no .dvc/ folder): run `dvc init` there")
+    if describe(cfg.data.source) == "builtin":
+        from frugalml.sources import write_builtin_digits
+
+        write_builtin_digits(root / BUILTIN_DIR)
+    s3_opts = []
+    if settings.endpoint_url:
+        s3_opts.append(f"    endpointurl = {settings.endpoint_url}")
+    if settings.region:
+        s3_opts.append(f"    region = {settings.region}")
+    if settings.embedded and settings.access_key_id:
+        s3_opts += [f"    access_key_id = {settings.access_key_id}",
+                    f"    secret_access_key = {settings.secret_access_key}"]
+    lines = ["[core]", "    remote = storage",
+             "['remote \"storage\"']", f"    url = s3://{settings.bucket}/{settings.prefix}dvc", *s3_opts]
+    url = source_url(cfg, root)
+    lines += ["['remote \"source\"']", f"    url = {url}"]
+    if url.startswith("s3://"):
+        lines += s3_opts
+    return atomic_write_text(root / LOCAL_CONFIG, "\n".join(lines) + "\n", mode=0o600)
+
+
+def check_source_remote(cfg: Params, root: str | os.PathLike = ".") -> None:
+    """Fail clearly when DVC's ``source`` remote no longer matches ``data.source``."""
+    root = Path(root)
+    path = root / LOCAL_CONFIG
+    want = source_url(cfg, root)
+    if not path.exists():
+        return
+    section, got = None, None
+    for line in path.read_text().splitlines():
+        s = line.strip()
+        if s.startswith("["):
+            section = s
+        elif section == "['remote \"source\"']" and s.startswith("url ="):
+            got = s.split("=", 1)[1].strip()
+    if got is not None and got != want:
+        raise ConfigError(f"DVC's remote 'source' points at {got} but data.source is {cfg.data.source}: "
+                          f"run `frugalml storage configure` (frugalml run does it for you)")

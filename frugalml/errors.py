@@ -1,0 +1,41 @@
+"""One error hierarchy. The CLI and stage shells print ``str(err)`` and exit with ``err.exit_code``."""
+
+from __future__ import annotations
+
+
+class FrugalError(Exception):
+    """An error the user can act on: the message says what is wrong and what to do."""
+
+    exit_code = 1
+
+
+class ConfigError(FrugalError):
+    """params.yaml, an override or a command-line argument is wrong."""
+
+    exit_code = 2
+
+
+class StorageError(FrugalError):
+    """The object store cannot be reached or refused a request."""
+
+    exit_code = 1
+
+
+class TransientStorageError(StorageError):
+    """A fault worth retrying: connection refused, timeout, 5xx."""
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write lost a race (HTTP 412)."""
+
+
+class DataError(FrugalError):
+    """The input data cannot be used (empty source, no classes...)."""
+
+    exit_code = 2
+
+
+class Rejected(FrugalError):
+    """The pipeline ran and said no: validation failed or the gate rejected the model."""
+
+    exit_code = 3

@@ -1,0 +1,154 @@
+"""Backbones, datasets and the model file format.
+
+``models/model.pt`` is a plain dict of tensors and primitive values (state dict, classes,
+arch, image size, normalisation), so it loads with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from frugalml.errors import ConfigError
+
+ARCHS = {
+    "resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
+    "mobilenet_v3_small": "MobileNet_V3_Small_Weights", "mobilenet_v3_large": "MobileNet_V3_Large_Weights",
+    "efficientnet_b0": "EfficientNet_B0_Weights", "convnext_tiny": "ConvNeXt_Tiny_Weights",
+}
+
+
+def select_device(pref: str = "auto") -> torch.device:
+    if pref == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    return torch.device(pref)
+
+
+def _torchvision_weights(arch: str):
+    import torchvision.models as tvm
+
+    weights = getattr(tvm, ARCHS[arch]).DEFAULT
+    hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    fname = os.path.basename(weights.url)
+    path = hub_dir / fname
+    if not path.exists():
+        raise ConfigError(
+            f"model.pretrained=torchvision needs the {arch} weights, which cannot be downloaded here. "
+            f"Place the file {fname} (from {weights.url}) at {path} "
+            f"(or set $TORCH_HOME), or use model.pretrained=none or registry:<model>@<alias>.")
+    return weights
+
+
+def head_module(model: nn.Module) -> tuple[str, nn.Module]:
+    """The classifier's last Linear layer and its attribute path."""
+    for name in ("fc", "classifier", "head"):
+        mod = getattr(model, name, None)
+        if isinstance(mod, nn.Linear):
+            return name, mod
+        if isinstance(mod, nn.Sequential):
+            for i in reversed(range(len(mod))):
+                if isinstance(mod[i], nn.Linear):
+                    return f"{name}.{i}", mod[i]
+    raise ValueError("no Linear classifier head found")
+
+
+def build_model(arch: str, num_classes: int, pretrained: str = "none") -> nn.Module:
+    import torchvision.models as tvm
+
+    if arch not in ARCHS:
+        raise ConfigError(f"model.arch {arch!r} is not supported; choose one of {sorted(ARCHS)}")
+    weights = _torchvision_weights(arch) if pretrained == "torchvision" else None
+    model = getattr(tvm, arch)(weights=weights)
+    path, old = head_module(model)
+    new = nn.Linear(old.in_features, num_classes)
+    parent = model
+    *parents, last = path.split(".")
+    for p in parents:
+        parent = getattr(parent, p)
+    if last.isdigit():
+        parent[int(last)] = new
+    else:
+        setattr(parent, last, new)
+    return model
+
+
+class ManifestDataset(torch.utils.data.Dataset):
+    """Prepared images listed in the manifest, for one split."""
+
+    def __init__(self, rows: list[dict], root: Path, classes: list[str], transform):
+        self.rows = rows
+        self.root = Path(root)
+        self.index = {c: i for i, c in enumerate(classes)}
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        r = self.rows[i]
+        with Image.open(self.root / r["path"]) as im:
+            x = self.transform(im.convert("RGB"))
+        return x, self.index[r["label"]]
+
+
+def eval_transform(image_size: int, mean, std):
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def train_transform(image_size: int, mean, std):
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.Resize((image_size, image_size)),
+        T.RandomAffine(degrees=10, translate=(0.08, 0.08), scale=(0.9, 1.1)),
+        T.ToTensor(), T.Normalize(mean, std),
+    ])
+
+
+def save_model(path: Path, model: nn.Module, *, classes: list[str], arch: str, image_size: int,
+               mean, std, extra: dict | None = None) -> None:
+    from frugalml.fsutil import atomic_write_bytes
+    import io
+
+    buf = io.BytesIO()
+    torch.save({
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "classes": list(classes), "arch": arch, "image_size": int(image_size),
+        "mean": [float(m) for m in mean], "std": [float(s) for s in std], **(extra or {}),
+    }, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(blob["arch"], len(blob["classes"]))
+    model.load_state_dict(blob["state_dict"])
+    model.eval().to(device)
+    meta = {k: v for k, v in blob.items() if k != "state_dict"}
+    return model, meta
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = False

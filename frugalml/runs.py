@@ -1,0 +1,41 @@
+"""Run records: ``runs/<run_id>/`` in the bucket, with ``record.json`` written last.
+
+A run record holds the params, the overrides, dvc.lock, metrics, the cost ledger, the gate
+decision, the git commit, the flow run id and the status. Readers look for ``record.json``;
+a run without it was interrupted before it finished writing and is not listed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+from frugalml.store import Store
+
+STAGES = ["ingest", "validate", "train", "evaluate", "gate", "package"]
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def write_record(store: Store, run_id: str, record: dict, files: list[Path], root: Path = Path(".")) -> str:
+    """Upload the run's files, then ``record.json`` (the commit point)."""
+    base = f"runs/{run_id}/"
+    uploaded = []
+    for f in files:
+        p = root / f
+        if p.is_file():
+            store.put_file(base + f.as_posix(), p)
+            uploaded.append(f.as_posix())
+    store.put_json(base + "record.json", {**record, "files": uploaded}, if_none_match=True)
+    return store.uri(base + "record.json")
+
+
+def list_runs(store: Store) -> list[str]:
+    return sorted({o["key"].split("/")[1] for o in store.list("runs/") if o["key"].endswith("/record.json")})
+
+
+def get_record(store: Store, run_id: str) -> dict:
+    return store.get_json(f"runs/{run_id}/record.json")

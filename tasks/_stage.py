@@ -1,0 +1,55 @@
+"""The shell every stage runs in: load params, meter cost, turn errors into exit codes.
+
+``python -m tasks.<stage>`` (what dvc.yaml calls) ends in ``stage_main``. The cost ledger
+entry is written to ``costs/<stage>.json``; a failure is also written to
+``.frugalml/status/<stage>.json`` so the Prefect flow can tell a rejection (exit 3) from a
+fault without parsing DVC's output.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from frugalml import config
+from frugalml.config import Params
+from frugalml.console import err
+from frugalml.costs import CostMeter, price
+from frugalml.errors import FrugalError
+from frugalml.fsutil import atomic_write_json
+
+STATUS_DIR = Path(".frugalml") / "status"
+
+
+def run_id() -> str:
+    return os.environ.get("FRUGALML_RUN_ID") or time.strftime("manual-%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def stage_main(stage: str, run: Callable[[Params, CostMeter], object]) -> None:
+    status_file = STATUS_DIR / f"{stage}.json"
+    status_file.unlink(missing_ok=True)
+    code, message = 0, ""
+    try:
+        cfg = config.load()
+        with CostMeter(stage, run_id()) as meter:
+            run(cfg, meter)
+        entry = {**meter.entry, **price(meter.entry, cfg.costs)}
+        atomic_write_json(Path("costs") / f"{stage}.json", entry)
+        err.print(f"[dim]{stage}: {entry['wall_s']:.1f} s wall, {entry['cpu_s']:.1f} s CPU, "
+                  f"{entry['peak_rss_mb']:.0f} MB peak RSS, ${entry['total_usd']:.5f}[/dim]")
+    except FrugalError as exc:
+        code, message = exc.exit_code, str(exc)
+        label = "REJECTED" if code == 3 else "ERROR"
+        err.print(f"[bold red]{stage}: {label}[/bold red] {message}")
+    except KeyboardInterrupt:
+        code, message = 130, "interrupted"
+    except Exception as exc:  # a bug: show where, so it can be reported
+        code, message = 1, f"unexpected {exc.__class__.__name__}: {exc}"
+        traceback.print_exc()
+    if code:
+        atomic_write_json(status_file, {"stage": stage, "exit_code": code, "message": message})
+    sys.exit(code)

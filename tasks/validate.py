@@ -1,0 +1,163 @@
+"""Stage validate: a Great Expectations 1.x suite over the manifest and the prepared images.
+
+Writes ``metrics/validation.json`` (each expectation: observed value, threshold, pass) and the
+Great Expectations HTML report under ``reports/validation/``. A failed expectation ends the
+stage with exit code 3 and a readable list, before any GPU time is spent.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from frugalml.config import Params
+from frugalml.console import Progress, info
+from frugalml.costs import CostMeter
+from frugalml.errors import DataError, Rejected
+from frugalml.fsutil import atomic_write_json, read_json
+from tasks.ingest import MANIFEST, PREPARED, REPORT as INGEST_REPORT, read_manifest
+
+REPORT = Path("metrics/validation.json")
+HTML_DIR = Path("reports/validation")
+
+
+def _frames(cfg: Params):
+    import pandas as pd
+    from PIL import Image
+
+    rows = read_manifest()
+    if not rows:
+        raise DataError(f"{MANIFEST} is missing or empty: run the ingest stage first")
+    images = pd.DataFrame(rows)
+    for col in ("width", "height", "bytes"):
+        images[col] = images[col].astype(int)
+    decodes = []
+    progress = Progress("validate: decoding", len(images), "images")
+    for rel in images["path"]:
+        try:
+            with Image.open(PREPARED / rel) as im:
+                im.load()
+            decodes.append(True)
+        except Exception:  # noqa: BLE001 - any failure means "does not decode"
+            decodes.append(False)
+        progress.update()
+    progress.close()
+    images["decodes"] = decodes
+
+    counts = images.groupby("label").size()
+    classes = pd.DataFrame({"label": counts.index.astype(str), "count": counts.values.astype(int)})
+    hashes = images.groupby("sha256")["split"].nunique().reset_index(name="n_splits")
+    ingest = read_json(INGEST_REPORT) if INGEST_REPORT.exists() else {"counts": {"reject_ratio": 0.0}}
+    dataset = pd.DataFrame([{
+        "imbalance_ratio": float(counts.max() / counts.min()),
+        "reject_ratio": float(ingest["counts"]["reject_ratio"]),
+        "n_classes": int(len(counts)),
+    }])
+    return {"images": images, "classes": classes, "hashes": hashes, "dataset": dataset}
+
+
+def _suites(cfg: Params):
+    import great_expectations as gx
+
+    v = cfg.validate_
+    E = gx.expectations
+    suites = {
+        "images": [
+            ("labels present", E.ExpectColumnValuesToNotBeNull(column="label")),
+            ("every image decodes", E.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True])),
+            ("width within bounds", E.ExpectColumnValuesToBeBetween(
+                column="width", min_value=v.min_width, max_value=v.max_width)),
+            ("height within bounds", E.ExpectColumnValuesToBeBetween(
+                column="height", min_value=v.min_height, max_value=v.max_height)),
+            ("allowed modes", E.ExpectColumnValuesToBeInSet(column="mode", value_set=list(v.allowed_modes))),
+        ],
+        "classes": [
+            ("minimum images per class", E.ExpectColumnMinToBeBetween(
+                column="count", min_value=v.min_images_per_class)),
+        ],
+        "hashes": [
+            ("no content hash in two splits", E.ExpectColumnMaxToBeBetween(column="n_splits", max_value=1)),
+        ],
+        "dataset": [
+            ("maximum class-imbalance ratio", E.ExpectColumnMaxToBeBetween(
+                column="imbalance_ratio", max_value=v.max_imbalance_ratio)),
+            ("maximum reject ratio", E.ExpectColumnMaxToBeBetween(
+                column="reject_ratio", max_value=v.max_reject_ratio)),
+        ],
+    }
+    if v.expected_classes is not None:
+        suites["classes"].append(("expected class set", E.ExpectColumnDistinctValuesToEqualSet(
+            column="label", value_set=list(v.expected_classes))))
+    return suites
+
+
+def _threshold(kwargs: dict):
+    keep = {k: kwargs[k] for k in ("min_value", "max_value", "value_set") if kwargs.get(k) is not None}
+    return keep.get("value_set", keep) if "value_set" in keep else keep
+
+
+def _observed(result: dict):
+    if "observed_value" in result:
+        val = result["observed_value"]
+        return val.item() if hasattr(val, "item") else val
+    return {"unexpected_count": int(result.get("unexpected_count", 0)),
+            "examples": [x.item() if hasattr(x, "item") else x
+                         for x in result.get("partial_unexpected_list", [])[:5]]}
+
+
+def run(cfg: Params, meter: CostMeter) -> dict:
+    frames = _frames(cfg)
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # they flood DVC and Prefect logs
+    shutil.rmtree(HTML_DIR, ignore_errors=True)
+    HTML_DIR.mkdir(parents=True, exist_ok=True)
+    ctx.add_data_docs_site(site_name="frugalml", site_config={
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(HTML_DIR.resolve())},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    })
+    source = ctx.data_sources.add_pandas("frugalml")
+    checks = []
+    for asset_name, expectations in _suites(cfg).items():
+        batch = source.add_dataframe_asset(asset_name).add_batch_definition_whole_dataframe("all")
+        suite = ctx.suites.add(gx.ExpectationSuite(name=asset_name))
+        names = {}
+        for label, exp in expectations:
+            suite.add_expectation(exp)
+            names[id(exp)] = label
+        vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=asset_name, data=batch, suite=suite))
+        cp = ctx.checkpoints.add(gx.Checkpoint(name=asset_name, validation_definitions=[vd],
+                                               actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")]))
+        res = cp.run(batch_parameters={"dataframe": frames[asset_name]})
+        for vres in res.run_results.values():
+            for r, (label, _exp) in zip(vres.results, expectations):
+                cfg_ = r.expectation_config
+                checks.append({
+                    "name": label, "asset": asset_name, "expectation": cfg_.type,
+                    "column": cfg_.kwargs.get("column"), "observed": _observed(r.result),
+                    "threshold": _threshold(cfg_.kwargs), "success": bool(r.success),
+                })
+    failed = [c for c in checks if not c["success"]]
+    report = {"success": not failed, "images": int(len(frames["images"])), "expectations": checks,
+              "failed": [c["name"] for c in failed], "html_report": str(HTML_DIR / "index.html")}
+    atomic_write_json(REPORT, report)
+    info(f"validate: {len(checks) - len(failed)}/{len(checks)} expectations passed "
+         f"(report: {HTML_DIR / 'index.html'})")
+    if failed:
+        lines = [f"  - {c['name']}: observed {c['observed']}, expected {c['threshold']}" for c in failed]
+        raise Rejected("data validation failed:\n" + "\n".join(lines) +
+                       f"\nSee {REPORT} and {HTML_DIR / 'index.html'}.")
+    return report
+
+
+def main() -> None:
+    from tasks._stage import stage_main
+
+    stage_main("validate", run)
+
+
+if __name__ == "__main__":
+    main()
