@@ -39,6 +39,7 @@ class StageOutcome:
     ran: bool
     wall_s: float
     cost: dict = field(default_factory=dict)
+    failed: bool = False
 
 
 def _env(run_id: str) -> dict:
@@ -115,11 +116,20 @@ def record_run(cfg_storage, run_id: str, record: dict) -> str:
     return write_record(Store.from_config(cfg_storage), run_id, record, files)
 
 
+def _failed_outcome(stage: str, run_id: str) -> StageOutcome:
+    """The cost of a stage that ended in rejection or failure (it still ran and cost money)."""
+    cost_file = Path("costs") / f"{stage}.json"
+    cost = read_json(cost_file) if cost_file.exists() else {}
+    ran = cost.get("run_id") == run_id
+    return StageOutcome(stage, ran, cost.get("wall_s", 0.0) if ran else 0.0, cost if ran else {}, failed=True)
+
+
 def cost_rows(outcomes: list[StageOutcome]) -> list[dict]:
     rows = []
     for o in outcomes:
         c = o.cost
-        rows.append({"stage": o.stage, "status": "ran" if o.ran else "up to date",
+        status = "failed" if o.failed else "ran" if o.ran else "up to date"
+        rows.append({"stage": o.stage, "status": status,
                      "wall_s": round(c.get("wall_s", 0.0), 2), "cpu_s": round(c.get("cpu_s", 0.0), 2),
                      "peak_rss_mb": c.get("peak_rss_mb", 0), "usd": c.get("total_usd", 0.0),
                      "check_wall_s": round(o.wall_s, 2)})
@@ -146,11 +156,10 @@ def training_pipeline(run_id: str, overrides: list[str] | None = None, until: st
             break
         try:
             outcomes.append(run_stage.with_options(name=stage)(stage, run_id))
-        except Rejected as exc:
-            status, message = "rejected", str(exc)
-            break
         except FrugalError as exc:
-            status, message = "failed", str(exc)
+            status = "rejected" if isinstance(exc, Rejected) else "failed"
+            message = str(exc)
+            outcomes.append(_failed_outcome(stage, run_id))
             break
     push_s = 0.0
     if status != "failed":

@@ -99,16 +99,17 @@ def storage_configure() -> None:
 # -- data -----------------------------------------------------------------------------------
 @data_app.command("upload")
 def data_upload(source: str = typer.Argument(..., help="builtin:digits or a local folder of <class>/<image> files"),
-                dest: str = typer.Argument(..., help="s3://bucket/prefix")) -> None:
+                dest: Optional[str] = typer.Argument(None, help="s3://bucket/prefix (default: data.source)")) -> None:
     """Upload labeled images to an S3 prefix (skips objects already there with the same size)."""
     from frugalml.console import Progress
     from frugalml.errors import ConfigError
     from frugalml.sources import is_hidden, iter_folder, write_builtin_digits
     from frugalml.store import split_s3_uri
 
+    cfg = _cfg()
+    dest = dest or cfg.data.source
     if not dest.startswith("s3://"):
         raise ConfigError(f"destination {dest!r} must be an s3://bucket/prefix URI")
-    cfg = _cfg()
     store = _store(cfg)
     root = write_builtin_digits(Path(".frugalml/builtin/digits")) if source == "builtin:digits" else Path(source)
     bucket, prefix = split_s3_uri(dest)
@@ -232,7 +233,8 @@ def main() -> None:
     from frugalml.errors import FrugalError
 
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
     except FrugalError as exc:
         if _state["debug"]:
             raise

@@ -31,7 +31,7 @@ class Entry:
 
 def is_hidden(path: str) -> bool:
     parts = PurePosixPath(path).parts
-    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+    return any((p.startswith(".") and p not in (".", "..")) or p == "__MACOSX" for p in parts)
 
 
 def describe(source: str) -> str:

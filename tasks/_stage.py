@@ -33,14 +33,11 @@ def stage_main(stage: str, run: Callable[[Params, CostMeter], object]) -> None:
     status_file = STATUS_DIR / f"{stage}.json"
     status_file.unlink(missing_ok=True)
     code, message = 0, ""
+    cfg = meter = None
     try:
         cfg = config.load()
         with CostMeter(stage, run_id()) as meter:
             run(cfg, meter)
-        entry = {**meter.entry, **price(meter.entry, cfg.costs)}
-        atomic_write_json(Path("costs") / f"{stage}.json", entry)
-        err.print(f"[dim]{stage}: {entry['wall_s']:.1f} s wall, {entry['cpu_s']:.1f} s CPU, "
-                  f"{entry['peak_rss_mb']:.0f} MB peak RSS, ${entry['total_usd']:.5f}[/dim]")
     except FrugalError as exc:
         code, message = exc.exit_code, str(exc)
         label = "REJECTED" if code == 3 else "ERROR"
@@ -50,6 +47,12 @@ def stage_main(stage: str, run: Callable[[Params, CostMeter], object]) -> None:
     except Exception as exc:  # a bug: show where, so it can be reported
         code, message = 1, f"unexpected {exc.__class__.__name__}: {exc}"
         traceback.print_exc()
+    if cfg is not None and meter is not None and meter.entry:
+        # Written on failure too: a rejected or failed stage still cost money.
+        entry = {**meter.entry, **price(meter.entry, cfg.costs), "exit_code": code}
+        atomic_write_json(Path("costs") / f"{stage}.json", entry)
+        err.print(f"[dim]{stage}: {entry['wall_s']:.1f} s wall, {entry['cpu_s']:.1f} s CPU, "
+                  f"{entry['peak_rss_mb']:.0f} MB peak RSS, ${entry['total_usd']:.5f}[/dim]")
     if code:
         atomic_write_json(status_file, {"stage": stage, "exit_code": code, "message": message})
     sys.exit(code)

@@ -91,9 +91,15 @@ def _suites(cfg: Params):
     return suites
 
 
-def _threshold(kwargs: dict):
-    keep = {k: kwargs[k] for k in ("min_value", "max_value", "value_set") if kwargs.get(k) is not None}
-    return keep.get("value_set", keep) if "value_set" in keep else keep
+def _threshold(kwargs: dict) -> str:
+    lo, hi, values = kwargs.get("min_value"), kwargs.get("max_value"), kwargs.get("value_set")
+    if values is not None:
+        return f"in {sorted(values, key=str)}"
+    if lo is not None and hi is not None:
+        return f"between {lo:g} and {hi:g}"
+    if lo is not None:
+        return f">= {lo:g}"
+    return f"<= {hi:g}" if hi is not None else "no exceptions"
 
 
 def _observed(result: dict):

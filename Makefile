@@ -1,0 +1,37 @@
+# The two commands: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: demo test install storage-up storage-down clean-local
+
+install: $(STAMP)
+
+# boto3 and dvc-s3 resolve together in one pip call (dvc-s3 pins botocore through aiobotocore).
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	@test -d .git || (git init -q && git add -A >/dev/null)
+	$(BIN)/frugalml storage up
+	$(BIN)/frugalml data upload builtin:digits
+	$(BIN)/frugalml run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+storage-up: $(STAMP)
+	$(BIN)/frugalml storage up
+
+storage-down: $(STAMP)
+	$(BIN)/frugalml storage down
+
+# Removes local state only (embedded S3 data, BentoML store, DVC cache); never touches git.
+clean-local:
+	-$(BIN)/frugalml storage down
+	rm -rf .frugalml .dvc/cache .dvc/tmp data/prepared data/manifest.csv models/model.pt reports

@@ -1,0 +1,63 @@
+import pytest
+
+from frugalml import config
+from frugalml.errors import ConfigError
+
+
+def test_repo_params_yaml_is_valid():
+    p = config.load(config.PARAMS_FILE)
+    assert p.data.source.startswith("s3://")
+    assert p.storage.bucket == "frugalml"
+
+
+def test_unknown_key_names_its_path(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("train:\n  epochz: 3\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(f)
+    assert "train.epochz: unknown key" in str(e.value)
+
+
+def test_wrong_value_says_what_was_expected(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("train:\n  lr: -1\nmodel:\n  arch: vgg11\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(f)
+    msg = str(e.value)
+    assert "train.lr: Input should be greater than 0" in msg
+    assert "model.arch" in msg and "resnet18" in msg
+
+
+def test_splits_must_sum_to_one(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("data:\n  splits: {train: 0.8, val: 0.2, test: 0.2}\n")
+    with pytest.raises(ConfigError, match="must be 1.0"):
+        config.load(f)
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("train:\n  epochs: 2\n")
+    assert config.load(f, ["train.epochs=5"]).train.epochs == 5
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        config.load(f, ["train.epochs"])
+    with pytest.raises(ConfigError, match="train.epochs"):
+        config.load(f, ["train.epochs=many"])
+
+
+def test_write_overrides_keeps_comments_and_refuses_bad_values(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("train:\n  epochs: 2   # how long\n  lr: 0.1\n")
+    config.write_overrides(f, ["train.epochs=7"])
+    text = f.read_text()
+    assert "epochs: 7" in text and "# how long" in text
+    with pytest.raises(ConfigError):
+        config.write_overrides(f, ["train.epochs=-3"])
+    assert "epochs: 7" in f.read_text()  # a rejected override leaves the file alone
+
+
+def test_credentials_are_not_config_keys(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("storage:\n  secret_access_key: abc\n")
+    with pytest.raises(ConfigError, match="storage.secret_access_key: unknown key"):
+        config.load(f)

@@ -1,0 +1,162 @@
+"""Ingest and validate on local folders and archives: bad files are reported, never fatal."""
+
+import io
+import json
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from frugalml import config
+from frugalml.costs import CostMeter
+from frugalml.errors import Rejected
+from tests.conftest import make_dataset
+
+
+def _png(color=(10, 20, 30), size=(12, 12), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color if mode == "RGB" else 128).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _ingest(tmp_path, monkeypatch, source, *overrides):
+    from tasks import ingest
+
+    monkeypatch.chdir(tmp_path)
+    cfg = config.validate(config.apply_overrides({}, [f"data.source={source}", *overrides]))
+    with CostMeter("ingest", "t") as meter:
+        ingest.run(cfg, meter)
+    return cfg, json.loads(Path("metrics/ingest.json").read_text()), meter
+
+
+def test_bad_inputs_are_rejected_with_reasons(tmp_path, monkeypatch):
+    src = make_dataset(tmp_path / "src", per_class=12)
+    good = (src / "red" / "red_000.png").read_bytes()
+    (src / "red" / "empty.png").write_bytes(b"")
+    (src / "red" / "notes.png").write_bytes(b"this is text, not an image")
+    (src / "red" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (src / "red" / "readme.txt").write_text("hello")
+    (src / "loose.png").write_bytes(good)
+    (src / "red" / ".DS_Store").write_bytes(b"junk")
+    (src / "__MACOSX").mkdir()
+    (src / "__MACOSX" / "x.png").write_bytes(good)
+    big = io.BytesIO()
+    Image.new("L", (3000, 3000)).save(big, format="PNG")
+    (src / "blue" / "bomb.png").write_bytes(big.getvalue())
+    (src / "green" / "loop").symlink_to(src / "green")
+    _, report, _ = _ingest(tmp_path, monkeypatch, src, "data.max_pixels=1000000")
+    reasons = {Path(r["path"]).name: r["reason"] for r in report["rejected"]}
+    assert reasons["empty.png"] == "empty"
+    assert reasons["notes.png"] == "not_an_image"
+    assert reasons["truncated.png"] == "corrupt"
+    assert reasons["readme.txt"] == "unknown_extension"
+    assert reasons["loose.png"] == "outside_class_folder"
+    assert reasons["bomb.png"] == "decompression_bomb"
+    assert reasons["loop"] == "symlink_loop"
+    assert report["counts"]["hidden_skipped"] == 2
+    assert report["counts"]["images"] == 36  # every good image made it
+    assert report["counts"]["duplicates"] == 0
+    manifest = Path("data/manifest.csv").read_text().splitlines()
+    assert len(manifest) == 37
+
+
+def test_modes_are_normalised_to_rgb_and_originals_kept(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    Image.new("P", (8, 8)).save(src / "a" / "palette.png")
+    Image.new("LA", (8, 8), (100, 50)).save(src / "a" / "la.png")
+    Image.new("CMYK", (8, 8), (1, 2, 3, 4)).save(src / "a" / "cmyk.jpg")
+    Image.new("I;16", (8, 8), 40000).save(src / "a" / "sixteen.png")
+    Image.new("RGBA", (8, 8), (1, 2, 3, 0)).save(src / "a" / "alpha.png")
+    _ingest(tmp_path, monkeypatch, src)
+    from tasks.ingest import read_manifest
+
+    rows = {r["source_path"]: r for r in read_manifest()}
+    assert {r["mode"] for r in rows.values()} >= {"P", "LA", "CMYK", "RGBA"}
+    for r in rows.values():
+        with Image.open(Path("data/prepared") / r["path"]) as im:
+            assert im.mode == "RGB"
+
+
+def test_archive_members_outside_the_workspace_are_rejected(tmp_path, monkeypatch):
+    arc = tmp_path / "drop.tar.gz"
+    with tarfile.open(arc, "w:gz") as tf:
+        for i, name in enumerate(("cats/ok1.png", "cats/ok2.png", "../evil.png", "/abs/evil.png")):
+            data = _png((i * 40, 1, 2))
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    zarc = tmp_path / "drop.zip"
+    with zipfile.ZipFile(zarc, "w") as zf:
+        zf.writestr("dogs/ok.png", _png((5, 5, 5)))
+        zf.writestr("../../escape.png", _png((6, 6, 6)))
+    _, report, _ = _ingest(tmp_path, monkeypatch, arc)
+    assert {r["reason"] for r in report["rejected"]} == {"unsafe_archive_member"}
+    assert report["counts"]["images"] == 2
+    _, report, _ = _ingest(tmp_path, monkeypatch, zarc)
+    assert [r["path"] for r in report["rejected"]] == ["../../escape.png"]
+    assert not (tmp_path.parent / "escape.png").exists() and not (tmp_path.parent / "evil.png").exists()
+
+
+def test_reingest_keeps_splits_and_counts_new_images_for_labeling(tmp_path, monkeypatch):
+    src = make_dataset(tmp_path / "src", per_class=10)
+    _, first, meter = _ingest(tmp_path, monkeypatch, src)
+    assert first["counts"]["new"] == 30 and meter.extra["labeled_images"] == 30
+    from tasks.ingest import read_manifest
+
+    before = {r["sha256"]: r["split"] for r in read_manifest()}
+    make_dataset(tmp_path / "more", per_class=2, seed=99)
+    for p in (tmp_path / "more").rglob("*.png"):
+        target = src / p.parent.name / ("new_" + p.name)
+        target.write_bytes(p.read_bytes())
+    (src / "red" / "red_000.png").unlink()
+    _, second, meter = _ingest(tmp_path, monkeypatch, src)
+    assert second["counts"]["new"] == 6 and second["counts"]["removed"] == 1
+    assert meter.extra["labeled_images"] == 6
+    after = {r["sha256"]: r["split"] for r in read_manifest()}
+    assert all(after[s] == before[s] for s in after if s in before)
+    assert len(list(Path("data/prepared").rglob("*.png"))) == 35
+
+
+def test_same_image_under_two_labels_is_rejected(tmp_path, monkeypatch):
+    src = make_dataset(tmp_path / "src", per_class=5)
+    (src / "blue" / "copy.png").write_bytes((src / "red" / "red_001.png").read_bytes())
+    (src / "red" / "dup.png").write_bytes((src / "red" / "red_002.png").read_bytes())
+    _, report, _ = _ingest(tmp_path, monkeypatch, src)
+    conflict = [r for r in report["rejected"] if r["reason"] == "label_conflict"]
+    assert len(conflict) == 2
+    assert report["counts"]["duplicates"] == 1
+
+
+def test_validation_failure_lists_failed_expectations(tmp_path, monkeypatch):
+    from tasks import validate
+
+    src = make_dataset(tmp_path / "src", per_class=6)
+    cfg, _, _ = _ingest(tmp_path, monkeypatch, src)
+    cfg = config.validate(config.apply_overrides(config.dump(cfg), [
+        "validate.min_images_per_class=8", "validate.expected_classes=[red, green, blue, yellow]"]))
+    with pytest.raises(Rejected) as e:
+        with CostMeter("validate", "t") as m:
+            validate.run(cfg, m)
+    msg = str(e.value)
+    assert "minimum images per class: observed 6" in msg
+    assert "expected class set" in msg
+    report = json.loads(Path("metrics/validation.json").read_text())
+    assert report["success"] is False
+    assert Path("reports/validation/index.html").exists()
+
+
+def test_validation_catches_leakage(tmp_path, monkeypatch):
+    from tasks import validate
+    from tasks.ingest import read_manifest, write_manifest
+
+    src = make_dataset(tmp_path / "src", per_class=12)
+    cfg, _, _ = _ingest(tmp_path, monkeypatch, src)
+    rows = read_manifest()
+    leak = dict(rows[0], split="test" if rows[0]["split"] != "test" else "train", path=rows[0]["path"])
+    write_manifest(rows + [leak])
+    with pytest.raises(Rejected, match="no content hash in two splits"):
+        with CostMeter("validate", "t") as m:
+            validate.run(cfg, m)

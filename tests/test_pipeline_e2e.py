@@ -1,0 +1,89 @@
+"""The whole pipeline on a tiny dataset in a temporary git repo: by `dvc repro` and by the Prefect flow."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BIN, run
+
+pytestmark = pytest.mark.slow
+FRUGALML = [sys.executable, "-m", "frugalml.cli"]
+
+
+def _params(repo):
+    from frugalml import config
+
+    return config.load(repo / "params.yaml")
+
+
+def _check_outputs(repo, store):
+    ev = json.loads((repo / "metrics/eval.json").read_text())
+    gate = json.loads((repo / "metrics/gate.json").read_text())
+    pkg = json.loads((repo / "metrics/package.json").read_text())
+    assert ev["accuracy"] >= 0.6 and 0 <= ev["macro_f1"] <= 1
+    assert ev["latency_ms_p95"] >= ev["latency_ms_p50"] > 0
+    assert gate["decision"] == "accept"
+    for stage in ("ingest", "validate", "train", "evaluate", "gate", "package"):
+        cost = json.loads((repo / "costs" / f"{stage}.json").read_text())
+        assert cost["wall_s"] > 0 and cost["total_usd"] >= 0 and cost["peak_rss_mb"] > 0
+    name, version = pkg["model"], pkg["version"]
+    bento = store.head(f"bentos/{name}/{version}.bento")
+    assert bento is not None and bento["ContentLength"] == pkg["bento_bytes"]
+    record = store.get_json(f"registry/{name}/versions/{version}.json")
+    assert record["bento_sha256"] == bento["Metadata"]["sha256"]
+    assert record["metrics"]["accuracy"] == ev["accuracy"]
+    assert record["lineage"]["git_commit"] and record["lineage"]["manifest_sha256"]
+    assert sorted(record["classes"]) == ["blue", "green", "red"]
+    return pkg
+
+
+def test_dvc_repro_runs_everything_then_nothing(pipeline_repo, store):
+    repo = pipeline_repo
+    run(FRUGALML + ["storage", "configure"], repo)
+    config_local = (repo / ".dvc" / "config.local").read_text()
+    assert "secret_access_key" not in config_local  # env credentials are not copied into files
+    run([str(BIN / "dvc"), "repro"], repo)
+    _check_outputs(repo, store)
+    again = run([str(BIN / "dvc"), "repro"], repo)
+    assert "Running stage" not in again.stdout
+    status = run([str(BIN / "dvc"), "status"], repo)
+    assert "up to date" in status.stdout
+    run([str(BIN / "dvc"), "push"], repo)
+    assert any(store.list("dvc/files/md5/"))
+
+
+def test_prefect_flow_runs_pipeline_records_run_and_rejects_bad_data(pipeline_repo, store):
+    repo = pipeline_repo
+    res = run(FRUGALML + ["run"], repo)
+    out = res.stdout + res.stderr
+    assert "Cost per stage" in out and "gate: ACCEPT" in out
+    pkg = _check_outputs(repo, store)
+    runs = sorted({o["key"].split("/")[1] for o in store.list("runs/") if o["key"].endswith("record.json")})
+    assert len(runs) == 1
+    rec = store.get_json(f"runs/{runs[0]}/record.json")
+    assert rec["status"] == "succeeded" and rec["package"]["version"] == pkg["version"]
+    assert [s["stage"] for s in rec["stages"]] == ["ingest", "validate", "train", "evaluate", "gate", "package"]
+    assert all(s["status"] == "ran" for s in rec["stages"])
+    assert rec["flow_run_id"]
+    assert store.exists(f"runs/{runs[0]}/dvc.lock") and store.exists(f"runs/{runs[0]}/metrics/eval.json")
+    assert "secret" not in json.dumps(rec).lower()
+    assert any(store.list("dvc/files/md5/"))  # the flow pushed data and model
+    status = run([str(BIN / "dvc"), "status"], repo)
+    assert "up to date" in status.stdout
+
+    # A run the data validation rejects: exit 3, readable reason, no traceback, still recorded.
+    bad = run(FRUGALML + ["run", "--set", "validate.min_images_per_class=1000"], repo, check=False)
+    assert bad.returncode == 3, bad.stderr[-3000:]
+    assert "minimum images per class" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    runs = sorted({o["key"].split("/")[1] for o in store.list("runs/") if o["key"].endswith("record.json")})
+    assert len(runs) == 2
+    assert store.get_json(f"runs/{runs[1]}/record.json")["status"] == "rejected"
+
+
+def test_cli_reports_config_errors_without_traceback(pipeline_repo):
+    res = run(FRUGALML + ["run", "--set", "train.epochs=zero"], pipeline_repo, check=False)
+    assert res.returncode == 2
+    assert "train.epochs" in res.stderr and "Traceback" not in res.stderr
