@@ -132,6 +132,7 @@ def cost_rows(outcomes: list[StageOutcome]) -> list[dict]:
         rows.append({"stage": o.stage, "status": status,
                      "wall_s": round(c.get("wall_s", 0.0), 2), "cpu_s": round(c.get("cpu_s", 0.0), 2),
                      "peak_rss_mb": c.get("peak_rss_mb", 0), "usd": c.get("total_usd", 0.0),
+                     "labeling_usd": c.get("labeling_usd", 0.0), "labeled_images": c.get("labeled_images", 0),
                      "check_wall_s": round(o.wall_s, 2)})
     return rows
 

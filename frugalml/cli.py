@@ -164,12 +164,15 @@ def print_summary(record: dict) -> None:
     from rich.table import Table
 
     t = Table(title=f"Cost per stage, run {record['run_id']}")
-    for col in ("stage", "status", "wall s", "CPU s", "peak RSS MB", "USD"):
+    for col in ("stage", "status", "wall s", "CPU s", "peak RSS MB", "labeling USD", "compute+S3 USD", "total USD"):
         t.add_column(col, justify="left" if col in ("stage", "status") else "right")
     for r in record["stages"]:
+        lab = r.get("labeling_usd", 0.0)
         t.add_row(r["stage"], r["status"], f"{r['wall_s']:.1f}", f"{r['cpu_s']:.1f}", f"{r['peak_rss_mb']:.0f}",
-                  f"{r['usd']:.5f}")
-    t.add_row("total", "", "", "", "", f"{record['total_usd']:.5f}")
+                  f"{lab:.2f}", f"{r['usd'] - lab:.5f}", f"{r['usd']:.5f}")
+    lab_total = sum(r.get("labeling_usd", 0.0) for r in record["stages"])
+    t.add_row("total", "", "", "", "", f"{lab_total:.2f}", f"{record['total_usd'] - lab_total:.5f}",
+              f"{record['total_usd']:.5f}")
     err.print(t)
     gate = record.get("gate")
     if gate:
