@@ -7,7 +7,7 @@ import time
 
 from rich.console import Console
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 140)
 
 
 def info(msg: str) -> None:
