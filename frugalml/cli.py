@@ -83,6 +83,22 @@ def storage_status() -> None:
         raise typer.Exit(1)
 
 
+@storage_app.command("env")
+def storage_env() -> None:
+    """Print shell exports for the embedded server, for the AWS CLI: eval "$(frugalml storage env)"."""
+    import shlex
+
+    from frugalml.embedded import EmbeddedS3
+    from frugalml.errors import StorageError
+
+    info = EmbeddedS3(".").info()
+    if info is None:
+        raise StorageError("the embedded S3 server is not running: start it with `frugalml storage up`")
+    for k, v in (("AWS_ENDPOINT_URL", info.endpoint_url), ("AWS_ACCESS_KEY_ID", info.access_key_id),
+                 ("AWS_SECRET_ACCESS_KEY", info.secret_access_key), ("AWS_DEFAULT_REGION", "us-east-1")):
+        print(f"export {k}={shlex.quote(v)}")
+
+
 @storage_app.command("configure")
 def storage_configure() -> None:
     """Write DVC's local remote settings (.dvc/config.local) from params.yaml and the store in use."""
