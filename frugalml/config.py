@@ -64,6 +64,8 @@ class ValidateConfig(_Strict):
     min_images_per_class: int = Field(10, ge=1)
     max_imbalance_ratio: float = Field(20.0, ge=1)
     max_reject_ratio: float = Field(0.05, ge=0, le=1)
+    max_label_drift: float = Field(0.15, ge=0, le=1)
+    drift_action: Literal["warn", "fail"] = "warn"
     min_width: int = Field(1, ge=1)
     min_height: int = Field(1, ge=1)
     max_width: int = Field(20_000, ge=1)

@@ -27,6 +27,7 @@ class Entry:
     read: Callable[[], bytes] | None = None
     problem: str | None = None
     detail: str = ""
+    stamp: str = ""  # cheap change marker (mtime, CRC, ETag): unchanged files are not read again
 
 
 def is_hidden(path: str) -> bool:
@@ -107,7 +108,8 @@ def iter_folder(root: Path) -> Iterator[Entry]:
                 problem = "symlink_loop" if getattr(exc, "errno", None) == 40 else "unreadable"
                 yield Entry(str(crel), 0, problem=problem, detail=str(exc))
                 continue
-            yield Entry(str(crel), size, _read_file(Path(child.path)))
+            stamp = str(child.stat(follow_symlinks=True).st_mtime_ns)
+            yield Entry(str(crel), size, _read_file(Path(child.path)), stamp=stamp)
 
     yield from walk(root, PurePosixPath(""))
 
@@ -147,7 +149,7 @@ def iter_archive(path: Path) -> Iterator[Entry]:
             if bad:
                 yield Entry(info.filename, info.file_size, problem="unsafe_archive_member", detail=bad)
                 continue
-            yield Entry(info.filename, info.file_size, (lambda i=info: zf.read(i)))
+            yield Entry(info.filename, info.file_size, (lambda i=info: zf.read(i)), stamp=f"crc{info.CRC}")
         return
     try:
         tf = tarfile.open(path, "r:*")
@@ -163,7 +165,8 @@ def iter_archive(path: Path) -> Iterator[Entry]:
         if not member.isfile():
             yield Entry(member.name, 0, problem="unreadable", detail="link or special file inside archive")
             continue
-        yield Entry(member.name, member.size, (lambda m=member: tf.extractfile(m).read()))
+        yield Entry(member.name, member.size, (lambda m=member: tf.extractfile(m).read()),
+                    stamp=f"mtime{member.mtime}")
 
 
 # -- S3 ---------------------------------------------------------------------------------------
@@ -190,7 +193,7 @@ def iter_s3(uri: str, store) -> Iterator[Entry]:
                     except Exception as exc:
                         raise _translate(exc, f"reading s3://{bucket}/{key}") from None
 
-                yield Entry(key[len(prefix):], obj["Size"], read)
+                yield Entry(key[len(prefix):], obj["Size"], read, stamp=obj["ETag"].strip('"'))
     except Exception as exc:
         from frugalml.errors import FrugalError
 

@@ -29,7 +29,8 @@ from frugalml.sources import Entry, describe, is_hidden, iter_archive, iter_fold
 PREPARED = Path("data/prepared")
 MANIFEST = Path("data/manifest.csv")
 REPORT = Path("metrics/ingest.json")
-COLUMNS = ["path", "label", "split", "sha256", "width", "height", "mode", "format", "bytes", "source_path"]
+COLUMNS = ["path", "label", "split", "sha256", "width", "height", "mode", "format", "bytes", "source_path",
+           "source_stamp"]
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -64,7 +65,7 @@ def write_manifest(rows: list[dict], path: Path = MANIFEST) -> None:
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()
     for r in sorted(rows, key=lambda r: (r["label"], r["sha256"])):
-        w.writerow({k: r[k] for k in COLUMNS})
+        w.writerow({k: r.get(k, "") for k in COLUMNS})
     atomic_write_text(path, buf.getvalue())
 
 
@@ -113,17 +114,19 @@ def _process(entry: Entry, label: str, split: str | None, cfg: Params) -> dict:
     if not out.exists():
         atomic_write_bytes(out, png_bytes(rgb))
     return {"path": rel, "label": label, "split": split or "", "sha256": sha, "bytes": len(data),
-            "source_path": entry.path, **attrs}
+            "source_path": entry.path, "source_stamp": entry.stamp, **attrs}
 
 
 def run(cfg: Params, meter: CostMeter) -> IngestResult:
-    previous = {r["sha256"]: r for r in read_manifest()}
+    old_rows = read_manifest()
+    previous = {r["sha256"]: r for r in old_rows}
+    by_source = {r["source_path"]: r for r in old_rows if r.get("source_stamp")}
     kind, entries = iter_source(cfg)
     info(f"ingest: reading {kind} source {cfg.data.source}")
     workers = cfg.data.workers or min(8, (os.cpu_count() or 1) * 2)
     rows: list[dict] = []
     rejected: list[dict] = []
-    hidden = 0
+    hidden = reused = submitted = 0
     lock = threading.Lock()
     progress = Progress("ingest", None, "files")
 
@@ -156,12 +159,20 @@ def run(cfg: Params, meter: CostMeter) -> IngestResult:
                 reject(entry.path, reason, detail)
                 progress.update()
                 continue
+            old = by_source.get(entry.path)
+            if (old and entry.stamp and old["source_stamp"] == entry.stamp and int(old["bytes"]) == entry.size
+                    and old["label"] == label and (PREPARED / old["path"]).exists()):
+                rows.append(dict(old))  # unchanged since the last ingest: not read or decoded again
+                reused += 1
+                progress.update()
+                continue
             if len(in_flight) >= workers * 4:  # bounded: memory does not grow with the dataset
                 done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                 for f in done:
                     f.result()
                 progress.update(len(done))
             in_flight.add(pool.submit(task, entry, label, split))
+            submitted += 1
         for f in in_flight:
             f.result()
         progress.update(len(in_flight))
@@ -186,12 +197,15 @@ def run(cfg: Params, meter: CostMeter) -> IngestResult:
     gone = sum(1 for sha in previous if sha not in {r["sha256"] for r in rows})
     meter.add(labeled_images=new)
     report = _report(cfg, kind, rows, rejected, duplicates, hidden, new, gone)
+    report["counts"]["decoded"] = submitted
+    report["counts"]["reused_unchanged"] = reused
     atomic_write_json(REPORT, report)
     c = report["counts"]
     info(f"ingest: {c['images']} images in {c['classes']} classes "
          f"(train {c['per_split'].get('train', 0)}, val {c['per_split'].get('val', 0)}, "
          f"test {c['per_split'].get('test', 0)}); {c['new']} new, {c['removed']} removed, "
-         f"{c['rejected']} rejected, {hidden} hidden files skipped")
+         f"{c['rejected']} rejected, {hidden} hidden files skipped; {c['decoded']} decoded, "
+         f"{reused} unchanged files not read again")
     for reason, n in sorted(c["rejected_by_reason"].items()):
         info(f"  rejected {n} x {reason} (see {REPORT})")
     return IngestResult(c["images"], c["classes"], c["rejected"], new, gone)

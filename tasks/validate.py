@@ -48,15 +48,58 @@ def _frames(cfg: Params):
     classes = pd.DataFrame({"label": counts.index.astype(str), "count": counts.values.astype(int)})
     hashes = images.groupby("sha256")["split"].nunique().reset_index(name="n_splits")
     ingest = read_json(INGEST_REPORT) if INGEST_REPORT.exists() else {"counts": {"reject_ratio": 0.0}}
+    reference = load_reference(cfg)
+    shares = {str(k): float(v) / float(counts.sum()) for k, v in counts.items()}
+    drift = label_drift(shares, reference["shares"]) if reference else 0.0
     dataset = pd.DataFrame([{
         "imbalance_ratio": float(counts.max() / counts.min()),
         "reject_ratio": float(ingest["counts"]["reject_ratio"]),
         "n_classes": int(len(counts)),
+        "label_drift": drift,
     }])
-    return {"images": images, "classes": classes, "hashes": hashes, "dataset": dataset}
+    return {"images": images, "classes": classes, "hashes": hashes, "dataset": dataset,
+            "_shares": shares, "_reference": reference}
 
 
-def _suites(cfg: Params):
+def label_drift(p: dict[str, float], q: dict[str, float]) -> float:
+    """Total variation distance between two label distributions (0 = same, 1 = disjoint)."""
+    return round(0.5 * sum(abs(p.get(c, 0.0) - q.get(c, 0.0)) for c in set(p) | set(q)), 6)
+
+
+def _reference_key(cfg: Params) -> str:
+    return f"validation/{cfg.model.name}/last.json"
+
+
+def _store_or_none(cfg: Params):
+    from frugalml.errors import StorageError, TransientStorageError
+    from frugalml.store import Store
+
+    try:
+        return Store.from_config(cfg.storage)
+    except TransientStorageError:
+        raise
+    except StorageError:
+        return None  # no object store configured: drift has no reference to compare with
+
+
+def load_reference(cfg: Params) -> dict | None:
+    store = _store_or_none(cfg)
+    if store is None or not store.exists(_reference_key(cfg)):
+        return None
+    return store.get_json(_reference_key(cfg))
+
+
+def save_reference(cfg: Params, shares: dict, images: int) -> None:
+    from frugalml.lineage import file_hash
+    from tasks._stage import run_id
+
+    store = _store_or_none(cfg)
+    if store is not None:
+        store.put_json(_reference_key(cfg), {"shares": shares, "images": images, "run_id": run_id(),
+                                             "manifest_sha256": file_hash(MANIFEST)})
+
+
+def _suites(cfg: Params, has_reference: bool = False):
     import great_expectations as gx
 
     v = cfg.validate_
@@ -85,6 +128,9 @@ def _suites(cfg: Params):
                 column="reject_ratio", max_value=v.max_reject_ratio)),
         ],
     }
+    if has_reference:
+        suites["dataset"].append(("label-distribution drift", E.ExpectColumnMaxToBeBetween(
+            column="label_drift", max_value=v.max_label_drift)))
     if v.expected_classes is not None:
         suites["classes"].append(("expected class set", E.ExpectColumnDistinctValuesToEqualSet(
             column="label", value_set=list(v.expected_classes))))
@@ -127,7 +173,7 @@ def run(cfg: Params, meter: CostMeter) -> dict:
     })
     source = ctx.data_sources.add_pandas("frugalml")
     checks = []
-    for asset_name, expectations in _suites(cfg).items():
+    for asset_name, expectations in _suites(cfg, frames["_reference"] is not None).items():
         batch = source.add_dataframe_asset(asset_name).add_batch_definition_whole_dataframe("all")
         suite = ctx.suites.add(gx.ExpectationSuite(name=asset_name))
         names = {}
@@ -137,7 +183,7 @@ def run(cfg: Params, meter: CostMeter) -> dict:
         vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=asset_name, data=batch, suite=suite))
         cp = ctx.checkpoints.add(gx.Checkpoint(name=asset_name, validation_definitions=[vd],
                                                actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")]))
-        res = cp.run(batch_parameters={"dataframe": frames[asset_name]})
+        res = cp.run(batch_parameters={"dataframe": frames[asset_name]})  # also renders the HTML report
         for vres in res.run_results.values():
             for r, (label, _exp) in zip(vres.results, expectations):
                 cfg_ = r.expectation_config
@@ -146,12 +192,24 @@ def run(cfg: Params, meter: CostMeter) -> dict:
                     "column": cfg_.kwargs.get("column"), "observed": _observed(r.result),
                     "threshold": _threshold(cfg_.kwargs), "success": bool(r.success),
                 })
-    failed = [c for c in checks if not c["success"]]
+    for c in checks:
+        c["severity"] = "warn" if c["name"] == "label-distribution drift" and cfg.validate_.drift_action == "warn" \
+            else "fail"
+    failed = [c for c in checks if not c["success"] and c["severity"] == "fail"]
+    warnings = [c for c in checks if not c["success"] and c["severity"] == "warn"]
+    ref = frames["_reference"]
     report = {"success": not failed, "images": int(len(frames["images"])), "expectations": checks,
-              "failed": [c["name"] for c in failed], "html_report": str(HTML_DIR / "index.html")}
+              "failed": [c["name"] for c in failed], "warnings": [c["name"] for c in warnings],
+              "label_distribution": frames["_shares"],
+              "drift_reference": {"run_id": ref.get("run_id"), "images": ref.get("images")} if ref else None,
+              "html_report": str(HTML_DIR / "index.html")}
     atomic_write_json(REPORT, report)
     info(f"validate: {len(checks) - len(failed)}/{len(checks)} expectations passed "
          f"(report: {HTML_DIR / 'index.html'})")
+    for c in warnings:
+        info(f"validate: WARNING {c['name']}: observed {c['observed']}, expected {c['threshold']}")
+    if not failed:
+        save_reference(cfg, frames["_shares"], int(len(frames["images"])))
     if failed:
         lines = [f"  - {c['name']}: observed {c['observed']}, expected {c['threshold']}" for c in failed]
         raise Rejected("data validation failed:\n" + "\n".join(lines) +

@@ -114,10 +114,17 @@ def test_reingest_keeps_splits_and_counts_new_images_for_labeling(tmp_path, monk
     (src / "red" / "red_000.png").unlink()
     _, second, meter = _ingest(tmp_path, monkeypatch, src)
     assert second["counts"]["new"] == 6 and second["counts"]["removed"] == 1
+    assert second["counts"]["decoded"] == 6  # only the new files were read and decoded
+    assert second["counts"]["reused_unchanged"] == 29
     assert meter.extra["labeled_images"] == 6
     after = {r["sha256"]: r["split"] for r in read_manifest()}
     assert all(after[s] == before[s] for s in after if s in before)
     assert len(list(Path("data/prepared").rglob("*.png"))) == 35
+    # A file changed in place (same name, new content) is decoded again.
+    make_dataset(tmp_path / "changed", per_class=1, seed=7)
+    (src / "green" / "green_003.png").write_bytes((tmp_path / "changed" / "green" / "green_000.png").read_bytes())
+    _, third, _ = _ingest(tmp_path, monkeypatch, src)
+    assert third["counts"]["decoded"] == 1 and third["counts"]["new"] == 1 and third["counts"]["removed"] == 1
 
 
 def test_same_image_under_two_labels_is_rejected(tmp_path, monkeypatch):
@@ -160,3 +167,43 @@ def test_validation_catches_leakage(tmp_path, monkeypatch):
     with pytest.raises(Rejected, match="no content hash in two splits"):
         with CostMeter("validate", "t") as m:
             validate.run(cfg, m)
+
+
+def test_label_drift_against_last_validated_dataset(tmp_path, monkeypatch, store):
+    import uuid
+
+    from tasks import validate
+
+    name = f"drift-{uuid.uuid4().hex[:6]}"
+    common = [f"model.name={name}", f"storage.prefix={store.prefix}", "validate.min_images_per_class=3"]
+    src = make_dataset(tmp_path / "src", per_class=20)
+    cfg, _, _ = _ingest(tmp_path, monkeypatch, src, *common)
+    with CostMeter("validate", "t") as m:
+        first = validate.run(cfg, m)
+    assert first["drift_reference"] is None  # nothing validated before: no drift check
+    assert store.exists(f"validation/{name}/last.json")
+
+    for p in sorted((src / "red").glob("*.png"))[4:]:  # red drops from 1/3 to 4/44 of the data
+        p.unlink()
+    cfg, _, _ = _ingest(tmp_path, monkeypatch, src, *common)
+    with CostMeter("validate", "t") as m:
+        warned = validate.run(cfg, m)  # drift_action=warn: reported, not fatal
+    assert warned["success"] and warned["warnings"] == ["label-distribution drift"]
+    drift = next(c for c in warned["expectations"] if c["name"] == "label-distribution drift")
+    assert abs(drift["observed"] - (1 / 3 - 4 / 44)) < 1e-3
+
+    for p in sorted((src / "green").glob("*.png"))[5:]:
+        p.unlink()
+    cfg, _, _ = _ingest(tmp_path, monkeypatch, src, *common, "validate.drift_action=fail")
+    with pytest.raises(Rejected, match="label-distribution drift"):
+        with CostMeter("validate", "t") as m:
+            validate.run(cfg, m)
+
+
+def test_special_files_are_reported_unreadable(tmp_path, monkeypatch):
+    import os
+
+    src = make_dataset(tmp_path / "src", per_class=3)
+    os.mkfifo(src / "red" / "pipe.png")
+    _, report, _ = _ingest(tmp_path, monkeypatch, src)
+    assert [(Path(r["path"]).name, r["reason"]) for r in report["rejected"]] == [("pipe.png", "unreadable")]

@@ -87,3 +87,25 @@ def test_cli_reports_config_errors_without_traceback(pipeline_repo):
     res = run(FRUGALML + ["run", "--set", "train.epochs=zero"], pipeline_repo, check=False)
     assert res.returncode == 2
     assert "train.epochs" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_dvc_sees_new_source_images_and_ingests_only_those(pipeline_repo, store, tmp_path):
+    from tests.conftest import make_dataset
+
+    repo = pipeline_repo
+    run(FRUGALML + ["storage", "configure"], repo)
+    run([str(BIN / "dvc"), "repro", "ingest"], repo)
+    first = json.loads((repo / "metrics/ingest.json").read_text())["counts"]
+    assert first["decoded"] == 90 and first["new"] == 90
+    assert "up to date" in run([str(BIN / "dvc"), "status", "ingest"], repo).stdout
+
+    extra = make_dataset(tmp_path / "extra", per_class=4, seed=123)
+    new_files = sorted(extra.rglob("*.png"))[:10]
+    for p in new_files:  # 10 new images in the existing class folders
+        store.put_bytes(f"sources/tiny/{p.parent.name}/new_{p.name}", p.read_bytes())
+    status = run([str(BIN / "dvc"), "status", "ingest"], repo).stdout
+    assert "remote://source" in status
+    run([str(BIN / "dvc"), "repro", "ingest"], repo)
+    second = json.loads((repo / "metrics/ingest.json").read_text())["counts"]
+    assert second["decoded"] == 10 and second["new"] == 10
+    assert second["reused_unchanged"] == 90 and second["images"] == 100
