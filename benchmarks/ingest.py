@@ -26,6 +26,8 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+# Work files live in the workspace: on some machines /tmp creates files 20x slower than the disk.
+BENCH_DIR = ROOT / ".frugalml" / "bench"
 
 
 def generate(dest: Path, n: int, classes: int = 10, size: int = 48) -> None:
@@ -74,7 +76,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=20000)
     ap.add_argument("--big", type=int, default=40000)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
         tmp = Path(tmp)
         print(f"generating {args.big} images ...", flush=True)
         generate(tmp / "big", args.big)

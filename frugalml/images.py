@@ -19,7 +19,8 @@ class ImageRejected(Exception):
 def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, dict]:
     """Decode fully, apply EXIF orientation, convert to RGB.
 
-    Returns the RGB image and the original attributes (width, height, mode, format).
+    Returns the RGB image and the original attributes (width, height, mode, format, and
+    ``unchanged``: True when the original already is an upright RGB image).
     Raises ImageRejected with reason: empty, decompression_bomb, not_an_image, corrupt.
     """
     if not data:
@@ -31,8 +32,10 @@ def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, dict]:
             if size[0] * size[1] > max_pixels:
                 raise ImageRejected("decompression_bomb", f"{size[0]}x{size[1]} pixels > {max_pixels}")
             im.load()  # forces a full decode: truncated files fail here
-            im = ImageOps.exif_transpose(im)
-            rgb = to_rgb(im)
+            orientation = im.getexif().get(0x0112, 1)  # EXIF Orientation
+            upright = im if orientation in (0, 1) else ImageOps.exif_transpose(im)
+            rgb = to_rgb(upright)
+            unchanged = upright is im and rgb is im
     except ImageRejected:
         raise
     except Image.DecompressionBombError as exc:
@@ -41,7 +44,7 @@ def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, dict]:
         raise ImageRejected("not_an_image", "no image format recognised") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected("corrupt", str(exc)) from None
-    return rgb, {"width": size[0], "height": size[1], "mode": mode, "format": fmt or ""}
+    return rgb, {"width": size[0], "height": size[1], "mode": mode, "format": fmt or "", "unchanged": unchanged}
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

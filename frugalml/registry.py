@@ -3,19 +3,40 @@
     registry/<model>/versions/<version>.json   immutable version record (written once, If-None-Match)
     registry/<model>/aliases/<alias>.json      mutable pointer, changed only by conditional write
     registry/<model>/events/<ts>-<id>.json     one object per change (audit trail)
+
+An alias write is a compare-and-swap: it carries the ETag of the pointer it read
+(If-Match), or If-None-Match when the alias is new. A writer that loses the race re-reads
+and tries again, so concurrent promotions never lose an update: every change stays in
+the pointer's history and in the events.
 """
 
 from __future__ import annotations
 
+import getpass
+import json
+import socket
 import time
 import uuid
 
 from frugalml.errors import FrugalError, PreconditionFailed
 from frugalml.store import Store
 
+ALIASES = ("staging", "production")
+
 
 class RegistryError(FrugalError):
     exit_code = 2
+
+
+def _actor() -> str:
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "unknown"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class Registry:
@@ -26,6 +47,7 @@ class Registry:
     def _key(self, *parts: str) -> str:
         return "/".join(["registry", self.model, *parts])
 
+    # -- versions -------------------------------------------------------------------------
     def register(self, version: str, record: dict) -> None:
         """Write the version record once; the bento it points to must already be uploaded."""
         try:
@@ -36,25 +58,92 @@ class Registry:
 
     def get(self, version: str) -> dict:
         if not self.store.exists(self._key("versions", f"{version}.json")):
-            raise RegistryError(f"no version {version} of model {self.model} in the registry")
+            raise RegistryError(f"no version {version} of model {self.model} in the registry "
+                                f"(see `frugalml models list`)")
         return self.store.get_json(self._key("versions", f"{version}.json"))
 
     def versions(self) -> list[str]:
         prefix = self._key("versions") + "/"
         return sorted(o["key"][len(prefix):-5] for o in self.store.list(prefix) if o["key"].endswith(".json"))
 
+    def resolve(self, ref: str) -> str:
+        """An alias or a version -> a version."""
+        if ref in ALIASES:
+            pointer, _ = self.alias(ref)
+            if pointer is None:
+                raise RegistryError(f"alias {ref!r} of {self.model} is not set; promote a version first")
+            return pointer["version"]
+        self.get(ref)
+        return ref
+
+    # -- aliases --------------------------------------------------------------------------
     def alias(self, alias: str) -> tuple[dict | None, str | None]:
         """(pointer, etag) or (None, None) when the alias was never set."""
-        key = self._key("aliases", f"{alias}.json")
-        if not self.store.exists(key):
-            return None, None
-        import json
+        from frugalml.errors import StorageError
 
-        data, etag = self.store.get_bytes(key)
+        try:
+            data, etag = self.store.get_bytes(self._key("aliases", f"{alias}.json"))
+        except StorageError as exc:
+            if "NoSuchKey" in str(exc) or "404" in str(exc):
+                return None, None
+            raise
         return json.loads(data), etag
 
+    def aliases(self) -> dict[str, str]:
+        return {a: p["version"] for a in ALIASES if (p := self.alias(a)[0])}
+
+    def _swap(self, alias: str, change, attempts: int = 50) -> tuple[dict | None, dict]:
+        """Compare-and-swap loop: ``change(old_pointer) -> new_pointer``; retried on a lost race."""
+        if alias not in ALIASES:
+            raise RegistryError(f"unknown alias {alias!r}; use one of {', '.join(ALIASES)}")
+        for i in range(attempts):
+            old, etag = self.alias(alias)
+            new = change(old)
+            try:
+                self.store.put_json(self._key("aliases", f"{alias}.json"), new,
+                                    if_match=etag, if_none_match=etag is None)
+                return old, new
+            except PreconditionFailed:
+                time.sleep(min(0.5, 0.01 * (2 ** min(i, 6))) * (0.5 + uuid.uuid4().int % 100 / 100))
+        raise RegistryError(f"could not update alias {alias!r}: {attempts} concurrent writers won the race")
+
+    def promote(self, version: str, alias: str, *, force: bool = False, reason: str = "") -> dict:
+        record = self.get(version)
+        decision = record.get("gate", {}).get("decision")
+        if decision != "accept" and not force:
+            raise RegistryError(f"version {version} was rejected by the gate ({', '.join(record['gate'].get('failed', []))}); "
+                                f"use --force --reason TEXT to promote it anyway")
+        if force and not reason.strip():
+            raise RegistryError("--force needs --reason TEXT (it is recorded in the audit trail)")
+
+        def change(old):
+            history = (old.get("history", []) + [old["version"]]) if old else []
+            return {"model": self.model, "alias": alias, "version": version, "history": history[-50:],
+                    "updated": _now(), "by": _actor(), "forced": force, "reason": reason}
+
+        old, new = self._swap(alias, change)
+        self.event("promote", alias=alias, version=version, previous=old["version"] if old else None,
+                   forced=force, reason=reason)
+        return new
+
+    def rollback(self, alias: str) -> dict:
+        def change(old):
+            if not old or not old.get("history"):
+                raise RegistryError(f"alias {alias!r} has no previous version to roll back to")
+            return {"model": self.model, "alias": alias, "version": old["history"][-1], "history": old["history"][:-1],
+                    "updated": _now(), "by": _actor(), "forced": False, "reason": f"rollback from {old['version']}"}
+
+        old, new = self._swap(alias, change)
+        self.event("rollback", alias=alias, version=new["version"], previous=old["version"])
+        return new
+
+    def events(self) -> list[dict]:
+        prefix = self._key("events") + "/"
+        return [self.store.get_json(o["key"]) for o in sorted(self.store.list(prefix), key=lambda o: o["key"])]
+
     def event(self, action: str, **fields) -> str:
-        ts = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        ts = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:] + "Z"
         key = self._key("events", f"{ts}-{uuid.uuid4().hex[:8]}.json")
-        self.store.put_json(key, {"action": action, "model": self.model, "time": ts, **fields}, if_none_match=True)
+        self.store.put_json(key, {"action": action, "model": self.model, "time": _now(), "by": _actor(), **fields},
+                            if_none_match=True)
         return key

@@ -32,6 +32,7 @@ REPORT = Path("metrics/ingest.json")
 COLUMNS = ["path", "label", "split", "sha256", "width", "height", "mode", "format", "bytes", "source_path",
            "source_stamp"]
 SPLIT_NAMES = ("train", "val", "test")
+KEEP_FORMATS = {"PNG": ".png", "JPEG": ".jpg"}
 
 
 @dataclass
@@ -108,11 +109,14 @@ def _process(entry: Entry, label: str, split: str | None, cfg: Params) -> dict:
         raise ImageRejected("unreadable", str(exc)) from None
     sha = hashlib.sha256(data).hexdigest()
     rgb, attrs = decode(data, cfg.data.max_pixels)
-    rgb = cap_side(rgb, cfg.data.max_side)
-    rel = f"{label}/{sha[:32]}.png"
+    capped = cap_side(rgb, cfg.data.max_side)
+    keep_original = attrs.pop("unchanged") and capped is rgb and attrs["format"] in KEEP_FORMATS
+    # An upright RGB PNG/JPEG is stored as is: no re-encode, no generation loss.
+    ext = KEEP_FORMATS[attrs["format"]] if keep_original else ".png"
+    rel = f"{label}/{sha[:32]}{ext}"
     out = PREPARED / rel
-    if not out.exists():
-        atomic_write_bytes(out, png_bytes(rgb))
+    if not out.exists():  # outputs are recreated by a re-run: atomic, no fsync per file
+        atomic_write_bytes(out, data if keep_original else png_bytes(capped), fsync=False)
     return {"path": rel, "label": label, "split": split or "", "sha256": sha, "bytes": len(data),
             "source_path": entry.path, "source_stamp": entry.stamp, **attrs}
 

@@ -1,0 +1,81 @@
+"""DVC on a large prepared dataset: how long `dvc push` and `dvc status` take.
+
+    .venv/bin/python benchmarks/dvc_scale.py [--images 20000]
+
+Builds a throwaway git + DVC repo with the pipeline, a local source of N generated images,
+runs the ingest stage, then times against a fresh embedded SeaweedFS:
+`dvc status` (workspace), `dvc push` (cold), `dvc status -c` (vs the remote), `dvc push`
+again (nothing to send). Prints seconds and files per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from ingest import BENCH_DIR, generate  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def timed(cmd, cwd, env) -> float:
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"{cmd} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+    return round(time.perf_counter() - t0, 2)
+
+
+def main() -> None:
+    from frugalml.embedded import EmbeddedS3
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=20000)
+    args = ap.parse_args()
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
+        tmp = Path(tmp)
+        repo = tmp / "repo"
+        repo.mkdir()
+        for name in ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "tasks", "frugalml", "flows"]:
+            src = ROOT / name
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, repo / name)
+        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+        subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+        subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=repo, check=True, env=env)
+        shutil.copy2(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+        print(f"generating {args.images} images ...", flush=True)
+        generate(tmp / "src", args.images)
+        from frugalml.config import write_overrides
+
+        write_overrides(repo / "params.yaml", [f"data.source={tmp / 'src'}"])
+        server = EmbeddedS3(repo, bucket="frugalml")
+        server.up()
+        try:
+            subprocess.run([sys.executable, "-m", "frugalml.cli", "storage", "configure"], cwd=repo, env={
+                **env, "FRUGALML_S3_ENDPOINT": ""}, check=True, capture_output=True)
+            t_ingest = timed([str(BIN / "dvc"), "repro", "ingest"], repo, env)
+            result = {"images": args.images, "dvc_repro_ingest_s": t_ingest,
+                      "dvc_status_s": timed([str(BIN / "dvc"), "status"], repo, env),
+                      "dvc_push_cold_s": timed([str(BIN / "dvc"), "push"], repo, env),
+                      "dvc_status_cloud_s": timed([str(BIN / "dvc"), "status", "-c"], repo, env),
+                      "dvc_push_noop_s": timed([str(BIN / "dvc"), "push"], repo, env)}
+            result["push_files_per_s"] = round(args.images / result["dvc_push_cold_s"], 1)
+            print(json.dumps(result, indent=2))
+        finally:
+            server.down()
+
+
+if __name__ == "__main__":
+    main()
