@@ -164,6 +164,7 @@ def run(set_: list[str] = typer.Option([], "--set", help="Override a params.yaml
     if set_:
         config.write_overrides("params.yaml", set_)
     _cfg()  # fail fast on a bad params.yaml, before Prefect starts
+    _quiet_ephemeral_prefect()
     from flows.pipeline import training_pipeline
 
     run_id = new_run_id()
@@ -174,6 +175,20 @@ def run(set_: list[str] = typer.Option([], "--set", help="Override a params.yaml
         raise typer.Exit(3)
     if record["status"] == "failed":
         raise typer.Exit(1)
+
+
+def _quiet_ephemeral_prefect() -> None:
+    """Without a Prefect server (PREFECT_API_URL unset) Prefect starts a temporary one on SQLite.
+
+    Its internal "database is locked" retries are logged with tracebacks although the run goes
+    on; they are not the user's concern, so that server only reports critical errors.
+    """
+    import os
+
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", "30")
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def print_summary(record: dict) -> None:

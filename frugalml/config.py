@@ -42,6 +42,7 @@ class DataConfig(_Strict):
     max_side: int | None = Field(None, gt=0)
     max_pixels: int = Field(89_478_485, gt=0)
     workers: int = Field(0, ge=0)
+    shard_mb: int = Field(256, ge=1)
 
     @field_validator("source")
     @classmethod

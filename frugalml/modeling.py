@@ -82,11 +82,13 @@ def build_model(arch: str, num_classes: int, pretrained: str = "none") -> nn.Mod
 
 
 class ManifestDataset(torch.utils.data.Dataset):
-    """Prepared images listed in the manifest, for one split."""
+    """Prepared images listed in the manifest (read from their tar shards), for one split."""
 
     def __init__(self, rows: list[dict], root: Path, classes: list[str], transform):
+        from frugalml.shards import ShardReader
+
         self.rows = rows
-        self.root = Path(root)
+        self.reader = ShardReader(root)
         self.index = {c: i for i, c in enumerate(classes)}
         self.transform = transform
 
@@ -94,10 +96,12 @@ class ManifestDataset(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int):
+        import io
+
         from PIL import Image
 
         r = self.rows[i]
-        with Image.open(self.root / r["path"]) as im:
+        with Image.open(io.BytesIO(self.reader.read_row(r))) as im:
             x = self.transform(im.convert("RGB"))
         return x, self.index[r["label"]]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+from functools import partial
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -31,8 +32,7 @@ class Entry:
 
 
 def is_hidden(path: str) -> bool:
-    parts = PurePosixPath(path).parts
-    return any((p.startswith(".") and p not in (".", "..")) or p == "__MACOSX" for p in parts)
+    return any((p.startswith(".") and p not in (".", "..")) or p == "__MACOSX" for p in path.split("/"))
 
 
 def describe(source: str) -> str:
@@ -68,50 +68,53 @@ def write_builtin_digits(dest: str | os.PathLike) -> Path:
 
 
 # -- local folder -----------------------------------------------------------------------------
-def _read_file(path: Path) -> Callable[[], bytes]:
-    return lambda: path.read_bytes()
+def read_path(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def iter_folder(root: Path) -> Iterator[Entry]:
+    """Files below ``root`` in name order; plain strings, since this runs once per file."""
     if not root.is_dir():
         raise DataError(f"data.source {root} is not a folder")
     seen_dirs: set[tuple[int, int]] = set()
 
-    def walk(d: Path, rel: PurePosixPath) -> Iterator[Entry]:
+    def walk(d: str, rel: str) -> Iterator[Entry]:
         try:
-            st = d.stat()
+            st = os.stat(d)
         except OSError as exc:
-            yield Entry(str(rel) or ".", 0, problem="unreadable", detail=str(exc))
+            yield Entry(rel or ".", 0, problem="unreadable", detail=str(exc))
             return
         if (st.st_dev, st.st_ino) in seen_dirs:
-            yield Entry(str(rel), 0, problem="symlink_loop", detail="folder already visited")
+            yield Entry(rel, 0, problem="symlink_loop", detail="folder already visited")
             return
         seen_dirs.add((st.st_dev, st.st_ino))
         try:
-            children = sorted(os.scandir(d), key=lambda e: e.name)
+            with os.scandir(d) as it:
+                children = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            yield Entry(str(rel) or ".", 0, problem="unreadable", detail=str(exc))
+            yield Entry(rel or ".", 0, problem="unreadable", detail=str(exc))
             return
         for child in children:
-            crel = rel / child.name
+            crel = f"{rel}/{child.name}" if rel else child.name
             try:
                 if child.is_dir(follow_symlinks=True):
-                    yield from walk(Path(child.path), crel)
+                    yield from walk(child.path, crel)
                     continue
                 if not child.is_file(follow_symlinks=True):
                     detail = "dangling symlink" if child.is_symlink() else "not a regular file"
                     problem = "symlink_loop" if child.is_symlink() and _is_loop(child.path) else "unreadable"
-                    yield Entry(str(crel), 0, problem=problem, detail=detail)
+                    yield Entry(crel, 0, problem=problem, detail=detail)
                     continue
-                size = child.stat(follow_symlinks=True).st_size
+                cst = child.stat(follow_symlinks=True)
             except OSError as exc:
                 problem = "symlink_loop" if getattr(exc, "errno", None) == 40 else "unreadable"
-                yield Entry(str(crel), 0, problem=problem, detail=str(exc))
+                yield Entry(crel, 0, problem=problem, detail=str(exc))
                 continue
-            stamp = str(child.stat(follow_symlinks=True).st_mtime_ns)
-            yield Entry(str(crel), size, _read_file(Path(child.path)), stamp=stamp)
+            # A partial of a module function pickles, so local files can go to worker processes.
+            yield Entry(crel, cst.st_size, partial(read_path, child.path), stamp=str(cst.st_mtime_ns))
 
-    yield from walk(root, PurePosixPath(""))
+    yield from walk(str(root), "")
 
 
 def _is_loop(path: str) -> bool:

@@ -10,29 +10,34 @@ seen in an earlier ingest keeps its split.
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import io
 import os
-import threading
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+import shutil
+import time
+from operator import itemgetter
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from frugalml.config import Params
 from frugalml.console import Progress, info
 from frugalml.costs import CostMeter
-from frugalml.errors import DataError
-from frugalml.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+from frugalml.errors import DataError, TransientStorageError
+from frugalml.fsutil import atomic_write_json, atomic_write_text
 from frugalml.images import ImageRejected, cap_side, decode, png_bytes
+from frugalml.shards import ShardReader, ShardWriter
 from frugalml.sources import Entry, describe, is_hidden, iter_archive, iter_folder, iter_s3, write_builtin_digits
 
 PREPARED = Path("data/prepared")
 MANIFEST = Path("data/manifest.csv")
 REPORT = Path("metrics/ingest.json")
 COLUMNS = ["path", "label", "split", "sha256", "width", "height", "mode", "format", "bytes", "source_path",
-           "source_stamp"]
+           "source_stamp", "shard", "offset", "length"]
 SPLIT_NAMES = ("train", "val", "test")
 KEEP_FORMATS = {"PNG": ".png", "JPEG": ".jpg"}
+BATCH = 512  # files per pool task, and per shard (or data.shard_mb of source bytes)
 
 
 @dataclass
@@ -63,10 +68,9 @@ def read_manifest(path: Path = MANIFEST) -> list[dict]:
 
 def write_manifest(rows: list[dict], path: Path = MANIFEST) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in sorted(rows, key=lambda r: (r["label"], r["sha256"])):
-        w.writerow({k: r.get(k, "") for k in COLUMNS})
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(COLUMNS)
+    w.writerows([r.get(k, "") for k in COLUMNS] for r in sorted(rows, key=itemgetter("label", "sha256")))
     atomic_write_text(path, buf.getvalue())
 
 
@@ -86,7 +90,7 @@ def iter_source(cfg: Params) -> tuple[str, object]:
 
 def classify_entry(entry: Entry, extensions: list[str]) -> tuple[str | None, str | None, str | None, str]:
     """(label, split or None, reject reason or None, detail)."""
-    parts = PurePosixPath(entry.path).parts
+    parts = [p for p in entry.path.split("/") if p]
     split = None
     if len(parts) >= 3 and parts[0] in SPLIT_NAMES:
         split, parts = parts[0], parts[1:]
@@ -94,7 +98,7 @@ def classify_entry(entry: Entry, extensions: list[str]) -> tuple[str | None, str
         return None, split, entry.problem, entry.detail
     if len(parts) < 2:
         return None, split, "outside_class_folder", "files must sit in a <class>/ folder"
-    suffix = PurePosixPath(entry.path).suffix.lower()
+    suffix = os.path.splitext(parts[-1])[1].lower()
     if suffix not in extensions:
         return parts[0], split, "unknown_extension", suffix or "(none)"
     if entry.size == 0:
@@ -102,84 +106,123 @@ def classify_entry(entry: Entry, extensions: list[str]) -> tuple[str | None, str
     return parts[0], split, None, ""
 
 
-def _process(entry: Entry, label: str, split: str | None, cfg: Params) -> dict:
+def _process(entry: Entry, label: str, split: str | None, max_pixels: int, max_side: int | None) -> tuple[dict, bytes]:
+    """Read, hash, decode and normalise one file: (manifest row without location, bytes to store)."""
     try:
         data = entry.read()
     except OSError as exc:
         raise ImageRejected("unreadable", str(exc)) from None
     sha = hashlib.sha256(data).hexdigest()
-    rgb, attrs = decode(data, cfg.data.max_pixels)
-    capped = cap_side(rgb, cfg.data.max_side)
+    rgb, attrs = decode(data, max_pixels)
+    capped = cap_side(rgb, max_side)
     keep_original = attrs.pop("unchanged") and capped is rgb and attrs["format"] in KEEP_FORMATS
     # An upright RGB PNG/JPEG is stored as is: no re-encode, no generation loss.
     ext = KEEP_FORMATS[attrs["format"]] if keep_original else ".png"
-    rel = f"{label}/{sha[:32]}{ext}"
-    out = PREPARED / rel
-    if not out.exists():  # outputs are recreated by a re-run: atomic, no fsync per file
-        atomic_write_bytes(out, data if keep_original else png_bytes(capped), fsync=False)
-    return {"path": rel, "label": label, "split": split or "", "sha256": sha, "bytes": len(data),
-            "source_path": entry.path, "source_stamp": entry.stamp, **attrs}
+    row = {"path": f"{label}/{sha[:32]}{ext}", "label": label, "split": split or "", "sha256": sha,
+           "bytes": len(data), "source_path": entry.path, "source_stamp": entry.stamp, **attrs}
+    return row, (data if keep_original else png_bytes(capped))
+
+
+def _work_batch(batch: list[tuple[Entry, str, str | None]], max_pixels: int, max_side: int | None,
+                shard_stem: str):
+    """Decode a batch in a pool worker (thread or process) and pack it into its own shard.
+
+    Returns (manifest rows with their shard locations, rejects, files handled). Only the
+    small rows travel back to the stage process, never the image bytes.
+    """
+    gc.disable()  # a batch allocates only acyclic dicts and bytes: the cyclic GC would just rescan them
+    try:
+        return _work_batch_inner(batch, max_pixels, max_side, shard_stem)
+    finally:
+        gc.enable()
+
+
+def _work_batch_inner(batch, max_pixels, max_side, shard_stem):
+    done, bad = [], []
+    writer = ShardWriter(PREPARED, shard_stem, 1 << 62)
+    for entry, label, split in batch:
+        try:
+            row, payload = _process(entry, label, split, max_pixels, max_side)
+            row["shard"], row["offset"], row["length"] = writer.add(row["path"], payload)
+            done.append(row)
+        except ImageRejected as exc:
+            bad.append({"path": entry.path, "reason": exc.reason, "detail": exc.detail})
+        except TransientStorageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad file must not end the stage
+            bad.append({"path": entry.path, "reason": "unreadable", "detail": f"{exc.__class__.__name__}: {exc}"})
+    writer.close()
+    return done, bad, len(batch)
 
 
 def run(cfg: Params, meter: CostMeter) -> IngestResult:
-    old_rows = read_manifest()
+    old_rows = [r for r in read_manifest() if r.get("shard") and (PREPARED / r["shard"]).exists()]
     previous = {r["sha256"]: r for r in old_rows}
     by_source = {r["source_path"]: r for r in old_rows if r.get("source_stamp")}
+    stem = time.strftime("shard-%Y%m%dT%H%M%S", time.gmtime())
     kind, entries = iter_source(cfg)
     info(f"ingest: reading {kind} source {cfg.data.source}")
-    workers = cfg.data.workers or min(8, (os.cpu_count() or 1) * 2)
+    # Local sources: one decode process per core. S3 reads wait on the network: 8 threads.
+    workers = cfg.data.workers or (8 if kind == "s3" else os.cpu_count() or 1)
     rows: list[dict] = []
     rejected: list[dict] = []
     hidden = reused = submitted = 0
-    lock = threading.Lock()
     progress = Progress("ingest", None, "files")
 
-    def reject(path: str, reason: str, detail: str) -> None:
-        with lock:
-            rejected.append({"path": path, "reason": reason, "detail": detail})
+    def store_results(result) -> None:
+        done, bad, n = result
+        rows.extend(done)
+        rejected.extend(bad)
+        progress.update(n)
 
-    def task(entry: Entry, label: str, split: str | None) -> None:
-        try:
-            row = _process(entry, label, split, cfg)
-            with lock:
-                rows.append(row)
-        except ImageRejected as exc:
-            reject(entry.path, exc.reason, exc.detail)
-        except Exception as exc:  # noqa: BLE001 - one bad file must not end the stage
-            from frugalml.errors import TransientStorageError
+    in_flight: set = set()
+    batch: list = []
+    batch_bytes = n_batches = 0
+    max_batch_bytes = cfg.data.shard_mb << 20
 
-            if isinstance(exc, TransientStorageError):
-                raise
-            reject(entry.path, "unreadable", f"{exc.__class__.__name__}: {exc}")
+    def submit(pool) -> None:
+        nonlocal batch, batch_bytes, n_batches
+        drain(workers * 2)  # bounded: memory does not grow with the dataset
+        in_flight.add(pool.submit(_work_batch, batch, *limits, f"{stem}-{n_batches:05d}"))
+        batch, batch_bytes, n_batches = [], 0, n_batches + 1
 
-    in_flight = set()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    def drain(limit: int) -> None:
+        nonlocal in_flight
+        while len(in_flight) > limit:
+            finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            for f in finished:
+                store_results(f.result())
+
+    limits = (cfg.data.max_pixels, cfg.data.max_side)
+    # Local files decode in worker processes (past the GIL); S3 and archive reads use threads.
+    pool_cls = ProcessPoolExecutor if kind in ("folder", "builtin") and workers > 1 else ThreadPoolExecutor
+    gc.disable()  # rows are acyclic; full GC passes over a growing list cost O(n) each
+    with pool_cls(max_workers=workers) as pool:
         for entry in entries:
             if is_hidden(entry.path):
                 hidden += 1
                 continue
             label, split, reason, detail = classify_entry(entry, cfg.data.extensions)
             if reason:
-                reject(entry.path, reason, detail)
+                rejected.append({"path": entry.path, "reason": reason, "detail": detail})
                 progress.update()
                 continue
             old = by_source.get(entry.path)
             if (old and entry.stamp and old["source_stamp"] == entry.stamp and int(old["bytes"]) == entry.size
-                    and old["label"] == label and (PREPARED / old["path"]).exists()):
+                    and old["label"] == label):
                 rows.append(dict(old))  # unchanged since the last ingest: not read or decoded again
                 reused += 1
                 progress.update()
                 continue
-            if len(in_flight) >= workers * 4:  # bounded: memory does not grow with the dataset
-                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                for f in done:
-                    f.result()
-                progress.update(len(done))
-            in_flight.add(pool.submit(task, entry, label, split))
+            batch.append((entry, label, split))
+            batch_bytes += entry.size
             submitted += 1
-        for f in in_flight:
-            f.result()
-        progress.update(len(in_flight))
+            if len(batch) >= BATCH or batch_bytes >= max_batch_bytes:
+                submit(pool)
+        if batch:
+            submit(pool)
+        drain(0)
+    gc.enable()
     progress.close()
 
     rows, dup_rejects, duplicates = _dedupe(rows)
@@ -194,8 +237,7 @@ def run(cfg: Params, meter: CostMeter) -> IngestResult:
         elif not r["split"]:
             r["split"] = split_from_hash(r["sha256"], cfg)
 
-    keep = {r["path"] for r in rows}
-    _prune(keep)
+    shard_stats = _compact(rows, cfg)
     write_manifest(rows)
     new = sum(1 for r in rows if r["sha256"] not in previous)
     gone = sum(1 for sha in previous if sha not in {r["sha256"] for r in rows})
@@ -203,6 +245,7 @@ def run(cfg: Params, meter: CostMeter) -> IngestResult:
     report = _report(cfg, kind, rows, rejected, duplicates, hidden, new, gone)
     report["counts"]["decoded"] = submitted
     report["counts"]["reused_unchanged"] = reused
+    report["shards"] = shard_stats
     atomic_write_json(REPORT, report)
     c = report["counts"]
     info(f"ingest: {c['images']} images in {c['classes']} classes "
@@ -234,19 +277,38 @@ def _dedupe(rows: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
     return kept, rejects, dups
 
 
-def _prune(keep: set[str]) -> int:
-    """Remove prepared images no longer in the dataset (and any temp files of a killed run)."""
-    removed = 0
-    if not PREPARED.exists():
-        return 0
-    for p in PREPARED.rglob("*"):
-        if p.is_file() and p.relative_to(PREPARED).as_posix() not in keep:
-            p.unlink()
-            removed += 1
-    for d in sorted((d for d in PREPARED.rglob("*") if d.is_dir()), reverse=True):
-        if not any(d.iterdir()):
-            d.rmdir()
-    return removed
+def _compact(rows: list[dict], cfg: Params) -> dict:
+    """Delete shards nothing points to and rewrite shards that are mostly garbage.
+
+    Garbage is the data of images removed from the source (or rejected after they were
+    stored). A shard whose live data is under half its size is rewritten with only the
+    live members; the manifest rows are updated to the new locations.
+    """
+    live: dict[str, list[dict]] = {}
+    for r in rows:
+        live.setdefault(r["shard"], []).append(r)
+    reader = ShardReader(PREPARED)
+    writer = ShardWriter(PREPARED, time.strftime("shard-%Y%m%dT%H%M%S-c", time.gmtime()), cfg.data.shard_mb << 20)
+    deleted = rewritten = 0
+    for p in sorted(PREPARED.iterdir()) if PREPARED.exists() else []:
+        if p.is_dir() or p.name not in live:  # stale shard, a killed run's .part, or an old layout
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            deleted += 1
+            continue
+        members = live[p.name]
+        if sum(int(r["length"]) for r in members) < 0.5 * p.stat().st_size and p.name not in writer.written:
+            moved = {}
+            for r in sorted(members, key=lambda r: int(r["offset"])):
+                key = (r["offset"], r["length"])
+                if key not in moved:
+                    moved[key] = writer.add(r["path"], reader.read_row(r))
+                r["shard"], r["offset"], r["length"] = moved[key]
+            rewritten += 1
+    writer.close()
+    for name in set(live) - {r["shard"] for r in rows}:  # shards whose live data moved
+        (PREPARED / name).unlink(missing_ok=True)
+    shards = sorted(p.name for p in PREPARED.glob("shard-*.tar"))
+    return {"shards": len(shards), "deleted": deleted, "rewritten": rewritten}
 
 
 def _report(cfg, kind, rows, rejected, duplicates, hidden, new, gone) -> dict:

@@ -31,11 +31,16 @@ def _frames(cfg: Params):
     images = pd.DataFrame(rows)
     for col in ("width", "height", "bytes"):
         images[col] = images[col].astype(int)
+    import io
+
+    from frugalml.shards import ShardReader
+
+    reader = ShardReader(PREPARED)
     decodes = []
     progress = Progress("validate: decoding", len(images), "images")
-    for rel in images["path"]:
+    for row in rows:
         try:
-            with Image.open(PREPARED / rel) as im:
+            with Image.open(io.BytesIO(reader.read_row(row))) as im:
                 im.load()
             decodes.append(True)
         except Exception:  # noqa: BLE001 - any failure means "does not decode"

@@ -75,8 +75,11 @@ def test_modes_are_normalised_to_rgb_and_originals_kept(tmp_path, monkeypatch):
 
     rows = {r["source_path"]: r for r in read_manifest()}
     assert {r["mode"] for r in rows.values()} >= {"P", "LA", "CMYK", "RGBA"}
+    from frugalml.shards import ShardReader
+
+    reader = ShardReader(Path("data/prepared"))
     for r in rows.values():
-        with Image.open(Path("data/prepared") / r["path"]) as im:
+        with Image.open(io.BytesIO(reader.read_row(r))) as im:
             assert im.mode == "RGB"
 
 
@@ -119,7 +122,9 @@ def test_reingest_keeps_splits_and_counts_new_images_for_labeling(tmp_path, monk
     assert meter.extra["labeled_images"] == 6
     after = {r["sha256"]: r["split"] for r in read_manifest()}
     assert all(after[s] == before[s] for s in after if s in before)
-    assert len(list(Path("data/prepared").rglob("*.png"))) == 35
+    assert len(read_manifest()) == 35
+    shards = sorted(p.name for p in Path("data/prepared").iterdir())
+    assert all(n.startswith("shard-") and n.endswith(".tar") for n in shards)
     # A file changed in place (same name, new content) is decoded again.
     make_dataset(tmp_path / "changed", per_class=1, seed=7)
     (src / "green" / "green_003.png").write_bytes((tmp_path / "changed" / "green" / "green_000.png").read_bytes())
