@@ -5,7 +5,8 @@
 Builds a throwaway git + DVC repo with the pipeline, a local source of N generated images,
 runs the ingest stage, then times against a fresh embedded SeaweedFS:
 `dvc status` (workspace), `dvc push` (cold), `dvc status -c` (vs the remote), `dvc push`
-again (nothing to send). Prints seconds and files per second.
+again (nothing to send); then, side by side, the same images as loose files (`dvc add`,
+`dvc push`, `dvc status -c`). Prints seconds.
 """
 
 from __future__ import annotations
@@ -71,7 +72,14 @@ def main() -> None:
                       "dvc_push_cold_s": timed([str(BIN / "dvc"), "push"], repo, env),
                       "dvc_status_cloud_s": timed([str(BIN / "dvc"), "status", "-c"], repo, env),
                       "dvc_push_noop_s": timed([str(BIN / "dvc"), "push"], repo, env)}
-            result["push_files_per_s"] = round(args.images / result["dvc_push_cold_s"], 1)
+            result["shard_files"] = len(list((repo / "data" / "prepared").iterdir()))
+            # Side by side: the same images as loose files, tracked with `dvc add`.
+            shutil.copytree(tmp / "src", repo / "loose")
+            result["loose_files"] = args.images
+            result["loose_dvc_add_s"] = timed([str(BIN / "dvc"), "add", "loose"], repo, env)
+            result["loose_dvc_push_cold_s"] = timed([str(BIN / "dvc"), "push", "loose.dvc"], repo, env)
+            result["loose_dvc_status_cloud_s"] = timed([str(BIN / "dvc"), "status", "-c", "loose.dvc"], repo, env)
+            result["push_ratio_loose_to_shards"] = round(result["loose_dvc_push_cold_s"] / result["dvc_push_cold_s"], 1)
             print(json.dumps(result, indent=2))
         finally:
             server.down()
