@@ -56,7 +56,9 @@ def write_local_config(cfg: Params, settings: S3Settings, root: str | os.PathLik
              "['remote \"storage\"']", f"    url = s3://{settings.bucket}/{settings.prefix}dvc", *s3_opts]
     url = source_url(cfg, root)
     lines += ["['remote \"source\"']", f"    url = {url}"]
-    if url.startswith("s3://"):
+    if url.startswith("s3://") and cfg.data.endpoint_url:
+        lines += [f"    endpointurl = {cfg.data.endpoint_url}", f"    region = {settings.region}"]
+    elif url.startswith("s3://"):
         lines += s3_opts
     return atomic_write_text(root / LOCAL_CONFIG, "\n".join(lines) + "\n", mode=0o600)
 

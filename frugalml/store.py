@@ -35,6 +35,15 @@ class S3Settings:
     embedded: bool = False
 
 
+def source_settings(data_endpoint: str | None, storage: StorageConfig, root: str | os.PathLike = ".") -> S3Settings:
+    """Where an s3:// data.source is read: ``data.endpoint_url`` when set (credentials from the
+    environment, like any non-embedded endpoint), else the pipeline's own store."""
+    if data_endpoint:
+        return S3Settings(storage.bucket, "", data_endpoint, storage.region,
+                          os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    return resolve_settings(storage, root)
+
+
 def resolve_settings(cfg: StorageConfig, root: str | os.PathLike = ".") -> S3Settings:
     from frugalml.embedded import embedded_info
 

@@ -80,9 +80,9 @@ def iter_source(cfg: Params) -> tuple[str, object]:
     if kind == "builtin":
         return kind, iter_folder(write_builtin_digits(Path(".frugalml") / "builtin" / "digits"))
     if kind == "s3":
-        from frugalml.store import Store
+        from frugalml.store import Store, source_settings
 
-        return kind, iter_s3(src, Store.from_config(cfg.storage))
+        return kind, iter_s3(src, Store(source_settings(cfg.data.endpoint_url, cfg.storage)))
     if kind == "archive":
         return kind, iter_archive(Path(src).expanduser())
     return kind, iter_folder(Path(src).expanduser())

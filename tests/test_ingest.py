@@ -212,3 +212,35 @@ def test_special_files_are_reported_unreadable(tmp_path, monkeypatch):
     os.mkfifo(src / "red" / "pipe.png")
     _, report, _ = _ingest(tmp_path, monkeypatch, src)
     assert [(Path(r["path"]).name, r["reason"]) for r in report["rejected"]] == [("pipe.png", "unreadable")]
+
+
+def test_split_folders_exif_orientation_and_max_side(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    for split in ("train", "val", "test"):
+        make_dataset(src / split, per_class=2, seed={"train": 1, "val": 2, "test": 3}[split])
+    img = Image.new("RGB", (60, 20), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": the upright image is 20 wide, 60 high
+    img.save(src / "train" / "red" / "rotated.jpg", exif=exif.tobytes())
+    _, report, _ = _ingest(tmp_path, monkeypatch, src, "data.max_side=30")
+    from frugalml.shards import ShardReader
+    from tasks.ingest import read_manifest
+
+    rows = read_manifest()
+    assert report["counts"]["per_split"] == {"test": 6, "train": 7, "val": 6}
+    assert all(r["split"] == r["source_path"].split("/")[0] for r in rows)
+    rot = next(r for r in rows if r["source_path"].endswith("rotated.jpg"))
+    assert (rot["width"], rot["height"]) == ("60", "20")  # the manifest keeps the original size
+    with Image.open(io.BytesIO(ShardReader(Path("data/prepared")).read_row(rot))) as im:
+        assert im.size == (10, 30)  # upright, longest side capped at 30
+
+
+def test_s3_source_on_its_own_endpoint(tmp_path, monkeypatch, store):
+    from tests.conftest import upload_folder
+
+    make_dataset(tmp_path / "src", per_class=4)
+    uri = upload_folder(store, tmp_path / "src", "elsewhere/drop")
+    # The pipeline's store points at a dead port: the source must be read from data.endpoint_url.
+    _, report, _ = _ingest(tmp_path, monkeypatch, uri, f"data.endpoint_url={store.settings.endpoint_url}",
+                           "storage.endpoint_url=http://127.0.0.1:9")
+    assert report["source_kind"] == "s3" and report["counts"]["images"] == 12
