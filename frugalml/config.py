@@ -94,17 +94,48 @@ class ModelConfig(_Strict):
         raise ValueError("must be 'none', 'torchvision' or 'registry:<model>@<alias or version>'")
 
 
+class AugmentConfig(_Strict):
+    hflip: bool = False
+    rotation_deg: float = Field(10.0, ge=0, le=180)
+    translate: float = Field(0.08, ge=0, le=0.5)
+    scale_min: float = Field(0.9, gt=0)
+    scale_max: float = Field(1.1, gt=0)
+    color_jitter: float = Field(0.0, ge=0, le=1)
+
+
+class EarlyStoppingConfig(_Strict):
+    patience: int = Field(0, ge=0)  # epochs without improvement; 0 = off
+    metric: Literal["val_acc", "val_loss"] = "val_acc"
+    min_delta: float = Field(0.0, ge=0)
+
+
+class DistributedConfig(_Strict):
+    nproc_per_node: int = Field(1, ge=1)
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     lr: float = Field(0.002, gt=0)
+    backbone_lr_mult: float = Field(1.0, ge=0)
     weight_decay: float = Field(0.0001, ge=0)
-    finetune: Literal["full", "head"] = "full"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: bool = False
+    finetune: Literal["full", "head", "last_n"] = "full"
+    finetune_last_n: int = Field(1, ge=1)
+    augment: AugmentConfig = AugmentConfig()
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     seed: int = 42
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
     num_threads: int = Field(0, ge=0)
     num_workers: int = Field(0, ge=0)
+    checkpoint_to_s3: bool = True
+    distributed: DistributedConfig = DistributedConfig()
 
 
 class EvaluateConfig(_Strict):

@@ -112,14 +112,66 @@ def eval_transform(image_size: int, mean, std):
     return T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(mean, std)])
 
 
-def train_transform(image_size: int, mean, std):
+def train_transform(image_size: int, mean, std, aug=None):
+    """Resize, then the configured augmentations (``train.augment``), then normalise."""
     from torchvision import transforms as T
 
-    return T.Compose([
-        T.Resize((image_size, image_size)),
-        T.RandomAffine(degrees=10, translate=(0.08, 0.08), scale=(0.9, 1.1)),
-        T.ToTensor(), T.Normalize(mean, std),
-    ])
+    from frugalml.config import AugmentConfig
+
+    aug = aug or AugmentConfig()
+    steps = [T.Resize((image_size, image_size))]
+    if aug.hflip:
+        steps.append(T.RandomHorizontalFlip())
+    if aug.rotation_deg or aug.translate or (aug.scale_min, aug.scale_max) != (1.0, 1.0):
+        steps.append(T.RandomAffine(degrees=aug.rotation_deg, translate=(aug.translate, aug.translate),
+                                    scale=(aug.scale_min, aug.scale_max)))
+    if aug.color_jitter:
+        c = aug.color_jitter
+        steps.append(T.ColorJitter(brightness=c, contrast=c, saturation=c))
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
+
+
+def backbone_blocks(model: nn.Module) -> list[nn.Module]:
+    """The backbone's stages in order, for ``train.finetune: last_n``."""
+    if hasattr(model, "layer4"):  # resnets
+        return [model.layer1, model.layer2, model.layer3, model.layer4]
+    if hasattr(model, "features"):  # mobilenet, efficientnet, convnext
+        return list(model.features.children())
+    raise ValueError("unknown backbone layout")
+
+
+def param_groups(model: nn.Module, finetune: str, last_n: int, lr: float, backbone_lr_mult: float) -> list[dict]:
+    """Freeze what the strategy leaves frozen; the head gets ``lr``, the backbone ``lr x mult``."""
+    _, head = head_module(model)
+    head_ids = {id(p) for p in head.parameters()}
+    for p in model.parameters():
+        p.requires_grad = finetune == "full" or id(p) in head_ids
+    if finetune == "last_n":
+        for block in backbone_blocks(model)[-last_n:]:
+            for p in block.parameters():
+                p.requires_grad = True
+    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    groups = [{"params": list(head.parameters()), "lr": lr, "name": "head"}]
+    if backbone and backbone_lr_mult > 0:
+        groups.append({"params": backbone, "lr": lr * backbone_lr_mult, "name": "backbone"})
+    elif backbone:
+        for p in backbone:
+            p.requires_grad = False
+    return groups
+
+
+def warm_start(model: nn.Module, blob: dict, classes: list[str]) -> str:
+    """Load a registry model's weights; when the classes differ, keep the backbone, re-initialise the head."""
+    state = blob["state_dict"]
+    if list(blob["classes"]) == list(classes):
+        model.load_state_dict(state)
+        return "all weights"
+    head_path, _ = head_module(model)
+    kept = {k: v for k, v in state.items() if not k.startswith(head_path + ".")}
+    missing, unexpected = model.load_state_dict(kept, strict=False)
+    if unexpected or any(not k.startswith(head_path + ".") for k in missing):
+        raise ConfigError("model.pretrained: the registry model's architecture does not match model.arch")
+    return "backbone only (classes changed: head re-initialised)"
 
 
 def save_model(path: Path, model: nn.Module, *, classes: list[str], arch: str, image_size: int,

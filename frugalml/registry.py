@@ -147,3 +147,32 @@ class Registry:
         self.store.put_json(key, {"action": action, "model": self.model, "time": _now(), "by": _actor(), **fields},
                             if_none_match=True)
         return key
+
+
+def fetch_model_blob(store: Store, model: str, ref: str, cache_dir=".frugalml/cache/bentos") -> tuple[str, dict]:
+    """The weights of a registered model (alias or version): (version, model.pt contents).
+
+    Downloads the version's bento once into a local cache (sha256 checked) and reads
+    ``model.pt`` out of the archive in memory: nothing from the archive is extracted to disk.
+    """
+    import io
+    import tarfile
+    from pathlib import Path
+
+    import torch
+
+    reg = Registry(store, model)
+    version = reg.resolve(ref)
+    record = reg.get(version)
+    path = Path(cache_dir) / f"{model}-{version}.bento"
+    if not path.exists():
+        store.download(f"bentos/{model}/{version}.bento", path)
+    with tarfile.open(path, "r:*") as tf:
+        member = next((m for m in tf.getmembers() if m.isfile() and m.name.endswith("/model.pt")
+                       and "/models/" in "/" + m.name), None)
+        if member is None:
+            raise RegistryError(f"the bento of {model} {version} holds no model.pt")
+        data = tf.extractfile(member).read()
+    blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    blob.setdefault("classes", record.get("classes", []))
+    return version, blob

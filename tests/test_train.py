@@ -1,0 +1,147 @@
+"""Training: determinism, resume after SIGKILL (locally and from S3), fine-tuning strategies, DDP."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from frugalml import config
+from frugalml.costs import CostMeter
+from tests.conftest import make_dataset
+
+BASE = ["model.arch=resnet18", "model.image_size=16", "train.batch_size=16", "validate.min_images_per_class=3",
+        "train.num_threads=2"]
+
+
+def _workspace(path: Path, *overrides: str, per_class: int = 20) -> Path:
+    from tasks import ingest
+
+    path.mkdir(parents=True, exist_ok=True)
+    src = make_dataset(path / "src", per_class=per_class)
+    config.write_overrides(_params(path), [f"data.source={src}", *BASE, *overrides])
+    cwd = os.getcwd()
+    os.chdir(path)
+    try:
+        with CostMeter("ingest", "t") as m:
+            ingest.run(config.load(), m)
+    finally:
+        os.chdir(cwd)
+    return path
+
+
+def _params(path: Path) -> Path:
+    f = path / "params.yaml"
+    if not f.exists():
+        f.write_text("train:\n  epochs: 2\n")
+    return f
+
+
+def _train(path: Path, env=None, check=True):
+    res = subprocess.run([sys.executable, "-m", "tasks.train"], cwd=path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), **(env or {})},
+                         timeout=600)
+    if check and res.returncode:
+        raise AssertionError(res.stderr[-4000:])
+    return res
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path / "models" / "model.pt", weights_only=True)["state_dict"]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cpu_training_is_bitwise_deterministic(tmp_path):
+    a = _workspace(tmp_path / "a", "train.epochs=2")
+    b = _workspace(tmp_path / "b", "train.epochs=2")
+    _train(a)
+    _train(b)
+    assert _same(_weights(a), _weights(b))
+    import json
+
+    ra, rb = (json.loads((p / "metrics/train.json").read_text()) for p in (a, b))
+    for k in ("final_train_loss", "final_train_acc", "final_val_acc"):
+        assert ra[k] == rb[k]
+    assert (a / "plots/train.csv").read_text().splitlines()[0].startswith("epoch,step,train_loss")
+
+
+def test_killed_training_resumes_to_the_same_weights(tmp_path, s3_server):
+    ref = _workspace(tmp_path / "ref", "train.epochs=5", per_class=60)
+    _train(ref)
+    work = _workspace(tmp_path / "work", "train.epochs=5", per_class=60)
+    run_id = f"resume-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "FRUGALML_RUN_ID": run_id}
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.train"], cwd=work, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpts = work / ".frugalml" / "checkpoints"
+    seen: set = set()
+    deadline = time.time() + 300
+    while time.time() < deadline and len(seen) < 2 and proc.poll() is None:
+        for f in ckpts.glob("*/last.pt"):
+            seen.add(f.stat().st_mtime_ns)
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training ended before it could be killed"
+    assert not (work / "models" / "model.pt").exists()
+
+    # First restart on "another machine": the local checkpoint is gone, S3 has it.
+    import shutil
+
+    shutil.rmtree(ckpts)
+    res = _train(work, env={"FRUGALML_RUN_ID": run_id})
+    assert "resuming after epoch" in res.stderr
+    assert _same(_weights(ref), _weights(work))
+    assert not list(ckpts.glob("*/last.pt"))  # a finished training leaves no resume point
+
+
+def test_head_and_last_n_freeze_the_rest(tmp_path):
+    from frugalml.modeling import build_model, param_groups
+
+    model = build_model("resnet18", 3)
+    groups = param_groups(model, "head", 1, 0.01, 0.1)
+    assert [g["name"] for g in groups] == ["head"]
+    assert not any(p.requires_grad for p in model.layer4.parameters())
+    groups = param_groups(model, "last_n", 1, 0.01, 0.1)
+    assert [(g["name"], g["lr"]) for g in groups] == [("head", 0.01), ("backbone", pytest.approx(0.001))]
+    assert all(p.requires_grad for p in model.layer4.parameters())
+    assert not any(p.requires_grad for p in model.layer3.parameters())
+    mob = build_model("mobilenet_v3_small", 3)
+    param_groups(mob, "last_n", 2, 0.01, 1.0)
+    assert all(p.requires_grad for p in mob.features[-1].parameters())
+    assert not any(p.requires_grad for p in mob.features[0].parameters())
+
+
+def test_torchvision_weights_missing_is_a_clear_error(tmp_path, monkeypatch):
+    from frugalml.errors import ConfigError
+    from frugalml.modeling import build_model
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(ConfigError) as e:
+        build_model("resnet18", 3, "torchvision")
+    assert "resnet18-f37072fd.pth" in str(e.value) and str(tmp_path / "torch") in str(e.value)
+
+
+def test_ddp_with_two_cpu_processes_produces_a_valid_model(tmp_path):
+    work = _workspace(tmp_path / "ddp", "train.epochs=2", "train.distributed.nproc_per_node=2",
+                      "train.num_threads=1")
+    res = _train(work)
+    assert "launching 2 processes with torchrun" in res.stderr
+    import json
+
+    report = json.loads((work / "metrics/train.json").read_text())
+    assert report["processes"] == 2
+    from frugalml.modeling import load_model
+
+    model, meta = load_model(work / "models" / "model.pt")
+    assert meta["classes"] == ["blue", "green", "red"]
+    out = model(torch.zeros(1, 3, 16, 16))
+    assert out.shape == (1, 3) and torch.isfinite(out).all()
