@@ -244,14 +244,46 @@ def runs_show(run_id: str) -> None:
 
 @models_app.command("list")
 def models_list() -> None:
-    """List registered versions of the configured model."""
+    """List registered versions of the configured model, with their aliases."""
     from frugalml.registry import Registry
 
     cfg = _cfg()
     reg = Registry(_store(cfg), cfg.model.name)
-    for v in reg.versions():
+    by_version: dict[str, list[str]] = {}
+    for alias, version in reg.aliases().items():
+        by_version.setdefault(version, []).append(alias)
+    versions = reg.versions()
+    if not versions:
+        err.print(f"no versions of {cfg.model.name} registered yet")
+    for v in versions:
         rec = reg.get(v)
-        print(f"{v}  accuracy {rec['metrics']['accuracy']:.4f}  gate {rec['gate']['decision']}  run {rec['run_id']}")
+        tags = ",".join(by_version.get(v, []))
+        print(f"{v}  accuracy {rec['metrics']['accuracy']:.4f}  gate {rec['gate']['decision']:<6}  "
+              f"run {rec['run_id']}  {tags}")
+
+
+@app.command("promote")
+def promote(version: str = typer.Argument(..., help="A registered version (see `frugalml models list`)."),
+            to: str = typer.Option(..., "--to", help="staging or production"),
+            force: bool = typer.Option(False, "--force", help="Promote a gate-rejected version."),
+            reason: str = typer.Option("", "--reason", help="Why (required with --force; recorded).")) -> None:
+    """Point an alias at a version (a conditional write: concurrent promotions never lose an update)."""
+    from frugalml.registry import Registry
+
+    cfg = _cfg()
+    new = Registry(_store(cfg), cfg.model.name).promote(version, to, force=force, reason=reason)
+    prev = new["history"][-1] if new["history"] else "nothing"
+    err.print(f"{cfg.model.name}: {to} -> {version} (was {prev})")
+
+
+@app.command("rollback")
+def rollback(alias: str = typer.Argument(..., help="staging or production")) -> None:
+    """Point an alias back at the version it had before its last change."""
+    from frugalml.registry import Registry
+
+    cfg = _cfg()
+    new = Registry(_store(cfg), cfg.model.name).rollback(alias)
+    err.print(f"{cfg.model.name}: {alias} -> {new['version']} ({new['reason']})")
 
 
 @models_app.command("show")

@@ -228,10 +228,11 @@ def train(cfg: Params, meter: CostMeter | None) -> dict:
     else:
         opt = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
     steps = t.epochs * len(train_loader)
-    if t.schedule == "onecycle":
+    if t.schedule == "onecycle" and steps >= 4:
+        # warm-up over 20 % of the steps, at least 2 steps (OneCycleLR divides by the warm-up length)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
-                                                    pct_start=0.2)
-    elif t.schedule == "cosine":
+                                                    pct_start=min(0.5, max(0.2, 2.0 / steps)))
+    elif t.schedule in ("cosine", "onecycle"):  # onecycle needs a few steps; tiny runs use cosine
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)

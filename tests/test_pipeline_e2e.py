@@ -73,14 +73,27 @@ def test_prefect_flow_runs_pipeline_records_run_and_rejects_bad_data(pipeline_re
     status = run([str(BIN / "dvc"), "status"], repo)
     assert "up to date" in status.stdout
 
+    # Promote it, then warm-start a second run from the production model: the new model is
+    # scored against that champion on the same test images.
+    run(FRUGALML + ["promote", pkg["version"], "--to", "production"], repo)
+    name = _params(repo).model.name
+    res = run(FRUGALML + ["run", "--set", f"model.pretrained=registry:{name}@production",
+                          "--set", "train.epochs=1"], repo)
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert train["start"].startswith(f"registry:{name}@{pkg['version']}") and "all weights" in train["start"]
+    ev = json.loads((repo / "metrics/eval.json").read_text())
+    assert ev["champion"]["version"] == pkg["version"] and ev["champion"]["comparable"] is True
+    assert ev["delta_vs_champion"]["accuracy"] == pytest.approx(ev["accuracy"] - ev["champion"]["accuracy"])
+    assert (repo / "plots/confusion.png").stat().st_size > 0
+
     # A run the data validation rejects: exit 3, readable reason, no traceback, still recorded.
     bad = run(FRUGALML + ["run", "--set", "validate.min_images_per_class=1000"], repo, check=False)
     assert bad.returncode == 3, bad.stderr[-3000:]
     assert "minimum images per class" in bad.stderr
     assert "Traceback" not in bad.stderr
     runs = sorted({o["key"].split("/")[1] for o in store.list("runs/") if o["key"].endswith("record.json")})
-    assert len(runs) == 2
-    assert store.get_json(f"runs/{runs[1]}/record.json")["status"] == "rejected"
+    assert len(runs) == 3
+    assert store.get_json(f"runs/{runs[-1]}/record.json")["status"] == "rejected"
 
 
 def test_cli_reports_config_errors_without_traceback(pipeline_repo):
