@@ -116,6 +116,15 @@ def record_run(cfg_storage, run_id: str, record: dict) -> str:
     return write_record(Store.from_config(cfg_storage), run_id, record, files)
 
 
+@task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient)
+def auto_promote(cfg, version: str, alias: str) -> dict:
+    """``promotion.auto``: point the alias at the version this run packaged (gate accepted)."""
+    from frugalml.registry import Registry
+
+    Registry(Store.from_config(cfg.storage), cfg.model.name).promote(version, alias, reason="promotion.auto")
+    return {"alias": alias, "version": version}
+
+
 def _failed_outcome(stage: str, run_id: str) -> StageOutcome:
     """The cost of a stage that ended in rejection or failure (it still ran and cost money)."""
     cost_file = Path("costs") / f"{stage}.json"
@@ -162,6 +171,10 @@ def training_pipeline(run_id: str, overrides: list[str] | None = None, until: st
             message = str(exc)
             outcomes.append(_failed_outcome(stage, run_id))
             break
+    promoted = None
+    packaged = next((o for o in outcomes if o.stage == "package" and o.ran), None)
+    if status == "succeeded" and packaged and cfg.promotion.auto != "none":
+        promoted = auto_promote(cfg, read_json(Path("metrics/package.json"))["version"], cfg.promotion.auto)
     push_s = 0.0
     if status != "failed":
         push_s = dvc_push(run_id)
@@ -178,7 +191,7 @@ def training_pipeline(run_id: str, overrides: list[str] | None = None, until: st
         "overrides": overrides or [], "until": until, "params": config.dump(cfg),
         "stages": rows, "total_usd": total_usd, "dvc_push_s": round(push_s, 2),
         "wall_s": round(time.perf_counter() - t0, 2),
-        "gate": gate, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "gate": gate, "promoted": promoted, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if Path("metrics/package.json").exists() and any(o.stage == "package" for o in outcomes):
         record["package"] = read_json(Path("metrics/package.json"))

@@ -214,6 +214,8 @@ def print_summary(record: dict) -> None:
     if record.get("package"):
         p = record["package"]
         err.print(f"packaged {p['model']} {p['version']} -> {p['bento_uri']}")
+    if record.get("promoted"):
+        err.print(f"promoted: {record['promoted']['alias']} -> {record['promoted']['version']} (promotion.auto)")
     if record.get("no_change"):
         err.print("no change: every stage was up to date")
     if record["status"] != "succeeded":

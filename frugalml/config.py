@@ -145,8 +145,20 @@ class EvaluateConfig(_Strict):
 
 
 class GatesConfig(_Strict):
+    """Every gate but min_accuracy is off when null."""
+
     min_accuracy: float = Field(0.9, ge=0, le=1)
     min_macro_f1: float | None = Field(None, ge=0, le=1)
+    min_class_recall: float | None = Field(None, ge=0, le=1)
+    max_regression: float | None = Field(0.01, ge=0, le=1)
+    max_latency_ms_p95: float | None = Field(None, gt=0)
+    max_model_size_mb: float | None = Field(None, gt=0)
+    max_train_usd: float | None = Field(None, ge=0)
+    max_serving_usd_per_1k: float | None = Field(None, ge=0)
+
+
+class PromotionConfig(_Strict):
+    auto: Literal["none", "staging", "production"] = "none"
 
 
 class Prices(_Strict):
@@ -197,6 +209,7 @@ class Params(_Strict):
     costs: CostsConfig = CostsConfig()
     storage: StorageConfig = StorageConfig()
     serving: ServingConfig = ServingConfig()
+    promotion: PromotionConfig = PromotionConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -1,3 +1,5 @@
+import pytest
+
 from frugalml.config import CostsConfig, Params
 from frugalml.costs import CostMeter, price
 from tasks.gate import decide
@@ -24,9 +26,36 @@ def test_meter_measures_cpu_and_wall():
     assert m.entry["labeled_images"] == 3 and m.entry["run_id"] == "run"
 
 
+EV = {"accuracy": 0.97, "macro_f1": 0.96, "latency_ms_p50": 4.0, "latency_ms_p95": 6.0,
+      "model_size_bytes": 45_000_000, "per_class": {"a": {"recall": 0.99}, "b": {"recall": 0.8}}}
+
+
 def test_gate_lists_every_check_and_decides():
     cfg = Params.model_validate({"gates": {"min_accuracy": 0.9, "min_macro_f1": 0.95}})
-    ok = decide(cfg, {"accuracy": 0.97, "macro_f1": 0.96})
-    assert ok["decision"] == "accept" and len(ok["checks"]) == 2
-    bad = decide(cfg, {"accuracy": 0.97, "macro_f1": 0.5})
+    ok = decide(cfg, EV)
+    assert ok["decision"] == "accept" and [c["name"] for c in ok["checks"]] == ["min_accuracy", "min_macro_f1"]
+    bad = decide(cfg, {**EV, "macro_f1": 0.5})
     assert bad["decision"] == "reject" and bad["failed"] == ["min_macro_f1"]
+
+
+def test_quality_cost_and_speed_gates():
+    cfg = Params.model_validate({"gates": {
+        "min_class_recall": 0.85, "max_latency_ms_p95": 5.0, "max_model_size_mb": 50,
+        "max_train_usd": 0.01, "max_serving_usd_per_1k": 0.0001}})
+    res = decide(cfg, EV, train_usd=0.02)
+    by = {c["name"]: c for c in res["checks"]}
+    assert by["min_class_recall"]["value"] == 0.8 and by["min_class_recall"]["note"] == "class b"
+    assert not by["max_latency_ms_p95"]["passed"] and by["max_model_size_mb"]["passed"]
+    assert not by["max_train_usd"]["passed"]
+    # 4 ms per prediction on a $0.0893/h replica: 1000 x 0.004 s x 0.0893 / 3600 = $0.0000992 per 1k
+    assert by["max_serving_usd_per_1k"]["value"] == pytest.approx(0.0000992, rel=1e-3)
+    assert by["max_serving_usd_per_1k"]["passed"]
+    assert sorted(res["failed"]) == ["max_latency_ms_p95", "max_train_usd", "min_class_recall"]
+
+
+def test_regression_against_the_champion():
+    cfg = Params.model_validate({"gates": {"max_regression": 0.01}})
+    worse = decide(cfg, {**EV, "champion": {"version": "v1", "comparable": True, "accuracy": 0.99}})
+    assert worse["failed"] == ["max_regression"] and worse["champion"] == "v1"
+    none = decide(cfg, {**EV, "champion": None})
+    assert [c["name"] for c in none["checks"]] == ["min_accuracy"]
