@@ -38,10 +38,19 @@ def save_model(name: str, version: str, model_file: Path, info: dict) -> str:
     except bentoml.exceptions.NotFound:
         pass
     labels = {"run_id": str(info.get("run_id", "")), "gate": str(info.get("gate", {}).get("decision", ""))}
-    with bentoml.models.create(tag, labels=labels, metadata=info) as ref:
+    with bentoml.models.create(tag, labels=labels, metadata=_metadata(info)) as ref:
         shutil.copyfile(model_file, ref.path_of("model.pt"))
         Path(ref.path_of("frugalml.json")).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
     return tag
+
+
+def _metadata(value):
+    """BentoML metadata takes basic types only: None becomes "" (the full record is in frugalml.json)."""
+    if isinstance(value, dict):
+        return {str(k): _metadata(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_metadata(v) for v in value]
+    return "" if value is None else value
 
 
 def build_bento(name: str, version: str, model_tag: str, serving) -> str:
@@ -77,7 +86,7 @@ def export_bento(tag: str, dest: Path) -> Path:
 def import_bento(path: Path) -> str:
     import bentoml
 
-    return str(bentoml.import_bento(str(path)).tag)
+    return str(bentoml.import_bento(str(Path(path).resolve())).tag)  # fsspec needs absolute paths
 
 
 def has_bento(tag: str) -> bool:

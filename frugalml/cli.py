@@ -297,6 +297,47 @@ def models_show(version: str) -> None:
     print(json.dumps(Registry(_store(cfg), cfg.model.name).get(version), indent=2))
 
 
+@app.command("serve")
+def serve(alias: str = typer.Option("production", "--alias", help="staging or production"),
+          version: Optional[str] = typer.Option(None, "--version", help="Serve this version instead of an alias."),
+          host: Optional[str] = typer.Option(None, "--host", help="Default: serving.host (127.0.0.1)."),
+          port: Optional[int] = typer.Option(None, "--port", help="Default: serving.port (3000).")) -> None:
+    """Serve a registered model: resolve the alias, fetch its bento from S3 if needed, run `bentoml serve`."""
+    import os
+    import signal
+    import subprocess
+
+    from frugalml import bento
+    from frugalml.registry import Registry
+
+    cfg = _cfg()
+    store = _store(cfg)
+    reg = Registry(store, cfg.model.name)
+    what = "pinned version" if version else f"alias {alias}"
+    version = reg.resolve(version or alias)
+    record = reg.get(version)
+    bento.use_workspace_home()
+    tag = record["bento_tag"]
+    if not bento.has_bento(tag):
+        archive = Path(".frugalml/bentos") / f"{cfg.model.name}-{version}.bento"
+        if not archive.exists():
+            err.print(f"fetching {record['bento_uri']}")
+            store.download(f"bentos/{cfg.model.name}/{version}.bento", archive)  # sha256 checked
+        tag = bento.import_bento(archive)
+    host = host or cfg.serving.host
+    port = port or cfg.serving.port
+    err.print(f"serving {cfg.model.name} {version} ({what}) at http://{host}:{port}")
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--host", host, "--port", str(port)],
+                            env=dict(os.environ))
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait()
+    if code not in (0, -signal.SIGINT, -signal.SIGTERM):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     from frugalml.errors import FrugalError
 

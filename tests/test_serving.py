@@ -1,0 +1,144 @@
+"""A real `frugalml serve` (bentoml serve) answering real HTTP requests."""
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from frugalml import config
+from tests.conftest import make_dataset
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _post(url: str, fields: dict[str, tuple[str, bytes, str]]) -> tuple[int, dict]:
+    boundary = uuid.uuid4().hex
+    body = b""
+    for name, (filename, data, ctype) in fields.items():
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n"
+                 f"Content-Type: {ctype}\r\n\r\n").encode() + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, s3_server):
+    from frugalml.config import StorageConfig
+    from frugalml.store import Store
+
+    work = tmp_path_factory.mktemp("serve")
+    src = make_dataset(work / "src", per_class=20)
+    prefix = f"t-{uuid.uuid4().hex[:8]}/"
+    name = f"srv-{uuid.uuid4().hex[:6]}"
+    (work / "params.yaml").write_text("train:\n  epochs: 2\n")
+    config.write_overrides(work / "params.yaml", [
+        f"data.source={src}", "model.arch=resnet18", "model.image_size=16", f"model.name={name}",
+        f"storage.prefix={prefix}", "validate.min_images_per_class=3", "gates.min_accuracy=0.0",
+        "serving.max_image_bytes=20000", "serving.max_image_pixels=10000", "evaluate.latency_samples=10"])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for stage in ("ingest", "validate", "train", "evaluate", "gate", "package"):
+        res = subprocess.run([sys.executable, "-m", f"tasks.{stage}"], cwd=work, env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+    version = json.loads((work / "metrics/package.json").read_text())["version"]
+    cli = [sys.executable, "-m", "frugalml.cli"]
+    assert subprocess.run(cli + ["promote", version, "--to", "production"], cwd=work, env=env).returncode == 0
+    # Serve from a fresh BentoML home: the bento must come from S3.
+    env = {**env, "BENTOML_HOME": str(work / "fresh-bentoml-home")}
+    port = _free_port()
+    log = open(work / "serve.log", "w")
+    proc = subprocess.Popen(cli + ["serve", "--alias", "production", "--port", str(port)], cwd=work, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise AssertionError((work / "serve.log").read_text()[-3000:])
+    yield url, version, src
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+def _png(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def test_classify_png_and_jpeg(served):
+    url, version, src = served
+    png = _png(src / "red" / "red_000.png")
+    code, body = _post(url + "/classify", {"image": ("red.png", png, "image/png")})
+    assert code == 200, body
+    assert body["version"] == version
+    labels = [p["label"] for p in body["predictions"]]
+    assert set(labels) <= {"red", "green", "blue"} and len(labels) == 3
+    assert abs(sum(p["probability"] for p in body["predictions"]) - 1) < 1e-3
+    buf = io.BytesIO()
+    Image.open(src / "blue" / "blue_001.png").convert("RGB").save(buf, format="JPEG")
+    code, body = _post(url + "/classify", {"image": ("blue.jpg", buf.getvalue(), "image/jpeg")})
+    assert code == 200 and body["predictions"]
+
+
+def test_bad_input_gets_400_with_a_message(served):
+    url, _, _ = served
+    cases = {
+        "text": b"this is not an image",
+        "empty": b"",
+        "too_many_bytes": os.urandom(30_000),
+    }
+    big = io.BytesIO()
+    Image.new("RGB", (200, 200)).save(big, format="PNG")  # 40,000 pixels > serving.max_image_pixels
+    cases["too_many_pixels"] = big.getvalue()
+    for case, data in cases.items():
+        code, body = _post(url + "/classify", {"image": (f"{case}.png", data, "application/octet-stream")})
+        assert code == 400, (case, code, body)
+        assert json.dumps(body) and ("error" in json.dumps(body).lower() or body), case
+
+
+def test_metadata_and_batch(served):
+    url, version, src = served
+    req = urllib.request.Request(url + "/metadata", data=b"{}", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        meta = json.loads(r.read())
+    assert meta["version"] == version and meta["classes"] == ["blue", "green", "red"]
+    assert "accuracy" in meta["metrics"]
+    boundary = uuid.uuid4().hex
+    body = b""
+    for i, p in enumerate([src / "red" / "red_001.png", src / "green" / "green_001.png"]):
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"{i}.png\"\r\n"
+                 "Content-Type: image/png\r\n\r\n").encode() + p.read_bytes() + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url + "/classify_batch", data=body,
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        out = json.loads(r.read())
+    assert len(out) == 2 and all(o["predictions"] for o in out)
