@@ -224,6 +224,41 @@ def print_summary(record: dict) -> None:
 
 
 # -- runs / models --------------------------------------------------------------------------------
+@app.command("costs")
+def costs(run_id: Optional[str] = typer.Option(None, "--run", help="One run's per-stage table."),
+          last: int = typer.Option(10, "--last", help="How many recent runs in the trend."),
+          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
+    """Per-stage cost of a run, and the cost trend across recent runs (from the run records in S3)."""
+    from rich.table import Table
+
+    from frugalml.runs import get_record, list_runs
+
+    store = _store()
+    ids = [run_id] if run_id else list_runs(store)[-last:]
+    if not ids:
+        err.print("no run records yet: run `frugalml run` first")
+        return
+    records = [get_record(store, r) for r in ids]
+    if as_json:
+        print(json.dumps([{k: r.get(k) for k in ("run_id", "status", "no_change", "total_usd", "wall_s", "stages",
+                                                  "gate", "finished")} for r in records], indent=2))
+        return
+    if run_id:
+        print_summary(records[0])
+        return
+    t = Table(title=f"Cost trend, last {len(records)} runs")
+    for col in ("run", "status", "changed stages", "wall s", "labeling USD", "compute+S3 USD", "total USD", "accuracy"):
+        t.add_column(col, justify="left" if col in ("run", "status", "changed stages") else "right")
+    for r in records:
+        lab = sum(s.get("labeling_usd", 0.0) for s in r["stages"])
+        ran = [s["stage"] for s in r["stages"] if s["status"] != "up to date"]
+        acc = next((c["value"] for c in (r.get("gate") or {}).get("checks", []) if c["name"] == "min_accuracy"), None)
+        t.add_row(r["run_id"], r["status"] + (" (no change)" if r.get("no_change") else ""),
+                  ",".join(ran) or "-", f"{r.get('wall_s', 0):.1f}", f"{lab:.2f}",
+                  f"{r['total_usd'] - lab:.5f}", f"{r['total_usd']:.5f}", "" if acc is None else f"{acc:.4f}")
+    err.print(t)
+
+
 @runs_app.command("list")
 def runs_list() -> None:
     """List run records."""

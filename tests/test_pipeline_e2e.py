@@ -122,3 +122,26 @@ def test_dvc_sees_new_source_images_and_ingests_only_those(pipeline_repo, store,
     second = json.loads((repo / "metrics/ingest.json").read_text())["counts"]
     assert second["decoded"] == 10 and second["new"] == 10
     assert second["reused_unchanged"] == 90 and second["images"] == 100
+
+
+def test_costs_command_reads_run_records(pipeline_repo, store):
+    import uuid as _uuid
+
+    # Two small records written the way the flow writes them (the flow itself is covered above).
+    from frugalml.runs import write_record
+
+    for i, (status, ran) in enumerate([("succeeded", "ran"), ("succeeded", "up to date")]):
+        stages = [{"stage": s, "status": ran, "wall_s": 1.0, "cpu_s": 1.0, "peak_rss_mb": 10, "usd": 0.5 if ran == "ran" else 0.0,
+                   "labeling_usd": 0.25 if (s == "ingest" and ran == "ran") else 0.0}
+                  for s in ("ingest", "train")]
+        rid = f"2026010{i}T000000Z-{_uuid.uuid4().hex[:6]}"
+        write_record(store, rid, {"run_id": rid, "status": status, "no_change": ran != "ran", "stages": stages,
+                                  "total_usd": sum(s["usd"] for s in stages), "wall_s": 2.0, "gate": None,
+                                  "message": ""}, [])
+    res = run(FRUGALML + ["costs", "--last", "2", "--json"], pipeline_repo)
+    recs = json.loads(res.stdout)
+    assert [r["total_usd"] for r in recs] == [1.0, 0.0] and recs[1]["no_change"] is True
+    table = run(FRUGALML + ["costs", "--last", "2"], pipeline_repo).stderr
+    assert "Cost trend" in table and "(no change)" in table and "1.00000" in table and "0.75000" in table
+    one = run(FRUGALML + ["costs", "--run", recs[0]["run_id"]], pipeline_repo).stderr
+    assert "Cost per stage" in one and "ingest" in one

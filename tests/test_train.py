@@ -145,3 +145,39 @@ def test_ddp_with_two_cpu_processes_produces_a_valid_model(tmp_path):
     assert meta["classes"] == ["blue", "green", "red"]
     out = model(torch.zeros(1, 3, 16, 16))
     assert out.shape == (1, 3) and torch.isfinite(out).all()
+
+
+def test_early_stopping_stops_when_validation_stalls(tmp_path):
+    import json
+
+    work = _workspace(tmp_path / "es", "train.epochs=6", "train.lr=0.0000001", "train.schedule=constant",
+                      "train.early_stopping.patience=1", "train.early_stopping.metric=val_loss",
+                      "train.early_stopping.min_delta=0.5")
+    res = _train(work)
+    report = json.loads((work / "metrics/train.json").read_text())
+    assert report["stopped_early"] is True and report["epochs_run"] == 2
+    assert "early stop after epoch 2" in res.stderr
+
+
+def test_class_weights_are_inverse_frequency():
+    from tasks.train import _class_weights
+
+    rows = [{"split": "train", "label": "a"}] * 30 + [{"split": "train", "label": "b"}] * 10 + \
+        [{"split": "test", "label": "b"}] * 50
+    w = _class_weights(rows, ["a", "b"])
+    assert w.tolist() == pytest.approx([40 / (2 * 30), 40 / (2 * 10)])
+
+
+def test_warm_start_keeps_backbone_when_classes_change():
+    from frugalml.modeling import build_model, warm_start
+
+    old = build_model("resnet18", 3)
+    blob = {"state_dict": old.state_dict(), "classes": ["a", "b", "c"]}
+    same = build_model("resnet18", 3)
+    assert warm_start(same, blob, ["a", "b", "c"]) == "all weights"
+    assert torch.equal(same.fc.weight, old.fc.weight)
+    new = build_model("resnet18", 4)
+    how = warm_start(new, blob, ["a", "b", "c", "d"])
+    assert "head re-initialised" in how
+    assert torch.equal(new.layer4[1].conv2.weight, old.layer4[1].conv2.weight)
+    assert new.fc.weight.shape == (4, 512)
