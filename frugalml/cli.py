@@ -336,40 +336,27 @@ def models_show(version: str) -> None:
 def serve(alias: str = typer.Option("production", "--alias", help="staging or production"),
           version: Optional[str] = typer.Option(None, "--version", help="Serve this version instead of an alias."),
           host: Optional[str] = typer.Option(None, "--host", help="Default: serving.host (127.0.0.1)."),
-          port: Optional[int] = typer.Option(None, "--port", help="Default: serving.port (3000).")) -> None:
+          port: Optional[int] = typer.Option(None, "--port", help="Default: serving.port (3000)."),
+          follow: bool = typer.Option(False, "--follow", help="Switch to the alias's new version while serving."),
+          poll_s: float = typer.Option(10.0, "--poll-s", help="With --follow: how often to read the alias.")) -> None:
     """Serve a registered model: resolve the alias, fetch its bento from S3 if needed, run `bentoml serve`."""
-    import os
-    import signal
-    import subprocess
-
     from frugalml import bento
+    from frugalml.errors import ConfigError
     from frugalml.registry import Registry
+    from frugalml.serving import runner
 
+    if follow and version:
+        raise ConfigError("--follow follows an alias; it cannot be combined with --version")
     cfg = _cfg()
-    store = _store(cfg)
-    reg = Registry(store, cfg.model.name)
-    what = "pinned version" if version else f"alias {alias}"
-    version = reg.resolve(version or alias)
-    record = reg.get(version)
+    reg = Registry(_store(cfg), cfg.model.name)
     bento.use_workspace_home()
-    tag = record["bento_tag"]
-    if not bento.has_bento(tag):
-        archive = Path(".frugalml/bentos") / f"{cfg.model.name}-{version}.bento"
-        if not archive.exists():
-            err.print(f"fetching {record['bento_uri']}")
-            store.download(f"bentos/{cfg.model.name}/{version}.bento", archive)  # sha256 checked
-        tag = bento.import_bento(archive)
     host = host or cfg.serving.host
     port = port or cfg.serving.port
-    err.print(f"serving {cfg.model.name} {version} ({what}) at http://{host}:{port}")
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--host", host, "--port", str(port)],
-                            env=dict(os.environ))
-    try:
-        code = proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait()
-    if code not in (0, -signal.SIGINT, -signal.SIGTERM):
+    if follow:
+        code = runner.follow(reg, alias, host, port, poll_s, cfg.serving.max_image_bytes)
+    else:
+        code = runner.serve(reg, version or alias, host, port)
+    if code not in (0, -2, -15):
         raise typer.Exit(1)
 
 

@@ -45,8 +45,18 @@ def _post(url: str, fields: dict[str, tuple[str, bytes, str]]) -> tuple[int, dic
         return e.code, json.loads(e.read() or b"{}")
 
 
+class _Ctx:
+    work: Path
+    env: dict
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, s3_server):
+def ctx():
+    return _Ctx()
+
+
+@pytest.fixture(scope="module")
+def served(ctx, tmp_path_factory, s3_server):
     from frugalml.config import StorageConfig
     from frugalml.store import Store
 
@@ -84,6 +94,7 @@ def served(tmp_path_factory, s3_server):
     else:
         proc.kill()
         raise AssertionError((work / "serve.log").read_text()[-3000:])
+    ctx.work, ctx.env = work, env
     yield url, version, src
     os.killpg(proc.pid, 15)
     proc.wait(timeout=30)
@@ -142,3 +153,61 @@ def test_metadata_and_batch(served):
     with urllib.request.urlopen(req, timeout=30) as r:
         out = json.loads(r.read())
     assert len(out) == 2 and all(o["predictions"] for o in out)
+
+
+def test_follow_switches_versions_without_failed_requests(served, ctx):
+    import threading
+
+    url, v1, src = served
+    work, env = ctx.work, ctx.env
+    time.sleep(1.1)  # versions are named to the second
+    res = subprocess.run([sys.executable, "-m", "tasks.package"], cwd=work, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    v2 = json.loads((work / "metrics/package.json").read_text())["version"]
+    assert v2 != v1
+    cli = [sys.executable, "-m", "frugalml.cli"]
+    port = _free_port()
+    proc = subprocess.Popen(cli + ["serve", "--follow", "--poll-s", "0.5", "--port", str(port)], cwd=work, env=env,
+                            stdout=open(work / "follow.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    furl = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(furl + "/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            raise AssertionError((work / "follow.log").read_text()[-3000:])
+        png = (src / "green" / "green_002.png").read_bytes()
+        results, stop_flag = [], threading.Event()
+
+        def traffic():
+            while not stop_flag.is_set():
+                try:
+                    results.append(_post(furl + "/classify", {"image": ("g.png", png, "image/png")}))
+                except Exception as exc:  # noqa: BLE001 - a failed request is what we count
+                    results.append((0, {"error": repr(exc)}))
+
+        workers = [threading.Thread(target=traffic) for _ in range(4)]
+        for w in workers:
+            w.start()
+        time.sleep(2)
+        assert subprocess.run(cli + ["promote", v2, "--to", "production"], cwd=work, env=env).returncode == 0
+        deadline = time.time() + 120
+        while time.time() < deadline and not any(b.get("version") == v2 for _, b in list(results)):
+            time.sleep(0.2)
+        time.sleep(2)
+        stop_flag.set()
+        for w in workers:
+            w.join()
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+    failed = [r for r in results if r[0] != 200]
+    versions = [b.get("version") for _, b in results]
+    assert not failed, failed[:3]
+    assert v1 in versions and v2 in versions, (work / "follow.log").read_text()[-2000:]
+    assert len(results) > 20

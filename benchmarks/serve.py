@@ -1,0 +1,181 @@
+"""Serving throughput and latency next to raw in-process torch inference, in one run.
+
+    .venv/bin/python benchmarks/serve.py [--requests 400]
+
+Builds a small model with the real pipeline (builtin digits, resnet18 at 32 px, 1 epoch)
+against its own embedded S3 server, promotes it, starts `frugalml serve`, then measures:
+  * service: /classify with PNG uploads from client threads (HTTP keep-alive), at
+    concurrency 1 and 16: requests/s, p50 and p99 latency;
+  * raw: the same model and images in this process (decode + transform + forward):
+    batch-1 latency p50/p99 and batched (16) images/s.
+Targets: at concurrency 16, service req/s >= 0.6 x raw batched images/s; at concurrency 1,
+p50 overhead (service p50 - raw p50) under 10 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BENCH_DIR = ROOT / ".frugalml" / "bench"
+
+
+def sh(cmd, cwd, env):
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"{cmd} failed:\n{res.stderr[-3000:]}")
+    return res
+
+
+def multipart(data: bytes) -> tuple[bytes, str]:
+    b = uuid.uuid4().hex
+    body = (f"--{b}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{b}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={b}"
+
+
+def load(port: int, bodies: list[tuple[bytes, str]], concurrency: int, total: int) -> dict:
+    lat: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    counter = iter(range(total))
+
+    def worker():
+        nonlocal errors
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for i in counter:
+            body, ctype = bodies[i % len(bodies)]
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", "/classify", body=body, headers={"Content-Type": ctype})
+                r = conn.getresponse()
+                r.read()
+                ok = r.status == 200
+            except OSError:
+                ok = False
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            dt = (time.perf_counter() - t0) * 1000
+            with lock:
+                lat.append(dt)
+                errors += not ok
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    q = statistics.quantiles(lat, n=100)
+    return {"requests_per_s": round(len(lat) / wall, 1), "p50_ms": round(q[49], 2), "p99_ms": round(q[98], 2),
+            "errors": errors}
+
+
+def raw(model_path: Path, images: list[bytes], batch: int, reps: int) -> dict:
+    import torch
+    from PIL import Image
+
+    from frugalml.modeling import eval_transform, load_model
+
+    model, meta = load_model(model_path)
+    tf = eval_transform(meta["image_size"], meta["mean"], meta["std"])
+
+    def prep(data):
+        with Image.open(io.BytesIO(data)) as im:
+            return tf(im.convert("RGB"))
+
+    lat = []
+    with torch.inference_mode():
+        for _ in range(3):
+            model(prep(images[0]).unsqueeze(0))
+        for i in range(reps):
+            t0 = time.perf_counter()
+            torch.softmax(model(prep(images[i % len(images)]).unsqueeze(0)), 1)
+            lat.append((time.perf_counter() - t0) * 1000)
+        n, t0 = 0, time.perf_counter()
+        while n < reps * 4:
+            x = torch.stack([prep(images[(n + j) % len(images)]) for j in range(batch)])
+            torch.softmax(model(x), 1)
+            n += batch
+        thr = n / (time.perf_counter() - t0)
+    q = statistics.quantiles(lat, n=100)
+    return {"batch1_p50_ms": round(q[49], 2), "batch1_p99_ms": round(q[98], 2),
+            f"batch{batch}_images_per_s": round(thr, 1)}
+
+
+def main() -> None:
+    from frugalml.embedded import EmbeddedS3
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=400)
+    args = ap.parse_args()
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
+        work = Path(tmp)
+        (work / "params.yaml").write_text(
+            "data:\n  source: builtin:digits\nmodel:\n  arch: resnet18\n  image_size: 32\n  name: bench-serve\n"
+            "train:\n  epochs: 1\n  checkpoint_to_s3: false\ngates:\n  min_accuracy: 0.0\n")
+        env = {k: v for k, v in os.environ.items() if k not in ("FRUGALML_S3_ENDPOINT", "AWS_ACCESS_KEY_ID",
+                                                                  "AWS_SECRET_ACCESS_KEY")}
+        env["PYTHONPATH"] = str(ROOT)
+        server = EmbeddedS3(work)
+        server.up()
+        proc = None
+        try:
+            for stage in ("ingest", "validate", "train", "evaluate", "gate", "package"):
+                sh([sys.executable, "-m", f"tasks.{stage}"], work, env)
+            version = json.loads((work / "metrics/package.json").read_text())["version"]
+            cli = [sys.executable, "-m", "frugalml.cli"]
+            sh(cli + ["promote", version, "--to", "production"], work, env)
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            s.close()
+            proc = subprocess.Popen(cli + ["serve", "--port", str(port)], cwd=work, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            for _ in range(240):
+                try:
+                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                    c.request("GET", "/readyz")
+                    if c.getresponse().status == 200:
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            images = [p.read_bytes() for p in sorted((work / ".frugalml/builtin/digits").rglob("*.png"))[:64]]
+            bodies = [multipart(d) for d in images]
+            load(port, bodies, 4, 50)  # warm-up
+            c1 = load(port, bodies, 1, args.requests)
+            c16 = load(port, bodies, 16, args.requests * 2)
+            r = raw(work / "models/model.pt", images, 16, args.requests)
+            print(json.dumps({
+                "model": "resnet18 32px", "cores": os.cpu_count(),
+                "service_c1": c1, "service_c16": c16, "raw_in_process": r,
+                "c1_p50_overhead_ms": round(c1["p50_ms"] - r["batch1_p50_ms"], 2), "target_c1_overhead_ms": 10,
+                "c16_ratio_to_raw_batched": round(c16["requests_per_s"] / r["batch16_images_per_s"], 3),
+                "target_c16_ratio": 0.6,
+            }, indent=2))
+        finally:
+            if proc is not None:
+                os.killpg(proc.pid, 15)
+                proc.wait()
+            server.down()
+            shutil.rmtree(work / ".frugalml" / "bentoml", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
