@@ -259,6 +259,21 @@ def costs(run_id: Optional[str] = typer.Option(None, "--run", help="One run's pe
     err.print(t)
 
 
+@app.command("reproduce")
+def reproduce_cmd(run_id: str = typer.Argument(..., help="A run id (see `frugalml runs list`)."),
+                  keep: bool = typer.Option(False, "--keep", help="Keep the temporary worktree.")) -> None:
+    """Re-run a recorded run from its commit, params and dvc.lock, and compare the metrics."""
+    from frugalml.reproduce import reproduce
+
+    differences = reproduce(_store(), run_id, keep=keep)
+    if differences:
+        err.print(f"[bold red]run {run_id} did not reproduce exactly:[/bold red]")
+        for d in differences:
+            err.print(f"  - {d}")
+        raise typer.Exit(3)
+    err.print(f"run {run_id} reproduced: train and evaluation metrics are identical")
+
+
 @runs_app.command("list")
 def runs_list() -> None:
     """List run records."""

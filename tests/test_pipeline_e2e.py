@@ -73,6 +73,11 @@ def test_prefect_flow_runs_pipeline_records_run_and_rejects_bad_data(pipeline_re
     status = run([str(BIN / "dvc"), "status"], repo)
     assert "up to date" in status.stdout
 
+    # The recorded run reproduces exactly: same commit, params and dvc.lock, data pulled from DVC.
+    rep = run(FRUGALML + ["reproduce", runs[0]], repo)
+    assert "reproduced: train and evaluation metrics are identical" in rep.stderr
+    assert not (repo / ".frugalml" / "reproduce").exists() or not any((repo / ".frugalml" / "reproduce").iterdir())
+
     # Promote it, then warm-start a second run from the production model: the new model is
     # scored against that champion on the same test images.
     run(FRUGALML + ["promote", pkg["version"], "--to", "production"], repo)

@@ -1,0 +1,78 @@
+"""Re-run a recorded run and compare its metrics.
+
+In a temporary git worktree at the run's commit, with the run's params.yaml and dvc.lock
+(from its record in S3), the recorded data and model are pulled from the DVC remote, then
+the train and evaluate stages are forced to run again. The model's own metrics must come out
+the same (bit for bit on CPU with a fixed seed); any difference is listed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from frugalml.console import info
+from frugalml.errors import FrugalError
+from frugalml.runs import get_record
+from frugalml.store import Store
+
+TRAIN_KEYS = ("final_train_loss", "final_train_acc", "final_val_acc", "epochs_run", "parameters")
+EVAL_KEYS = ("accuracy", "macro_f1", "top3_accuracy", "ece", "per_class", "test_images")
+
+
+def _sh(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if res.returncode:
+        raise FrugalError(f"`{' '.join(cmd)}` failed in {cwd}:\n{(res.stderr or res.stdout)[-3000:]}")
+    return res.stdout
+
+
+def _diff(label: str, old: dict, new: dict, keys) -> list[str]:
+    out = []
+    for k in keys:
+        if old.get(k) != new.get(k):
+            out.append(f"{label}.{k}: recorded {json.dumps(old.get(k))[:200]} != reproduced {json.dumps(new.get(k))[:200]}")
+    return out
+
+
+def reproduce(store: Store, run_id: str, root: Path = Path("."), keep: bool = False) -> list[str]:
+    """Returns the list of differences (empty when the run reproduced exactly)."""
+    record = get_record(store, run_id)
+    commit = record.get("git_commit")
+    if not commit:
+        raise FrugalError(f"run {run_id} has no git commit in its record: it cannot be checked out")
+    if record.get("git_dirty"):
+        info(f"reproduce: warning: run {run_id} ran with uncommitted changes; the code at {commit[:10]} may differ")
+    work = (root / ".frugalml" / "reproduce" / f"{run_id}-{uuid.uuid4().hex[:6]}").resolve()
+    work.parent.mkdir(parents=True, exist_ok=True)
+    _sh(["git", "worktree", "add", "--detach", str(work), commit], root)
+    try:
+        base = f"runs/{run_id}/"
+        for name in ("params.yaml", "dvc.lock"):
+            store.download(base + name, work / name)
+        local = root / ".dvc" / "config.local"
+        if local.exists():
+            shutil.copy2(local, work / ".dvc" / "config.local")
+        env = {**os.environ, "FRUGALML_RUN_ID": f"reproduce-{run_id}-{uuid.uuid4().hex[:6]}", "PYTHONUNBUFFERED": "1",
+               "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+        dvc = [sys.executable, "-m", "dvc"]
+        info(f"reproduce: {run_id} at commit {commit[:10]} in {work}; pulling its data and model")
+        _sh(dvc + ["pull", "--quiet"], work, env)
+        for stage in ("train", "evaluate"):
+            info(f"reproduce: running {stage} again")
+            _sh(dvc + ["repro", "--force", "--single-item", stage], work, env)
+        differences = []
+        for name, keys in (("train", TRAIN_KEYS), ("eval", EVAL_KEYS)):
+            old = json.loads(store.get_bytes(f"{base}metrics/{name}.json")[0])
+            new = json.loads((work / "metrics" / f"{name}.json").read_text())
+            differences += _diff(name, old, new, keys)
+        return differences
+    finally:
+        if not keep:
+            subprocess.run(["git", "worktree", "remove", "--force", str(work)], cwd=root, capture_output=True)
+            shutil.rmtree(work, ignore_errors=True)
