@@ -53,7 +53,9 @@ def reproduce(store: Store, run_id: str, root: Path = Path("."), keep: bool = Fa
     _sh(["git", "worktree", "add", "--detach", str(work), commit], root)
     try:
         base = f"runs/{run_id}/"
-        for name in ("params.yaml", "dvc.lock"):
+        # params, lock, and the uncached outputs (metrics, costs) that later stages depend on
+        for name in ["params.yaml", "dvc.lock"] + [f for f in record.get("files", [])
+                                                   if f.startswith(("metrics/", "costs/"))]:
             store.download(base + name, work / name)
         local = root / ".dvc" / "config.local"
         if local.exists():
