@@ -92,7 +92,9 @@ class Classifier:
         img = _read_image(image, ARGS.max_image_bytes, ARGS.max_image_pixels)
         return {"version": self.info.get("version", ""), **self._predict([img])[0]}
 
-    @bentoml.api(batchable=True, max_batch_size=32, max_latency_ms=50)
+    # max_latency_ms bounds the wait for a batch; BentoML answers 503 to requests it expects to miss
+    # it, so it is set well above one batch's compute time rather than near it.
+    @bentoml.api(batchable=True, max_batch_size=32, max_latency_ms=1000)
     def classify_batch(self, images: list[Path]) -> list[dict]:
         """Batchable: concurrent requests are grouped by BentoML's adaptive batching."""
         decoded = [_read_image(p, ARGS.max_image_bytes, ARGS.max_image_pixels) for p in images]
