@@ -3,7 +3,6 @@
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,18 +15,24 @@ import pytest
 from PIL import Image
 
 from frugalml import config
+from frugalml.serving.runner import free_port
 from tests.conftest import make_dataset
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise AssertionError(log.read_text()[-3000:])
 
 
 def _post(url: str, fields: dict[str, tuple[str, bytes, str]]) -> tuple[int, dict]:
@@ -78,22 +83,12 @@ def served(ctx, tmp_path_factory, s3_server):
     assert subprocess.run(cli + ["promote", version, "--to", "production"], cwd=work, env=env).returncode == 0
     # Serve from a fresh BentoML home: the bento must come from S3.
     env = {**env, "BENTOML_HOME": str(work / "fresh-bentoml-home")}
-    port = _free_port()
+    port = free_port()
     log = open(work / "serve.log", "w")
     proc = subprocess.Popen(cli + ["serve", "--alias", "production", "--port", str(port)], cwd=work, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise AssertionError((work / "serve.log").read_text()[-3000:])
+    _wait_ready(url, proc, work / "serve.log")
     ctx.work, ctx.env = work, env
     yield url, version, src
     os.killpg(proc.pid, 15)
@@ -166,21 +161,12 @@ def test_follow_switches_versions_without_failed_requests(served, ctx):
     v2 = json.loads((work / "metrics/package.json").read_text())["version"]
     assert v2 != v1
     cli = [sys.executable, "-m", "frugalml.cli"]
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(cli + ["serve", "--follow", "--poll-s", "0.5", "--port", str(port)], cwd=work, env=env,
                             stdout=open(work / "follow.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     furl = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(furl + "/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.3)
-        else:
-            raise AssertionError((work / "follow.log").read_text()[-3000:])
+        _wait_ready(furl, proc, work / "follow.log")
         png = (src / "green" / "green_002.png").read_bytes()
         results, stop_flag = [], threading.Event()
 

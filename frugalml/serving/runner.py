@@ -76,7 +76,7 @@ def stop(proc: subprocess.Popen, timeout_s: float = 20) -> None:
         proc.wait()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -116,7 +116,7 @@ class Follower:
 
     def _launch(self, version: str) -> Backend:
         tag = ensure_bento(self.reg, version)
-        port = _free_port()
+        port = free_port()
         proc = start_backend(tag, "127.0.0.1", port)
         url = f"http://127.0.0.1:{port}"
         try:
