@@ -142,7 +142,15 @@ def test_same_image_under_two_labels_is_rejected(tmp_path, monkeypatch):
     assert report["counts"]["duplicates"] == 1
 
 
-def test_validation_failure_lists_failed_expectations(tmp_path, monkeypatch):
+@pytest.fixture
+def no_store(monkeypatch):
+    """No object store configured: validation runs without a drift reference."""
+    for var in ("FRUGALML_S3_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", "/nonexistent-home")  # no ~/.aws either
+
+
+def test_validation_failure_lists_failed_expectations(tmp_path, monkeypatch, no_store):
     from tasks import validate
 
     src = make_dataset(tmp_path / "src", per_class=6)
@@ -160,7 +168,7 @@ def test_validation_failure_lists_failed_expectations(tmp_path, monkeypatch):
     assert Path("reports/validation/index.html").exists()
 
 
-def test_validation_catches_leakage(tmp_path, monkeypatch):
+def test_validation_catches_leakage(tmp_path, monkeypatch, no_store):
     from tasks import validate
     from tasks.ingest import read_manifest, write_manifest
 
