@@ -1,12 +1,15 @@
 """The training pipeline as a Prefect flow: one task per DVC stage, then dvc push, then the record.
 
 Each task runs ``dvc repro --single-item <stage>``, so dvc.lock is updated exactly as by
-``dvc repro`` and an up-to-date stage is skipped. Transient faults (the object store not
-answering) are retried with backoff; rejections (validation failed, gate rejected) are not.
+``dvc repro`` and an up-to-date stage is skipped. When one ``dvc status`` says that nothing
+changed at all, no stage process is started: a nightly run over unchanged data and params
+costs only that check. Transient faults (the object store not answering) are retried with
+backoff; rejections (validation failed, gate rejected) are not.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,11 +22,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from frugalml import config
+from frugalml.costs import price
 from frugalml.dvcconf import write_local_config
 from frugalml.errors import FrugalError, Rejected, TransientStorageError
-from frugalml.fsutil import read_json
+from frugalml.fsutil import atomic_write_json, read_json
 from frugalml.lineage import git_commit, git_dirty
-from frugalml.runs import STAGES, write_record
+from frugalml.runs import STAGES, new_run_id, write_record
 from frugalml.store import Store, resolve_settings
 
 STATUS_DIR = Path(".frugalml") / "status"
@@ -85,7 +89,7 @@ def run_stage(stage: str, run_id: str) -> StageOutcome:
             st = read_json(status)
             if st["exit_code"] == 3:
                 raise Rejected(st["message"])
-            if "did not answer" in st["message"] or "answered 5" in st["message"]:
+            if st.get("transient"):
                 raise TransientStorageError(f"stage {stage}: {st['message']}")
             raise StageFailed(f"stage {stage} failed: {st['message']}")
         if any(s in tail for s in ("Could not connect", "ConnectTimeout", "EndpointConnectionError",
@@ -98,13 +102,35 @@ def run_stage(stage: str, run_id: str) -> StageOutcome:
     return StageOutcome(stage, ran, wall, cost if ran else {})
 
 
+@task
+def nothing_changed(stages: list[str], run_id: str) -> bool:
+    """One ``dvc status`` over the stages (and the source data): True when all are up to date."""
+    code, out = _dvc(["status", "--json", *stages], run_id, echo=False)
+    if code != 0:
+        return False  # let the stages themselves report the fault (and be retried)
+    try:
+        return json.loads(out.strip().splitlines()[-1]) == {}
+    except (ValueError, IndexError):
+        return False
+
+
+def _remote_objects(store: Store) -> dict[str, int]:
+    return {o["key"]: o["size"] for o in store.list("dvc/")}
+
+
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient)
-def dvc_push(run_id: str) -> float:
+def dvc_push(cfg_storage, run_id: str) -> dict:
+    """``dvc push``, with what it added to the remote (a listing before and after, by our client)."""
+    store = Store.from_config(cfg_storage)
     t0 = time.perf_counter()
+    before = _remote_objects(store)
     code, tail = _dvc(["push", "--quiet"], run_id, echo=False)
     if code != 0:
         raise TransientStorageError(f"dvc push failed:\n{tail}")
-    return time.perf_counter() - t0
+    after = _remote_objects(store)
+    new = {k: v for k, v in after.items() if k not in before}
+    return {"wall_s": round(time.perf_counter() - t0, 3), "objects": len(new), "bytes": sum(new.values()),
+            "remote_objects": len(after), "remote_bytes": sum(after.values())}
 
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient)
@@ -133,6 +159,22 @@ def _failed_outcome(stage: str, run_id: str) -> StageOutcome:
     return StageOutcome(stage, ran, cost.get("wall_s", 0.0) if ran else 0.0, cost if ran else {}, failed=True)
 
 
+def push_row(push: dict, costs) -> dict:
+    """The DVC push as a row of the cost table: its wall time and one PUT per object it added."""
+    entry = {"wall_s": push.get("wall_s", 0.0), "s3_requests_put": push.get("objects", 0)}
+    return {"stage": "dvc push", "status": "ran" if push.get("objects") else "nothing new",
+            "wall_s": round(push.get("wall_s", 0.0), 2), "cpu_s": 0.0, "peak_rss_mb": 0,
+            "usd": price(entry, costs)["total_usd"], "labeling_usd": 0.0, "labeled_images": 0,
+            "check_wall_s": round(push.get("wall_s", 0.0), 2), "bytes": push.get("bytes", 0)}
+
+
+def orchestration_row(wall_s: float, costs) -> dict:
+    """The flow's own time (Prefect, ``dvc status``/``repro`` checks, process starts): a real cost too."""
+    return {"stage": "orchestration", "status": "ran", "wall_s": round(wall_s, 2), "cpu_s": 0.0,
+            "peak_rss_mb": 0, "usd": price({"wall_s": wall_s}, costs)["total_usd"], "labeling_usd": 0.0,
+            "labeled_images": 0, "check_wall_s": round(wall_s, 2)}
+
+
 def cost_rows(outcomes: list[StageOutcome]) -> list[dict]:
     rows = []
     for o in outcomes:
@@ -142,16 +184,60 @@ def cost_rows(outcomes: list[StageOutcome]) -> list[dict]:
                      "wall_s": round(c.get("wall_s", 0.0), 2), "cpu_s": round(c.get("cpu_s", 0.0), 2),
                      "peak_rss_mb": c.get("peak_rss_mb", 0), "usd": c.get("total_usd", 0.0),
                      "labeling_usd": c.get("labeling_usd", 0.0), "labeled_images": c.get("labeled_images", 0),
-                     "check_wall_s": round(o.wall_s, 2)})
+                     "check_wall_s": round(o.wall_s, 2), "s3_bytes_up": c.get("s3_bytes_up", 0),
+                     "gpu_s": c.get("gpu_s", 0.0), "gpu_energy_j": c.get("gpu_energy_j")})
     return rows
 
 
+def write_cost_metrics(record: dict, path: Path = Path("metrics") / "costs.json") -> dict:
+    """``metrics/costs.json``: what ``dvc metrics diff`` compares between two runs."""
+    by_stage = {r["stage"]: {"usd": r["usd"], "wall_s": r["wall_s"]} for r in record["stages"]}
+    metrics = {"run_id": record["run_id"], "total_usd": record["total_usd"], "wall_s": record["wall_s"],
+               "stored_bytes": record["storage"]["stored_bytes"],
+               "storage_usd_per_month": record["storage"]["usd_per_month"], "stages": by_stage}
+    atomic_write_json(path, metrics)
+    return metrics
+
+
+def _artifacts(run_id: str, rows: list[dict], gate: dict | None) -> None:
+    """Prefect artifacts: data summary, validation result, metrics, gate decision, cost table."""
+    ingest = Path("metrics/ingest.json")
+    if ingest.exists():
+        m = read_json(ingest)
+        table = [{"key": k, "value": v} for k, v in m.items() if not isinstance(v, (dict, list))]
+        table += [{"key": f"class {c}", "value": n} for c, n in (m.get("per_class") or {}).items()]
+        create_table_artifact(key="data-summary", table=table, description=f"Prepared dataset, run {run_id}")
+    validation = Path("metrics/validation.json")
+    if validation.exists():
+        v = read_json(validation)
+        lines = [f"**Validation: {'passed' if v.get('success', True) else 'FAILED'}**", ""]
+        lines += [f"- {k}: {val}" for k, val in v.items() if not isinstance(val, (dict, list))]
+        create_markdown_artifact(key="validation-result", markdown="\n".join(lines))
+    ev = Path("metrics/eval.json")
+    if ev.exists():
+        e = read_json(ev)
+        table = [{"metric": k, "value": v} for k, v in e.items() if isinstance(v, (int, float))]
+        create_table_artifact(key="metrics", table=table, description=f"Evaluation on the test split, run {run_id}")
+    create_table_artifact(key="cost-table", table=rows, description=f"Per-stage cost of run {run_id}")
+    if gate:
+        lines = [f"**Decision: {gate['decision']}**", "", "| check | value | threshold | passed |", "|---|---|---|---|"]
+        lines += [f"| {c['name']} | {c['value']} | {c['op']} {c['threshold']} | {c['passed']} |" for c in gate["checks"]]
+        create_markdown_artifact(key="gate-decision", markdown="\n".join(lines))
+
+
 @flow(name="frugalml-training", log_prints=True)
-def training_pipeline(run_id: str, overrides: list[str] | None = None, until: str | None = None) -> dict:
-    """Run the stages in order; returns the run record (status: succeeded, rejected or failed)."""
+def training_pipeline(run_id: str | None = None, overrides: list[str] | None = None,
+                      until: str | None = None) -> dict:
+    """Run the stages in order; returns the run record (status: succeeded, rejected or failed).
+
+    ``overrides`` (KEY=VALUE) are written to params.yaml first, as ``frugalml run --set`` does.
+    """
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
+    run_id = run_id or new_run_id()
+    if overrides:
+        config.write_overrides("params.yaml", overrides)
     cfg = config.load()
     settings = resolve_settings(cfg.storage)
     write_local_config(cfg, settings)
@@ -159,7 +245,13 @@ def training_pipeline(run_id: str, overrides: list[str] | None = None, until: st
     outcomes: list[StageOutcome] = []
     status, message = "succeeded", ""
     t0 = time.perf_counter()
+    unchanged = nothing_changed(stages, run_id)
+    if unchanged:
+        logger.info("dvc status: every stage is up to date; nothing to run")
     for stage in stages:
+        if unchanged:
+            outcomes.append(StageOutcome(stage, False, 0.0))
+            continue
         if stage == "package" and outcomes and read_json(Path("metrics/gate.json"))["decision"] != "accept":
             gate = read_json(Path("metrics/gate.json"))
             status, message = "rejected", f"gate rejected the model (failed: {', '.join(gate['failed'])})"
@@ -175,31 +267,35 @@ def training_pipeline(run_id: str, overrides: list[str] | None = None, until: st
     packaged = next((o for o in outcomes if o.stage == "package" and o.ran), None)
     if status == "succeeded" and packaged and cfg.promotion.auto != "none":
         promoted = auto_promote(cfg, read_json(Path("metrics/package.json"))["version"], cfg.promotion.auto)
-    push_s = 0.0
-    if status != "failed":
-        push_s = dvc_push(run_id)
-    rows = cost_rows(outcomes)
+    push = {}
+    if status != "failed" and not unchanged:
+        push = dvc_push(cfg.storage, run_id)
+    rows = cost_rows(outcomes) + ([push_row(push, cfg.costs)] if push else [])
+    own = time.perf_counter() - t0 - sum(r["wall_s"] for r in rows)
+    rows.append(orchestration_row(max(0.0, own), cfg.costs))
     gate = read_json(Path("metrics/gate.json")) if Path("metrics/gate.json").exists() and any(
         o.stage == "gate" for o in outcomes) else None
     total_usd = round(sum(r["usd"] for r in rows), 6)
     changed = any(o.ran for o in outcomes)
+    # What this run added to the bucket (stage uploads: checkpoints, bento, registry; DVC push):
+    # priced per month at costs.prices.usd_per_gb_month for as long as it is kept.
+    stored = sum(r.get("s3_bytes_up", 0) for r in rows[:len(outcomes)]) + push.get("bytes", 0)
     record = {
         "run_id": run_id, "status": status, "message": message,
         "no_change": not changed and status == "succeeded",
         "flow_run_id": str(flow_run.id) if flow_run.id else "",
         "git_commit": git_commit(), "git_dirty": git_dirty(),
         "overrides": overrides or [], "until": until, "params": config.dump(cfg),
-        "stages": rows, "total_usd": total_usd, "dvc_push_s": round(push_s, 2),
+        "stages": rows, "total_usd": total_usd, "dvc_push": push,
+        "storage": {"stored_bytes": stored,
+                    "usd_per_month": round(stored / 1e9 * cfg.costs.prices.usd_per_gb_month, 6)},
         "wall_s": round(time.perf_counter() - t0, 2),
         "gate": gate, "promoted": promoted, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if Path("metrics/package.json").exists() and any(o.stage == "package" for o in outcomes):
         record["package"] = read_json(Path("metrics/package.json"))
+    write_cost_metrics(record)
     record["record_uri"] = record_run(cfg.storage, run_id, record)
-    create_table_artifact(key="cost-table", table=rows, description=f"Per-stage cost of run {run_id}")
-    if gate:
-        lines = [f"**Decision: {gate['decision']}**", "", "| check | value | threshold | passed |", "|---|---|---|---|"]
-        lines += [f"| {c['name']} | {c['value']} | {c['op']} {c['threshold']} | {c['passed']} |" for c in gate["checks"]]
-        create_markdown_artifact(key="gate-decision", markdown="\n".join(lines))
+    _artifacts(run_id, rows, gate)
     logger.info("run %s %s; record at %s", run_id, status, record["record_uri"])
     return record

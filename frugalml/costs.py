@@ -1,8 +1,10 @@
 """Cost meter, price sheet and ledger.
 
 A stage runs inside ``CostMeter``; on exit the meter holds wall and CPU seconds (self and
-children), peak RSS, GPU seconds where CUDA was used, and the S3 traffic this process made.
-``price`` turns a ledger entry into dollars with ``costs.prices``.
+children) counted from the start of the stage's process (its imports are part of its cost),
+peak RSS, GPU seconds where CUDA was used, GPU energy from NVML where a driver answers, and
+the S3 traffic this process made. ``price`` turns a ledger entry into dollars with
+``costs.prices``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import resource
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from frugalml.config import CostsConfig
 
@@ -20,11 +23,60 @@ def _cpu_s() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def _process_age_s() -> float:
+    """Seconds since this process started (0 where the OS does not say)."""
+    try:
+        import psutil
+
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except Exception:
+        return 0.0
+
+
+def _self_peak_rss_kib() -> int:
+    """This process's own peak RSS.
+
+    ``VmHWM`` belongs to the current address space; ``ru_maxrss`` for RUSAGE_SELF would carry
+    over the high-water mark of the process that exec'd us (DVC), over-reporting small stages.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+class _Nvml:
+    """Total GPU energy counters through NVML (Volta and newer); absent without a driver."""
+
+    def __init__(self) -> None:
+        self.handles: list = []
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        except Exception:  # no NVIDIA driver, or the package is missing: nothing to measure
+            self.handles = []
+
+    def energy_mj(self) -> int | None:
+        if not self.handles:
+            return None
+        try:
+            return sum(self._nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in self.handles)
+        except Exception:
+            return None
+
+
 @dataclass
 class CostMeter:
     stage: str
     run_id: str
     extra: dict = field(default_factory=dict)
+    count_startup: bool = False  # a stage process: bill from the process start, imports included
     _t0: float = 0.0
     _cpu0: float = 0.0
     entry: dict = field(default_factory=dict)
@@ -33,8 +85,11 @@ class CostMeter:
         from frugalml.store import TRAFFIC
 
         self._traffic0 = TRAFFIC.as_dict()
+        self._startup_s = _process_age_s() if self.count_startup else 0.0
         self._t0 = time.perf_counter()
-        self._cpu0 = _cpu_s()
+        self._cpu0 = 0.0 if self.count_startup else _cpu_s()  # os.times() counts from the process start
+        self._nvml = _Nvml()
+        self._energy0 = self._nvml.energy_mj()
         return self
 
     def add(self, **items: float) -> None:
@@ -45,15 +100,20 @@ class CostMeter:
     def __exit__(self, *exc) -> None:
         from frugalml.store import TRAFFIC
 
-        wall_s = time.perf_counter() - self._t0
+        wall_s = time.perf_counter() - self._t0 + self._startup_s
         cpu_s = _cpu_s() - self._cpu0
-        rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        energy1 = self._nvml.energy_mj()
+        if self._energy0 is not None and energy1 is not None:
+            # All GPUs of the machine: on a shared machine this includes other tenants' work.
+            self.extra["gpu_energy_j"] = round((energy1 - self._energy0) / 1000, 1)
+        rss_self = _self_peak_rss_kib()
         rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         traffic = {k: v - self._traffic0[k] for k, v in TRAFFIC.as_dict().items()}
         self.entry = {
             "stage": self.stage,
             "run_id": self.run_id,
             "wall_s": round(wall_s, 3),
+            "startup_s": round(self._startup_s, 3),
             "cpu_s": round(cpu_s, 3),
             "peak_rss_mb": round(max(rss_self, rss_children) / 1024, 1),  # ru_maxrss is KiB on Linux
             **traffic,

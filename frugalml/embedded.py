@@ -59,6 +59,16 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Go's listeners do
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -145,6 +155,27 @@ class EmbeddedS3:
         except Exception:
             return False
 
+    @property
+    def ports_file(self) -> Path:
+        return self.dir / "ports.json"
+
+    def _ports(self) -> dict[str, int]:
+        """The ports of the last start when they are all free again, else fresh ones.
+
+        A restarted server keeps its endpoint, so DVC's config.local and clients that were
+        pointed at it (a run riding out a restart through retries) reach it again.
+        """
+        if self.ports_file.exists():
+            try:
+                last = {k: int(v) for k, v in read_json(self.ports_file).items()}
+                if set(last) == set(PORT_NAMES) and all(_port_free(p) for p in last.values()):
+                    return last
+            except (ValueError, OSError, AttributeError):
+                pass
+        ports = dict(zip(PORT_NAMES, _free_ports(len(PORT_NAMES))))
+        atomic_write_json(self.ports_file, ports)
+        return ports
+
     def up(self, timeout_s: float = 60.0) -> ServerInfo:
         info = self.info()
         if info and self._healthy(info):
@@ -156,7 +187,7 @@ class EmbeddedS3:
         data_dir.mkdir(parents=True, exist_ok=True)
         # weed mini reloads its last flags from mini.options; ours are given explicitly.
         (data_dir / "mini.options").unlink(missing_ok=True)
-        ports = dict(zip(PORT_NAMES, _free_ports(len(PORT_NAMES))))
+        ports = self._ports()
         cmd = [
             _weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             *[f"-{name}={port}" for name, port in ports.items()],

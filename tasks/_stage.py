@@ -19,7 +19,7 @@ from frugalml import config
 from frugalml.config import Params
 from frugalml.console import err
 from frugalml.costs import CostMeter, price
-from frugalml.errors import FrugalError
+from frugalml.errors import FrugalError, TransientStorageError
 from frugalml.fsutil import atomic_write_json
 
 STATUS_DIR = Path(".frugalml") / "status"
@@ -32,14 +32,15 @@ def run_id() -> str:
 def stage_main(stage: str, run: Callable[[Params, CostMeter], object]) -> None:
     status_file = STATUS_DIR / f"{stage}.json"
     status_file.unlink(missing_ok=True)
-    code, message = 0, ""
+    code, message, transient = 0, "", False
     cfg = meter = None
     try:
         cfg = config.load()
-        with CostMeter(stage, run_id()) as meter:
+        with CostMeter(stage, run_id(), count_startup=True) as meter:
             run(cfg, meter)
     except FrugalError as exc:
         code, message = exc.exit_code, str(exc)
+        transient = isinstance(exc, TransientStorageError)
         label = "REJECTED" if code == 3 else "ERROR"
         err.print(f"[bold red]{stage}: {label}[/bold red] {message}")
     except KeyboardInterrupt:
@@ -54,5 +55,6 @@ def stage_main(stage: str, run: Callable[[Params, CostMeter], object]) -> None:
         err.print(f"[dim]{stage}: {entry['wall_s']:.1f} s wall, {entry['cpu_s']:.1f} s CPU, "
                   f"{entry['peak_rss_mb']:.0f} MB peak RSS, ${entry['total_usd']:.5f}[/dim]")
     if code:
-        atomic_write_json(status_file, {"stage": stage, "exit_code": code, "message": message})
+        atomic_write_json(status_file, {"stage": stage, "exit_code": code, "message": message,
+                                        "transient": transient})
     sys.exit(code)
