@@ -225,6 +225,61 @@ def _artifacts(run_id: str, rows: list[dict], gate: dict | None) -> None:
         create_markdown_artifact(key="gate-decision", markdown="\n".join(lines))
 
 
+def _prepare(run_id: str, overrides: list[str] | None, until: str | None):
+    if overrides:
+        config.write_overrides("params.yaml", overrides)
+    cfg = config.load()
+    write_local_config(cfg, resolve_settings(cfg.storage))
+    stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
+    return cfg, stages
+
+
+def _build_record(cfg, run_id: str, overrides, until, outcomes: list[StageOutcome], status: str, message: str,
+                  push: dict, promoted, t0: float, flow_run_id: str) -> dict:
+    rows = cost_rows(outcomes) + ([push_row(push, cfg.costs)] if push else [])
+    own = time.perf_counter() - t0 - sum(r["wall_s"] for r in rows)
+    rows.append(orchestration_row(max(0.0, own), cfg.costs))
+    gate = read_json(Path("metrics/gate.json")) if Path("metrics/gate.json").exists() and any(
+        o.stage == "gate" for o in outcomes) else None
+    changed = any(o.ran for o in outcomes)
+    # What this run added to the bucket (stage uploads: checkpoints, bento, registry; DVC push),
+    # priced per month at costs.prices.usd_per_gb_month for as long as it is kept.
+    stored = sum(r.get("s3_bytes_up", 0) for r in rows[:len(outcomes)]) + push.get("bytes", 0)
+    record = {
+        "run_id": run_id, "status": status, "message": message,
+        "no_change": not changed and status == "succeeded",
+        "flow_run_id": flow_run_id,
+        "git_commit": git_commit(), "git_dirty": git_dirty(),
+        "overrides": overrides or [], "until": until, "params": config.dump(cfg),
+        "stages": rows, "total_usd": round(sum(r["usd"] for r in rows), 6), "dvc_push": push,
+        "storage": {"stored_bytes": stored,
+                    "usd_per_month": round(stored / 1e9 * cfg.costs.prices.usd_per_gb_month, 6)},
+        "wall_s": round(time.perf_counter() - t0, 2),
+        "gate": gate, "promoted": promoted, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if Path("metrics/package.json").exists() and any(o.stage == "package" for o in outcomes):
+        record["package"] = read_json(Path("metrics/package.json"))
+    write_cost_metrics(record)
+    return record
+
+
+def run_if_unchanged(run_id: str, overrides: list[str] | None = None, until: str | None = None) -> dict | None:
+    """Outside Prefect: when one ``dvc status`` says nothing changed, record "no change" and return it.
+
+    ``frugalml run`` calls this first, so a run over unchanged data and params costs one
+    check and no orchestrator start. Returns None when there is work (run the flow).
+    """
+    t0 = time.perf_counter()
+    cfg, stages = _prepare(run_id, overrides, until)
+    if not nothing_changed.fn(stages, run_id):
+        return None
+    outcomes = [StageOutcome(stage, False, 0.0) for stage in stages]
+    record = _build_record(cfg, run_id, overrides, until, outcomes, "succeeded", "", {}, None, t0, "")
+    record["orchestrator"] = "none: dvc status found nothing to run"
+    record["record_uri"] = record_run.fn(cfg.storage, run_id, record)
+    return record
+
+
 @flow(name="frugalml-training", log_prints=True)
 def training_pipeline(run_id: str | None = None, overrides: list[str] | None = None,
                       until: str | None = None) -> dict:
@@ -235,16 +290,11 @@ def training_pipeline(run_id: str | None = None, overrides: list[str] | None = N
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
+    t0 = time.perf_counter()
     run_id = run_id or new_run_id()
-    if overrides:
-        config.write_overrides("params.yaml", overrides)
-    cfg = config.load()
-    settings = resolve_settings(cfg.storage)
-    write_local_config(cfg, settings)
-    stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
+    cfg, stages = _prepare(run_id, overrides, until)
     outcomes: list[StageOutcome] = []
     status, message = "succeeded", ""
-    t0 = time.perf_counter()
     unchanged = nothing_changed(stages, run_id)
     if unchanged:
         logger.info("dvc status: every stage is up to date; nothing to run")
@@ -270,32 +320,10 @@ def training_pipeline(run_id: str | None = None, overrides: list[str] | None = N
     push = {}
     if status != "failed" and not unchanged:
         push = dvc_push(cfg.storage, run_id)
-    rows = cost_rows(outcomes) + ([push_row(push, cfg.costs)] if push else [])
-    own = time.perf_counter() - t0 - sum(r["wall_s"] for r in rows)
-    rows.append(orchestration_row(max(0.0, own), cfg.costs))
-    gate = read_json(Path("metrics/gate.json")) if Path("metrics/gate.json").exists() and any(
-        o.stage == "gate" for o in outcomes) else None
-    total_usd = round(sum(r["usd"] for r in rows), 6)
-    changed = any(o.ran for o in outcomes)
-    # What this run added to the bucket (stage uploads: checkpoints, bento, registry; DVC push):
-    # priced per month at costs.prices.usd_per_gb_month for as long as it is kept.
-    stored = sum(r.get("s3_bytes_up", 0) for r in rows[:len(outcomes)]) + push.get("bytes", 0)
-    record = {
-        "run_id": run_id, "status": status, "message": message,
-        "no_change": not changed and status == "succeeded",
-        "flow_run_id": str(flow_run.id) if flow_run.id else "",
-        "git_commit": git_commit(), "git_dirty": git_dirty(),
-        "overrides": overrides or [], "until": until, "params": config.dump(cfg),
-        "stages": rows, "total_usd": total_usd, "dvc_push": push,
-        "storage": {"stored_bytes": stored,
-                    "usd_per_month": round(stored / 1e9 * cfg.costs.prices.usd_per_gb_month, 6)},
-        "wall_s": round(time.perf_counter() - t0, 2),
-        "gate": gate, "promoted": promoted, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if Path("metrics/package.json").exists() and any(o.stage == "package" for o in outcomes):
-        record["package"] = read_json(Path("metrics/package.json"))
-    write_cost_metrics(record)
+    record = _build_record(cfg, run_id, overrides, until, outcomes, status, message, push, promoted, t0,
+                           str(flow_run.id) if flow_run.id else "")
+    record["orchestrator"] = "prefect"
     record["record_uri"] = record_run(cfg.storage, run_id, record)
-    _artifacts(run_id, rows, gate)
+    _artifacts(run_id, record["stages"], record["gate"])
     logger.info("run %s %s; record at %s", run_id, status, record["record_uri"])
     return record

@@ -153,8 +153,16 @@ STAGE_NAMES = ["ingest", "validate", "train", "evaluate", "gate", "package"]
 
 @app.command("run")
 def run(set_: list[str] = typer.Option([], "--set", help="Override a params.yaml key: KEY=VALUE (written to params.yaml)."),
-        until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage.")) -> None:
-    """Run the training pipeline (Prefect flow over the DVC stages) and print the cost table."""
+        until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
+        always_flow: bool = typer.Option(False, "--always-flow",
+                                         help="Start a Prefect flow run even when nothing changed.")) -> None:
+    """Run the training pipeline (Prefect flow over the DVC stages) and print the cost table.
+
+    Without a Prefect server (PREFECT_API_URL unset), a run over unchanged data and params is
+    recorded as "no change" after one `dvc status`, without starting Prefect's temporary server.
+    """
+    import os
+
     from frugalml import config
     from frugalml.errors import ConfigError
     from frugalml.runs import new_run_id
@@ -165,11 +173,14 @@ def run(set_: list[str] = typer.Option([], "--set", help="Override a params.yaml
         config.write_overrides("params.yaml", set_)
     _cfg()  # fail fast on a bad params.yaml, before Prefect starts
     _quiet_ephemeral_prefect()
-    from flows.pipeline import training_pipeline
+    from flows.pipeline import run_if_unchanged, training_pipeline
 
     run_id = new_run_id()
-    err.print(f"run {run_id}: starting the pipeline")
-    record = training_pipeline(run_id=run_id, overrides=set_, until=until)
+    ephemeral = not os.environ.get("PREFECT_API_URL")
+    record = run_if_unchanged(run_id, set_, until) if ephemeral and not always_flow else None
+    if record is None:
+        err.print(f"run {run_id}: starting the pipeline")
+        record = training_pipeline(run_id=run_id, overrides=set_, until=until)
     print_summary(record)
     if record["status"] == "rejected":
         raise typer.Exit(3)
@@ -272,7 +283,8 @@ def print_summary(record: dict) -> None:
 @app.command("costs")
 def costs(run_id: Optional[str] = typer.Option(None, "--run", help="One run's per-stage table."),
           last: int = typer.Option(10, "--last", help="How many recent runs in the trend."),
-          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
+          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+          plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a cost-per-run chart (PNG).")) -> None:
     """Per-stage cost of a run, and the cost trend across recent runs (from the run records in S3)."""
     from rich.table import Table
 
@@ -284,6 +296,11 @@ def costs(run_id: Optional[str] = typer.Option(None, "--run", help="One run's pe
         err.print("no run records yet: run `frugalml run` first")
         return
     records = [get_record(store, r) for r in ids]
+    if plot:
+        from frugalml.costs import plot_cost_per_run
+
+        plot_cost_per_run(records, plot)
+        err.print(f"cost-per-run chart written to {plot}")
     if as_json:
         print(json.dumps([{k: r.get(k) for k in ("run_id", "status", "no_change", "total_usd", "wall_s", "stages",
                                                   "gate", "finished")} for r in records], indent=2))

@@ -113,6 +113,13 @@ class DistributedConfig(_Strict):
     nproc_per_node: int = Field(1, ge=1)
 
 
+class WarmStartConfig(_Strict):
+    """Training from a registry model (``model.pretrained: registry:...``): short and gentle."""
+
+    epochs: int | None = Field(1, ge=1)   # None = train.epochs
+    lr_mult: float = Field(0.005, gt=0)   # learning rates x this: a converged model needs small steps
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -135,6 +142,7 @@ class TrainConfig(_Strict):
     num_threads: int = Field(0, ge=0)
     num_workers: int = Field(0, ge=0)
     checkpoint_to_s3: bool = True
+    warm_start: WarmStartConfig = WarmStartConfig()
     distributed: DistributedConfig = DistributedConfig()
 
 

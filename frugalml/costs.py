@@ -141,3 +141,36 @@ def price(entry: dict, costs: CostsConfig) -> dict:
         "labeling_usd": round(labeling, 6), "storage_usd_per_month": round(storage_month, 6),
         "total_usd": round(total, 6),
     }
+
+
+def plot_cost_per_run(records: list[dict], path) -> None:
+    """A PNG of cost per run (compute+S3 and labeling stacked), with each run's wall time."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from frugalml.fsutil import atomic_write_bytes
+
+    labels = [r["run_id"].split("-")[0][4:13] + ("*" if r.get("no_change") else "") for r in records]
+    labeling = [sum(s.get("labeling_usd", 0.0) for s in r["stages"]) for r in records]
+    other = [r["total_usd"] - lab for r, lab in zip(records, labeling)]
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(records) + 2), 4))
+    x = range(len(records))
+    ax.bar(x, other, label="compute + S3 requests", color="#4c72b0")
+    ax.bar(x, labeling, bottom=other, label="labeling", color="#dd8452")
+    ax.set_xticks(list(x), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("USD per run")
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax2 = ax.twinx()
+    ax2.plot(list(x), [r.get("wall_s", 0) for r in records], "k.-", label="wall s")
+    ax2.set_ylabel("wall seconds")
+    ax.set_title("frugalml cost per run (* = no change)")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -197,10 +197,18 @@ class Checkpointer:
 
 
 # -- the loop -------------------------------------------------------------------------------------
+def effective_train(cfg: Params):
+    """``train`` with ``train.warm_start`` applied when starting from a registry model."""
+    t = cfg.train
+    if not cfg.model.pretrained.startswith("registry:"):
+        return t
+    return t.model_copy(update={"epochs": t.warm_start.epochs or t.epochs, "lr": t.lr * t.warm_start.lr_mult})
+
+
 def train(cfg: Params, meter: CostMeter | None) -> dict:
     from tasks._stage import run_id
 
-    m, t = cfg.model, cfg.train
+    m, t = cfg.model, effective_train(cfg)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     distributed = _world() > 1
@@ -274,7 +282,7 @@ def train(cfg: Params, meter: CostMeter | None) -> dict:
     n_train = len(train_loader.dataset)
     if _is_main():
         info(f"train: {m.arch} on {device.type} ({precision}), {len(classes)} classes, {n_train} train images, "
-             f"{t.epochs} epochs, batch {t.batch_size}, finetune={t.finetune}, start={start}"
+             f"{t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g}, finetune={t.finetune}, start={start}"
              + (f", {_world()} processes" if distributed else ""))
     t_start = time.perf_counter()
     stopped_early = False

@@ -76,9 +76,8 @@ def run(cmd, cwd, check=True, timeout=900, env=None):
     return res
 
 
-@pytest.fixture
-def pipeline_repo(tmp_path, store):
-    """A fresh git + DVC repo holding the pipeline, pointed at a tiny dataset in S3."""
+def make_pipeline_repo(tmp_path: Path, store, extra: list[str] | None = None) -> Path:
+    """A fresh git + DVC repo holding the pipeline, pointed at a tiny dataset in ``store``."""
     repo = tmp_path / "repo"
     repo.mkdir()
     run(["git", "init", "-q"], repo)
@@ -98,8 +97,14 @@ def pipeline_repo(tmp_path, store):
         f"data.source={source}", f"storage.prefix={store.prefix}", f"model.name={name}",
         "model.arch=resnet18", "model.image_size=16", "train.epochs=4",
         "train.batch_size=16", "validate.min_images_per_class=5", "gates.min_accuracy=0.6",
-        "evaluate.latency_samples=10",
+        "evaluate.latency_samples=10", *(extra or []),
     ])
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline"], repo)
     return repo
+
+
+@pytest.fixture
+def pipeline_repo(tmp_path, store):
+    """A fresh git + DVC repo holding the pipeline, pointed at a tiny dataset in S3."""
+    return make_pipeline_repo(tmp_path, store)

@@ -64,8 +64,24 @@ def test_prefect_flow_runs_pipeline_records_run_and_rejects_bad_data(pipeline_re
     assert len(runs) == 1
     rec = store.get_json(f"runs/{runs[0]}/record.json")
     assert rec["status"] == "succeeded" and rec["package"]["version"] == pkg["version"]
-    assert [s["stage"] for s in rec["stages"]] == ["ingest", "validate", "train", "evaluate", "gate", "package"]
+    assert [s["stage"] for s in rec["stages"]] == ["ingest", "validate", "train", "evaluate", "gate", "package",
+                                                   "dvc push", "orchestration"]
     assert all(s["status"] == "ran" for s in rec["stages"])
+    assert rec["orchestrator"] == "prefect"
+    assert rec["dvc_push"]["objects"] >= 3 and rec["dvc_push"]["bytes"] > 0  # prepared data, manifest, model
+    assert rec["storage"]["stored_bytes"] > rec["dvc_push"]["bytes"]  # plus checkpoints, bento, registry
+    cost_metrics = json.loads((repo / "metrics/costs.json").read_text())
+    assert cost_metrics["run_id"] == rec["run_id"] and cost_metrics["total_usd"] == rec["total_usd"]
+    assert "costs.json" in run([str(BIN / "dvc"), "metrics", "show"], repo).stdout
+
+    # Nothing changed: one `dvc status`, no stage process, recorded as "no change".
+    again = run(FRUGALML + ["run"], repo)
+    assert "no change: every stage was up to date" in again.stderr and "Running stage" not in again.stderr
+    runs = sorted({o["key"].split("/")[1] for o in store.list("runs/") if o["key"].endswith("record.json")})
+    unchanged = store.get_json(f"runs/{runs[-1]}/record.json")
+    assert unchanged["no_change"] is True and unchanged["storage"]["stored_bytes"] == 0
+    assert [s["stage"] for s in unchanged["stages"] if s["usd"] > 0] == ["orchestration"]
+    assert unchanged["total_usd"] < rec["total_usd"] / 20
     assert rec["flow_run_id"]
     assert store.exists(f"runs/{runs[0]}/dvc.lock") and store.exists(f"runs/{runs[0]}/metrics/eval.json")
     assert "secret" not in json.dumps(rec).lower()
@@ -97,8 +113,11 @@ def test_prefect_flow_runs_pipeline_records_run_and_rejects_bad_data(pipeline_re
     assert "minimum images per class" in bad.stderr
     assert "Traceback" not in bad.stderr
     runs = sorted({o["key"].split("/")[1] for o in store.list("runs/") if o["key"].endswith("record.json")})
-    assert len(runs) == 3
-    assert store.get_json(f"runs/{runs[-1]}/record.json")["status"] == "rejected"
+    assert len(runs) == 4
+    rejected = store.get_json(f"runs/{runs[-1]}/record.json")
+    assert rejected["status"] == "rejected"
+    # A validation failure is a user error: not retried.
+    assert bad.stderr.count("Running stage 'validate'") == 1 and "will start" not in bad.stdout + bad.stderr
 
 
 def test_cli_reports_config_errors_without_traceback(pipeline_repo):
@@ -148,5 +167,8 @@ def test_costs_command_reads_run_records(pipeline_repo, store):
     assert [r["total_usd"] for r in recs] == [1.0, 0.0] and recs[1]["no_change"] is True
     table = run(FRUGALML + ["costs", "--last", "2"], pipeline_repo).stderr
     assert "Cost trend" in table and "(no change)" in table and "1.00000" in table and "0.75000" in table
+    png = pipeline_repo / "cost-per-run.png"
+    run(FRUGALML + ["costs", "--last", "2", "--plot", str(png)], pipeline_repo)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     one = run(FRUGALML + ["costs", "--run", recs[0]["run_id"]], pipeline_repo).stderr
     assert "Cost per stage" in one and "ingest" in one

@@ -1,0 +1,130 @@
+"""Orchestration overhead of `frugalml run` on the demo, and what an unchanged re-run costs.
+
+    .venv/bin/python benchmarks/overhead.py
+
+Builds a throwaway git + DVC repo with the pipeline and its own embedded SeaweedFS, uploads
+the built-in digits dataset (as `make demo` does), then in one invocation measures:
+
+* cold run: end-to-end wall of the `frugalml run` process (start to exit, Prefect's
+  temporary server included) next to the sum of the stages' own wall (each stage process
+  meters itself from its own start, imports included): ratio (target <= 1.15) and the fixed
+  seconds (Prefect, DVC, process starts, push, record);
+* unchanged re-run: its wall as a fraction of the cold run's (target <= 0.10);
+* the cost meter's own overhead: its enter/exit and the boto3 request hooks, timed in
+  isolation and multiplied by what the cold run used, as a share of the stage wall (< 1%).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BIN = Path(sys.executable).parent
+BENCH_DIR = ROOT / ".frugalml" / "bench"  # /tmp is slow to create files in on some machines
+STAGES = ["ingest", "validate", "train", "evaluate", "gate", "package"]
+
+
+def timed_run(cmd, cwd, env) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if res.returncode:
+        raise SystemExit(f"{cmd} failed ({res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}")
+    return wall, res.stdout + res.stderr
+
+
+def meter_overhead_s(requests: int, stages: int) -> dict:
+    """Seconds the meter itself costs: enter/exit per stage, two hooks per S3 request."""
+    from types import SimpleNamespace
+
+    from frugalml.costs import CostMeter
+    from frugalml.store import _count_request, _count_response
+
+    n = 200
+    t0 = time.perf_counter()
+    for _ in range(n):
+        with CostMeter("bench", "bench", count_startup=True):
+            pass
+    per_meter = (time.perf_counter() - t0) / n
+    model = SimpleNamespace(name="PutObject")
+    body = b"x" * 1024
+    resp = SimpleNamespace(headers={"content-length": "1024"})
+    n = 100_000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        _count_request(model, {"body": body})
+        _count_response(http_response=resp, parsed={"Body": None})
+    per_request = (time.perf_counter() - t0) / n
+    return {"per_stage_s": per_meter, "per_request_s": per_request,
+            "total_s": per_meter * stages + per_request * requests}
+
+
+def main() -> None:
+    from frugalml.embedded import EmbeddedS3
+
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
+        repo = Path(tmp) / "repo"
+        repo.mkdir()
+        for name in ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "tasks", "frugalml", "flows"]:
+            src = ROOT / name
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, repo / name,
+                                                                **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                                                   if src.is_dir() else {}))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FRUGALML_", "PREFECT_API"))}
+        env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+        env["PREFECT_HOME"] = str(Path(tmp) / "prefect")
+        subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+        subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=repo, check=True, env=env)
+        shutil.copy2(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+        subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+        subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"], cwd=repo,
+                       check=True)
+        server = EmbeddedS3(repo, bucket="frugalml")
+        server.up()
+        cli = [sys.executable, "-m", "frugalml.cli"]
+        try:
+            timed_run(cli + ["data", "upload", "builtin:digits"], repo, env)
+            # A first flow run in this PREFECT_HOME creates Prefect's database: not part of a run.
+            timed_run(cli + ["run", "--until", "ingest"], repo, env)
+            shutil.rmtree(repo / "data" / "prepared")
+            (repo / "data" / "manifest.csv").unlink()
+            print("cold run (all stages) ...", flush=True)
+            cold_wall, _ = timed_run(cli + ["run"], repo, env)
+            costs = {s: json.loads((repo / "costs" / f"{s}.json").read_text()) for s in STAGES}
+            stage_wall = sum(c["wall_s"] for c in costs.values())
+            requests = sum(c.get("s3_requests_put", 0) + c.get("s3_requests_get", 0) for c in costs.values())
+            print("unchanged re-run ...", flush=True)
+            again_wall, again_out = timed_run(cli + ["run"], repo, env)
+            assert "no change" in again_out, again_out[-2000:]
+            meter = meter_overhead_s(requests, len(STAGES))
+        finally:
+            server.down()
+    result = {
+        "cold_run_wall_s": round(cold_wall, 2),
+        "sum_of_stage_wall_s": round(stage_wall, 2),
+        "stage_wall_s": {s: c["wall_s"] for s, c in costs.items()},
+        "overhead_ratio": round(cold_wall / stage_wall, 3),
+        "fixed_overhead_s": round(cold_wall - stage_wall, 2),
+        "unchanged_run_wall_s": round(again_wall, 2),
+        "unchanged_to_cold_ratio": round(again_wall / cold_wall, 3),
+        "meter_s3_requests": requests,
+        "meter_per_stage_ms": round(meter["per_stage_s"] * 1000, 3),
+        "meter_per_request_us": round(meter["per_request_s"] * 1e6, 2),
+        "meter_overhead_pct_of_stage_wall": round(100 * meter["total_s"] / stage_wall, 4),
+        "targets": {"overhead_ratio": "<= 1.15", "unchanged_to_cold_ratio": "<= 0.10",
+                    "meter_overhead_pct_of_stage_wall": "< 1"},
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
