@@ -1,8 +1,9 @@
 """Serving throughput and latency next to raw in-process torch inference, in one run.
 
-    .venv/bin/python benchmarks/serve.py [--requests 400]
+    .venv/bin/python benchmarks/serve.py [--requests 400] [--image-size 32]
 
-Builds a small model with the real pipeline (builtin digits, resnet18 at 32 px, 1 epoch)
+Builds a model with the real pipeline (builtin digits, resnet18 at --image-size px, 1 epoch;
+at 96 px and more only the head is trained, to keep the build short)
 against its own embedded S3 server, promotes it, starts `frugalml serve`, then measures:
   * service: /classify with PNG uploads from client threads (HTTP keep-alive), at
     concurrency 1 and 16, and /classify_batch (one image per request, adaptive batching) at
@@ -129,13 +130,17 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--image-size", type=int, default=32,
+                    help="32 (the demo: per-request HTTP work dominates) or e.g. 224 (compute dominates)")
     args = ap.parse_args()
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
         work = Path(tmp)
         (work / "params.yaml").write_text(
-            "data:\n  source: builtin:digits\nmodel:\n  arch: resnet18\n  image_size: 32\n  name: bench-serve\n"
-            "train:\n  epochs: 1\n  checkpoint_to_s3: false\ngates:\n  min_accuracy: 0.0\n")
+            "data:\n  source: builtin:digits\n"
+            f"model:\n  arch: resnet18\n  image_size: {args.image_size}\n  name: bench-serve\n"
+            f"train:\n  epochs: 1\n  checkpoint_to_s3: false\n  finetune: {'head' if args.image_size >= 96 else 'full'}\n"
+            "evaluate:\n  latency_samples: 10\ngates:\n  min_accuracy: 0.0\n")
         env = {k: v for k, v in os.environ.items() if k not in ("FRUGALML_S3_ENDPOINT", "AWS_ACCESS_KEY_ID",
                                                                   "AWS_SECRET_ACCESS_KEY")}
         env["PYTHONPATH"] = str(ROOT)
@@ -172,7 +177,7 @@ def main() -> None:
             c16_batch = load(port, batch_bodies, 16, args.requests * 2, "/classify_batch")
             r = raw(work / "models/model.pt", images, 16, args.requests)
             print(json.dumps({
-                "model": "resnet18 32px", "cores": os.cpu_count(),
+                "model": f"resnet18 {args.image_size}px", "cores": os.cpu_count(),
                 "service_c1": c1, "service_c16": c16, "service_c16_classify_batch": c16_batch, "raw_in_process": r,
                 "c1_p50_overhead_ms": round(c1["p50_ms"] - r["batch1_p50_ms"], 2), "target_c1_overhead_ms": 10,
                 "c16_ratio_to_raw_batched": round(c16["requests_per_s"] / r["batch16_images_per_s"], 3),

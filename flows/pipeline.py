@@ -282,10 +282,11 @@ def run_if_unchanged(run_id: str, overrides: list[str] | None = None, until: str
 
 @flow(name="frugalml-training", log_prints=True)
 def training_pipeline(run_id: str | None = None, overrides: list[str] | None = None,
-                      until: str | None = None) -> dict:
+                      until: str | None = None, checked_changed: bool = False) -> dict:
     """Run the stages in order; returns the run record (status: succeeded, rejected or failed).
 
     ``overrides`` (KEY=VALUE) are written to params.yaml first, as ``frugalml run --set`` does.
+    ``checked_changed``: the caller's own ``dvc status`` just found work (skip the check).
     """
     from prefect.runtime import flow_run
 
@@ -295,7 +296,7 @@ def training_pipeline(run_id: str | None = None, overrides: list[str] | None = N
     cfg, stages = _prepare(run_id, overrides, until)
     outcomes: list[StageOutcome] = []
     status, message = "succeeded", ""
-    unchanged = nothing_changed(stages, run_id)
+    unchanged = False if checked_changed else nothing_changed(stages, run_id)
     if unchanged:
         logger.info("dvc status: every stage is up to date; nothing to run")
     for stage in stages:

@@ -180,7 +180,8 @@ def run(set_: list[str] = typer.Option([], "--set", help="Override a params.yaml
     record = run_if_unchanged(run_id, set_, until) if ephemeral and not always_flow else None
     if record is None:
         err.print(f"run {run_id}: starting the pipeline")
-        record = training_pipeline(run_id=run_id, overrides=set_, until=until)
+        record = training_pipeline(run_id=run_id, overrides=set_, until=until,
+                                   checked_changed=ephemeral and not always_flow)
     print_summary(record)
     if record["status"] == "rejected":
         raise typer.Exit(3)
@@ -308,16 +309,24 @@ def costs(run_id: Optional[str] = typer.Option(None, "--run", help="One run's pe
     if run_id:
         print_summary(records[0])
         return
-    t = Table(title=f"Cost trend, last {len(records)} runs")
-    for col in ("run", "status", "changed stages", "wall s", "labeling USD", "compute+S3 USD", "total USD", "accuracy"):
-        t.add_column(col, justify="left" if col in ("run", "status", "changed stages") else "right")
+    from rich import box
+
+    t = Table(title=f"Cost trend, last {len(records)} runs (USD per stage; - = up to date; "
+                    "other = dvc push + orchestration)", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    for col in ("run", "status", *STAGE_NAMES, "other", "labeling", "total USD", "wall s", "accuracy"):
+        t.add_column(col, justify="left" if col in ("run", "status") else "right", no_wrap=True)
     for r in records:
+        by_stage = {s["stage"]: s for s in r["stages"]}
+        cells = []
+        for name in STAGE_NAMES:
+            s = by_stage.get(name)
+            cells.append("-" if s is None or s["status"] == "up to date" else f"{s['usd']:.5f}")
+        other = sum(s["usd"] for s in r["stages"] if s["stage"] not in STAGE_NAMES)
         lab = sum(s.get("labeling_usd", 0.0) for s in r["stages"])
-        ran = [s["stage"] for s in r["stages"] if s["status"] != "up to date"]
         acc = next((c["value"] for c in (r.get("gate") or {}).get("checks", []) if c["name"] == "min_accuracy"), None)
-        t.add_row(r["run_id"], r["status"] + (" (no change)" if r.get("no_change") else ""),
-                  ",".join(ran) or "-", f"{r.get('wall_s', 0):.1f}", f"{lab:.2f}",
-                  f"{r['total_usd'] - lab:.5f}", f"{r['total_usd']:.5f}", "" if acc is None else f"{acc:.4f}")
+        t.add_row(r["run_id"], "no change" if r.get("no_change") else r["status"], *cells,
+                  f"{other:.5f}", f"{lab:.2f}", f"{r['total_usd']:.5f}", f"{r.get('wall_s', 0):.1f}",
+                  "" if acc is None else f"{acc:.4f}")
     err.print(t)
 
 
@@ -437,11 +446,27 @@ def serve(alias: str = typer.Option("production", "--alias", help="staging or pr
         raise typer.Exit(1)
 
 
+def _fast_exit(code: int) -> None:
+    """Exit after atexit handlers (Prefect stops its temporary server there) but without the
+    interpreter's module teardown, which takes about a second with Prefect, DVC and torch loaded."""
+    import atexit
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main() -> None:
     from frugalml.errors import FrugalError
 
     try:
         rv = app(standalone_mode=False)
+        if "flows.pipeline" in sys.modules and rv in (None, 0):
+            _fast_exit(0)
         sys.exit(rv if isinstance(rv, int) else 0)
     except FrugalError as exc:
         if _state["debug"]:
@@ -449,6 +474,8 @@ def main() -> None:
         err.print(f"[bold red]error:[/bold red] {exc}")
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
+        if "flows.pipeline" in sys.modules:
+            _fast_exit(exc.exit_code)
         sys.exit(exc.exit_code)
     except typer.Abort:
         err.print("aborted")

@@ -144,33 +144,51 @@ def price(entry: dict, costs: CostsConfig) -> dict:
 
 
 def plot_cost_per_run(records: list[dict], path) -> None:
-    """A PNG of cost per run (compute+S3 and labeling stacked), with each run's wall time."""
+    """A bar chart (PNG, drawn with PIL) of USD per run on a log scale: compute+S3 and labeling.
+
+    Costs span orders of magnitude (labeling a new dataset vs a "no change" check), hence
+    the log scale; each bar is annotated with its dollars and the run's wall seconds.
+    """
     import io
+    import math
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from PIL import Image, ImageDraw
 
     from frugalml.fsutil import atomic_write_bytes
 
-    labels = [r["run_id"].split("-")[0][4:13] + ("*" if r.get("no_change") else "") for r in records]
-    labeling = [sum(s.get("labeling_usd", 0.0) for s in r["stages"]) for r in records]
-    other = [r["total_usd"] - lab for r, lab in zip(records, labeling)]
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(records) + 2), 4))
-    x = range(len(records))
-    ax.bar(x, other, label="compute + S3 requests", color="#4c72b0")
-    ax.bar(x, labeling, bottom=other, label="labeling", color="#dd8452")
-    ax.set_xticks(list(x), labels, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("USD per run")
-    ax.set_yscale("symlog", linthresh=1e-4)
-    ax2 = ax.twinx()
-    ax2.plot(list(x), [r.get("wall_s", 0) for r in records], "k.-", label="wall s")
-    ax2.set_ylabel("wall seconds")
-    ax.set_title("frugalml cost per run (* = no change)")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
+    floor = 1e-5
+    top = max([r["total_usd"] for r in records] + [floor * 10])
+    decades = max(1, math.ceil(math.log10(top / floor)))
+    bar, gap, left, height, bottom = 46, 18, 70, 300, 90
+    width = left + len(records) * (bar + gap) + 20
+    img = Image.new("RGB", (max(width, 360), height + bottom + 40), "white")
+    d = ImageDraw.Draw(img)
+    d.text((left, 4), "USD per run (log scale)", fill="black")
+    d.text((left, 16), "blue: compute + S3, orange: labeling", fill="black")
+
+    def y(usd: float) -> float:
+        return 30 + height - height * max(0.0, math.log10(max(usd, floor) / floor)) / decades
+
+    for k in range(decades + 1):
+        v = floor * 10 ** k
+        d.line([(left - 4, y(v)), (width - 10, y(v))], fill=(225, 225, 225))
+        d.text((4, y(v) - 6), f"${v:g}", fill="black")
+    for i, r in enumerate(records):
+        x0 = left + i * (bar + gap)
+        labeling = sum(s.get("labeling_usd", 0.0) for s in r["stages"])
+        total = r["total_usd"]
+        if total > floor:
+            d.rectangle([x0, y(total), x0 + bar, y(floor)], fill=(76, 114, 176))
+            if labeling > 0:  # the labeling share of the bar, drawn on top in proportion
+                d.rectangle([x0, y(total), x0 + bar, y(total) + (y(floor) - y(total)) * labeling / total],
+                            fill=(221, 132, 82))
+        d.text((x0, y(total) - 14), f"${total:.4g}", fill="black")
+        d.text((x0, 34 + height), r["run_id"][4:8] + " " + r["run_id"][9:13], fill="black")
+        d.text((x0, 48 + height), f"{r.get('wall_s', 0):.0f} s", fill="black")
+        if r.get("no_change"):
+            d.text((x0, 62 + height), "no change", fill="black")
+        elif r.get("status") != "succeeded":
+            d.text((x0, 62 + height), r.get("status", ""), fill="red")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
+    img.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())

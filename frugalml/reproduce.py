@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -64,7 +65,12 @@ def reproduce(store: Store, run_id: str, root: Path = Path("."), keep: bool = Fa
                "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
         dvc = [sys.executable, "-m", "dvc"]
         info(f"reproduce: {run_id} at commit {commit[:10]} in {work}; pulling its data and model")
+        t0 = time.perf_counter()
         _sh(dvc + ["pull", "--quiet"], work, env)
+        cache = work / ".dvc" / "cache"
+        pulled = [f for f in cache.rglob("*") if f.is_file()] if cache.exists() else []
+        info(f"reproduce: dvc pull: {len(pulled)} objects, {sum(f.stat().st_size for f in pulled) / 1e6:.1f} MB "
+             f"in {time.perf_counter() - t0:.1f} s")
         for stage in ("train", "evaluate"):
             info(f"reproduce: running {stage} again")
             _sh(dvc + ["repro", "--force", "--single-item", stage], work, env)

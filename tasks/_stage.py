@@ -57,4 +57,20 @@ def stage_main(stage: str, run: Callable[[Params, CostMeter], object]) -> None:
     if code:
         atomic_write_json(status_file, {"stage": stage, "exit_code": code, "message": message,
                                         "transient": transient})
-    sys.exit(code)
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    """Exit without the interpreter's module teardown (about 1 s with torch and BentoML loaded).
+
+    Everything the stage writes is written atomically and closed by now; atexit handlers
+    (temporary directories, library cleanups) still run.
+    """
+    import atexit
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
