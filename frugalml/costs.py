@@ -24,7 +24,17 @@ def _cpu_s() -> float:
 
 
 def _process_age_s() -> float:
-    """Seconds since this process started (0 where the OS does not say)."""
+    """Seconds since this process started (0 where the OS does not say).
+
+    On Linux: /proc/self/stat's start time (clock ticks since boot) against CLOCK_BOOTTIME,
+    10 ms resolution. (psutil's create_time adds whole-second boot-time rounding.)
+    """
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        start_ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22, starttime
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
     try:
         import psutil
 
