@@ -212,7 +212,8 @@ def schedule(cron: str = typer.Option(..., "--cron", help="When to run, as cron:
     try:
         CronSchedule(cron=cron, timezone=timezone)
     except Exception as exc:
-        raise ConfigError(f"--cron {cron!r} / --timezone {timezone!r}: {exc}") from None
+        why = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+        raise ConfigError(f"--cron {cron!r} / --timezone {timezone!r}: {why}") from None
     config.load(overrides=set_)  # a bad override fails now, not at 02:00
     if not os.environ.get("PREFECT_API_URL"):
         err.print("[yellow]PREFECT_API_URL is not set: the schedule lives in a temporary Prefect server that "

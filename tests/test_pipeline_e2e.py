@@ -124,6 +124,8 @@ def test_cli_reports_config_errors_without_traceback(pipeline_repo):
     res = run(FRUGALML + ["run", "--set", "train.epochs=zero"], pipeline_repo, check=False)
     assert res.returncode == 2
     assert "train.epochs" in res.stderr and "Traceback" not in res.stderr
+    cron = run(FRUGALML + ["schedule", "--cron", "61 * * *"], pipeline_repo, check=False)
+    assert cron.returncode == 2 and "Invalid cron string" in cron.stderr and "Traceback" not in cron.stderr
 
 
 def test_dvc_sees_new_source_images_and_ingests_only_those(pipeline_repo, store, tmp_path):
