@@ -314,6 +314,10 @@ def training_pipeline(run_id: str | None = None, overrides: list[str] | None = N
             message = str(exc)
             outcomes.append(_failed_outcome(stage, run_id))
             break
+    if status == "succeeded" and "package" not in stages and any(o.stage == "gate" for o in outcomes):
+        gate = read_json(Path("metrics/gate.json"))  # --until gate: the decision is the outcome
+        if gate["decision"] != "accept":
+            status, message = "rejected", f"gate rejected the model (failed: {', '.join(gate['failed'])})"
     promoted = None
     packaged = next((o for o in outcomes if o.stage == "package" and o.ran), None)
     if status == "succeeded" and packaged and cfg.promotion.auto != "none":

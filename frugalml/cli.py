@@ -158,8 +158,9 @@ def run(set_: list[str] = typer.Option([], "--set", help="Override a params.yaml
                                          help="Start a Prefect flow run even when nothing changed.")) -> None:
     """Run the training pipeline (Prefect flow over the DVC stages) and print the cost table.
 
-    Without a Prefect server (PREFECT_API_URL unset), a run over unchanged data and params is
-    recorded as "no change" after one `dvc status`, without starting Prefect's temporary server.
+    Without a Prefect server (PREFECT_API_URL unset), the run starts a local one for its
+    length; a run over unchanged data and params is recorded as "no change" after one
+    `dvc status`, without waiting for it.
     """
     import os
 
@@ -172,13 +173,21 @@ def run(set_: list[str] = typer.Option([], "--set", help="Override a params.yaml
     if set_:
         config.write_overrides("params.yaml", set_)
     _cfg()  # fail fast on a bad params.yaml, before Prefect starts
-    _quiet_ephemeral_prefect()
+    ephemeral = not os.environ.get("PREFECT_API_URL")
+    server = None
+    if ephemeral:
+        # Prefect's API for this run, starting while the checks below run (see flows/local_server.py).
+        from flows.local_server import LocalPrefectServer
+
+        server = LocalPrefectServer(Path(".frugalml") / "prefect-server.log")
+        os.environ["PREFECT_API_URL"] = server.api_url  # before Prefect is imported
     from flows.pipeline import run_if_unchanged, training_pipeline
 
     run_id = new_run_id()
-    ephemeral = not os.environ.get("PREFECT_API_URL")
     record = run_if_unchanged(run_id, set_, until) if ephemeral and not always_flow else None
     if record is None:
+        if server is not None:
+            server.wait_ready()
         err.print(f"run {run_id}: starting the pipeline")
         record = training_pipeline(run_id=run_id, overrides=set_, until=until,
                                    checked_changed=ephemeral and not always_flow)

@@ -99,7 +99,7 @@ def test_prefect_flow_runs_pipeline_records_run_and_rejects_bad_data(pipeline_re
     run(FRUGALML + ["promote", pkg["version"], "--to", "production"], repo)
     name = _params(repo).model.name
     res = run(FRUGALML + ["run", "--set", f"model.pretrained=registry:{name}@production",
-                          "--set", "train.epochs=1"], repo)
+                          "--set", "train.epochs=1", "--set", "gates.max_regression=null"], repo)
     train = json.loads((repo / "metrics/train.json").read_text())
     assert train["start"].startswith(f"registry:{name}@{pkg['version']}") and "all weights" in train["start"]
     ev = json.loads((repo / "metrics/eval.json").read_text())
