@@ -291,6 +291,10 @@ def print_summary(record: dict) -> None:
 
 
 # -- runs / models --------------------------------------------------------------------------------
+def _usd(v: float) -> str:
+    return f"{v:.2f}" if v >= 1 else f"{v:.5f}"
+
+
 @app.command("costs")
 def costs(run_id: Optional[str] = typer.Option(None, "--run", help="One run's per-stage table."),
           last: int = typer.Option(10, "--last", help="How many recent runs in the trend."),
@@ -330,12 +334,12 @@ def costs(run_id: Optional[str] = typer.Option(None, "--run", help="One run's pe
         cells = []
         for name in STAGE_NAMES:
             s = by_stage.get(name)
-            cells.append("-" if s is None or s["status"] == "up to date" else f"{s['usd']:.5f}")
+            cells.append("-" if s is None or s["status"] == "up to date" else _usd(s["usd"]))
         other = sum(s["usd"] for s in r["stages"] if s["stage"] not in STAGE_NAMES)
         lab = sum(s.get("labeling_usd", 0.0) for s in r["stages"])
         acc = next((c["value"] for c in (r.get("gate") or {}).get("checks", []) if c["name"] == "min_accuracy"), None)
         t.add_row(r["run_id"], "no change" if r.get("no_change") else r["status"], *cells,
-                  f"{other:.5f}", f"{lab:.2f}", f"{r['total_usd']:.5f}", f"{r.get('wall_s', 0):.1f}",
+                  _usd(other), f"{lab:.2f}", _usd(r["total_usd"]), f"{r.get('wall_s', 0):.1f}",
                   "" if acc is None else f"{acc:.4f}")
     err.print(t)
 
