@@ -25,9 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ingest import BENCH_DIR, generate  # noqa: E402
-
-BIN = Path(sys.executable).parent
+from _common import BENCH_DIR, BIN, bin_on_path, pipeline_repo  # noqa: E402
+from ingest import generate  # noqa: E402
 
 
 def timed(cmd, cwd, env) -> float:
@@ -47,15 +46,8 @@ def main() -> None:
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
         tmp = Path(tmp)
-        repo = tmp / "repo"
-        repo.mkdir()
-        for name in ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "tasks", "frugalml", "flows"]:
-            src = ROOT / name
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, repo / name)
-        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-        subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-        subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=repo, check=True, env=env)
-        shutil.copy2(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+        env = bin_on_path(dict(os.environ))
+        repo = pipeline_repo(tmp / "repo", env)
         print(f"generating {args.images} images ...", flush=True)
         generate(tmp / "src", args.images)
         from frugalml.config import write_overrides

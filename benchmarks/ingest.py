@@ -28,8 +28,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-# Work files live in the workspace: on some machines /tmp creates files 20x slower than the disk.
-BENCH_DIR = ROOT / ".frugalml" / "bench"
+from _common import BENCH_DIR  # noqa: E402
 
 
 def generate(dest: Path, n: int, classes: int = 10, size: int = 48) -> None:

@@ -27,10 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import BENCH_DIR, BIN, ROOT, bin_on_path, pipeline_repo  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
-BIN = Path(sys.executable).parent
-BENCH_DIR = ROOT / ".frugalml" / "bench"  # /tmp is slow to create files in on some machines
 STAGES = ["ingest", "validate", "train", "evaluate", "gate", "package"]
 
 
@@ -112,19 +111,10 @@ def main() -> None:
 
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
-        repo = Path(tmp) / "repo"
-        repo.mkdir()
-        for name in ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "tasks", "frugalml", "flows"]:
-            src = ROOT / name
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, repo / name,
-                                                                **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                                                   if src.is_dir() else {}))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FRUGALML_", "PREFECT_API"))}
-        env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+        env = bin_on_path({k: v for k, v in os.environ.items()
+                           if not k.startswith(("AWS_", "FRUGALML_", "PREFECT_API"))})
         env["PREFECT_HOME"] = str(Path(tmp) / "prefect")
-        subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-        subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=repo, check=True, env=env)
-        shutil.copy2(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+        repo = pipeline_repo(Path(tmp) / "repo", env)
         subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
         subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"], cwd=repo,
                        check=True)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-BENCH_DIR = ROOT / ".frugalml" / "bench"
+from _common import BENCH_DIR  # noqa: E402
 
 
 def sh(cmd, cwd, env):

@@ -159,20 +159,25 @@ def _failed_outcome(stage: str, run_id: str) -> StageOutcome:
     return StageOutcome(stage, ran, cost.get("wall_s", 0.0) if ran else 0.0, cost if ran else {}, failed=True)
 
 
+def _row(stage: str, status: str, wall_s: float, usd: float, *, check_wall_s: float | None = None,
+         cpu_s: float = 0.0, peak_rss_mb: float = 0, labeling_usd: float = 0.0, labeled_images: int = 0,
+         **extra) -> dict:
+    """One row of the run's cost table (stages, the DVC push, orchestration)."""
+    return {"stage": stage, "status": status, "wall_s": round(wall_s, 2), "cpu_s": round(cpu_s, 2),
+            "peak_rss_mb": peak_rss_mb, "usd": usd, "labeling_usd": labeling_usd, "labeled_images": labeled_images,
+            "check_wall_s": round(wall_s if check_wall_s is None else check_wall_s, 2), **extra}
+
+
 def push_row(push: dict, costs) -> dict:
     """The DVC push as a row of the cost table: its wall time and one PUT per object it added."""
-    entry = {"wall_s": push.get("wall_s", 0.0), "s3_requests_put": push.get("objects", 0)}
-    return {"stage": "dvc push", "status": "ran" if push.get("objects") else "nothing new",
-            "wall_s": round(push.get("wall_s", 0.0), 2), "cpu_s": 0.0, "peak_rss_mb": 0,
-            "usd": price(entry, costs)["total_usd"], "labeling_usd": 0.0, "labeled_images": 0,
-            "check_wall_s": round(push.get("wall_s", 0.0), 2), "bytes": push.get("bytes", 0)}
+    wall = push.get("wall_s", 0.0)
+    usd = price({"wall_s": wall, "s3_requests_put": push.get("objects", 0)}, costs)["total_usd"]
+    return _row("dvc push", "ran" if push.get("objects") else "nothing new", wall, usd, bytes=push.get("bytes", 0))
 
 
 def orchestration_row(wall_s: float, costs) -> dict:
     """The flow's own time (Prefect, ``dvc status``/``repro`` checks, process starts): a real cost too."""
-    return {"stage": "orchestration", "status": "ran", "wall_s": round(wall_s, 2), "cpu_s": 0.0,
-            "peak_rss_mb": 0, "usd": price({"wall_s": wall_s}, costs)["total_usd"], "labeling_usd": 0.0,
-            "labeled_images": 0, "check_wall_s": round(wall_s, 2)}
+    return _row("orchestration", "ran", wall_s, price({"wall_s": wall_s}, costs)["total_usd"])
 
 
 def cost_rows(outcomes: list[StageOutcome]) -> list[dict]:
@@ -180,13 +185,20 @@ def cost_rows(outcomes: list[StageOutcome]) -> list[dict]:
     for o in outcomes:
         c = o.cost
         status = "failed" if o.failed else "ran" if o.ran else "up to date"
-        rows.append({"stage": o.stage, "status": status,
-                     "wall_s": round(c.get("wall_s", 0.0), 2), "cpu_s": round(c.get("cpu_s", 0.0), 2),
-                     "peak_rss_mb": c.get("peak_rss_mb", 0), "usd": c.get("total_usd", 0.0),
-                     "labeling_usd": c.get("labeling_usd", 0.0), "labeled_images": c.get("labeled_images", 0),
-                     "check_wall_s": round(o.wall_s, 2), "s3_bytes_up": c.get("s3_bytes_up", 0),
-                     "gpu_s": c.get("gpu_s", 0.0), "gpu_energy_j": c.get("gpu_energy_j")})
+        rows.append(_row(o.stage, status, c.get("wall_s", 0.0), c.get("total_usd", 0.0), check_wall_s=o.wall_s,
+                         cpu_s=c.get("cpu_s", 0.0), peak_rss_mb=c.get("peak_rss_mb", 0),
+                         labeling_usd=c.get("labeling_usd", 0.0), labeled_images=c.get("labeled_images", 0),
+                         s3_bytes_up=c.get("s3_bytes_up", 0), gpu_s=c.get("gpu_s", 0.0),
+                         gpu_energy_j=c.get("gpu_energy_j")))
     return rows
+
+
+def _gate_rejection() -> str | None:
+    """The reason the last gate decision rejected the model, or None when it accepted."""
+    gate = read_json(Path("metrics/gate.json"))
+    if gate["decision"] == "accept":
+        return None
+    return f"gate rejected the model (failed: {', '.join(gate['failed'])})"
 
 
 def write_cost_metrics(record: dict, path: Path = Path("metrics") / "costs.json") -> dict:
@@ -303,9 +315,8 @@ def training_pipeline(run_id: str | None = None, overrides: list[str] | None = N
         if unchanged:
             outcomes.append(StageOutcome(stage, False, 0.0))
             continue
-        if stage == "package" and outcomes and read_json(Path("metrics/gate.json"))["decision"] != "accept":
-            gate = read_json(Path("metrics/gate.json"))
-            status, message = "rejected", f"gate rejected the model (failed: {', '.join(gate['failed'])})"
+        if stage == "package" and outcomes and (rejection := _gate_rejection()):
+            status, message = "rejected", rejection
             break
         try:
             outcomes.append(run_stage.with_options(name=stage)(stage, run_id))
@@ -315,9 +326,8 @@ def training_pipeline(run_id: str | None = None, overrides: list[str] | None = N
             outcomes.append(_failed_outcome(stage, run_id))
             break
     if status == "succeeded" and "package" not in stages and any(o.stage == "gate" for o in outcomes):
-        gate = read_json(Path("metrics/gate.json"))  # --until gate: the decision is the outcome
-        if gate["decision"] != "accept":
-            status, message = "rejected", f"gate rejected the model (failed: {', '.join(gate['failed'])})"
+        if rejection := _gate_rejection():  # --until gate: the decision is the outcome
+            status, message = "rejected", rejection
     promoted = None
     packaged = next((o for o in outcomes if o.stage == "package" and o.ran), None)
     if status == "succeeded" and packaged and cfg.promotion.auto != "none":

@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from frugalml.console import err
+from frugalml.console import err, fast_exit
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Cost-aware MLOps pipeline for image classification.")
 storage_app = typer.Typer(no_args_is_help=True, help="The embedded S3 server (SeaweedFS) and DVC's remote settings.")
@@ -460,27 +460,13 @@ def serve(alias: str = typer.Option("production", "--alias", help="staging or pr
         raise typer.Exit(1)
 
 
-def _fast_exit(code: int) -> None:
-    """Exit after atexit handlers (Prefect stops its temporary server there) but without the
-    interpreter's module teardown, which takes about a second with Prefect, DVC and torch loaded."""
-    import atexit
-    import os
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def main() -> None:
     from frugalml.errors import FrugalError
 
     try:
         rv = app(standalone_mode=False)
         if "flows.pipeline" in sys.modules and rv in (None, 0):
-            _fast_exit(0)
+            fast_exit(0)
         sys.exit(rv if isinstance(rv, int) else 0)
     except FrugalError as exc:
         if _state["debug"]:
@@ -489,7 +475,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         if "flows.pipeline" in sys.modules:
-            _fast_exit(exc.exit_code)
+            fast_exit(exc.exit_code)
         sys.exit(exc.exit_code)
     except typer.Abort:
         err.print("aborted")
