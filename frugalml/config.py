@@ -43,6 +43,7 @@ class DataConfig(_Strict):
     max_pixels: int = Field(89_478_485, gt=0)
     workers: int = Field(0, ge=0)
     shard_mb: int = Field(256, ge=1)
+    max_file_bytes: int = Field(100_000_000, gt=0)
     endpoint_url: str | None = None
 
     @field_validator("source")

@@ -19,6 +19,27 @@ from typing import Callable, Iterator
 from frugalml.errors import DataError
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+DEFAULT_MAX_FILE_BYTES = 100_000_000
+
+
+class FileTooLarge(OSError):
+    """A file turned out larger than ``data.max_file_bytes`` while it was being read."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"more than {limit} bytes (data.max_file_bytes)")
+        self.limit = limit
+
+
+def read_capped(f, limit: int) -> bytes:
+    """At most ``limit`` bytes from a file object; FileTooLarge when there are more.
+
+    The cap holds while reading, so a declared size that lies (a zip header, a 10 GB
+    zero-filled member compressed to 10 MB) never puts more than ``limit`` + 1 bytes in memory.
+    """
+    data = f.read(limit + 1)
+    if len(data) > limit:
+        raise FileTooLarge(limit)
+    return data
 
 
 @dataclass
@@ -68,12 +89,12 @@ def write_builtin_digits(dest: str | os.PathLike) -> Path:
 
 
 # -- local folder -----------------------------------------------------------------------------
-def read_path(path: str) -> bytes:
+def read_path(path: str, limit: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
     with open(path, "rb") as f:
-        return f.read()
+        return read_capped(f, limit)
 
 
-def iter_folder(root: Path) -> Iterator[Entry]:
+def iter_folder(root: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Iterator[Entry]:
     """Files below ``root`` in name order; plain strings, since this runs once per file."""
     if not root.is_dir():
         raise DataError(f"data.source {root} is not a folder")
@@ -112,7 +133,7 @@ def iter_folder(root: Path) -> Iterator[Entry]:
                 yield Entry(crel, 0, problem=problem, detail=str(exc))
                 continue
             # A partial of a module function pickles, so local files can go to worker processes.
-            yield Entry(crel, cst.st_size, partial(read_path, child.path), stamp=str(cst.st_mtime_ns))
+            yield Entry(crel, cst.st_size, partial(read_path, child.path, max_bytes), stamp=str(cst.st_mtime_ns))
 
     yield from walk(str(root), "")
 
@@ -135,45 +156,80 @@ def _unsafe_member(name: str) -> str | None:
     return None
 
 
-def iter_archive(path: Path) -> Iterator[Entry]:
-    """Members are read in place, never extracted, so nothing can be written outside the workspace."""
+def iter_archive(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Iterator[Entry]:
+    """Members are read in place, never extracted, so nothing can be written outside the workspace.
+
+    A tar archive is one stream: its members are read here, in order, by the thread that
+    lists them, and each entry carries its own bytes. (Pool threads reading members of the
+    one ``TarFile`` while it is being iterated lost most of them and mixed up their bytes.)
+    A zip has a central directory and ``ZipFile`` serialises its reads, so zip members are
+    read by the pool. Either way no member is read past ``max_bytes``.
+    """
     if not path.is_file():
         raise DataError(f"data.source {path} does not exist")
-    name = path.name.lower()
-    if name.endswith(".zip"):
-        try:
-            zf = zipfile.ZipFile(path)
-        except zipfile.BadZipFile as exc:
-            raise DataError(f"data.source {path} is not a readable zip archive: {exc}") from None
-        for info in zf.infolist():
-            if info.is_dir():
-                continue
-            bad = _unsafe_member(info.filename)
-            if bad:
-                yield Entry(info.filename, info.file_size, problem="unsafe_archive_member", detail=bad)
-                continue
-            yield Entry(info.filename, info.file_size, (lambda i=info: zf.read(i)), stamp=f"crc{info.CRC}")
-        return
+    if path.name.lower().endswith(".zip"):
+        yield from _iter_zip(path, max_bytes)
+    else:
+        yield from _iter_tar(path, max_bytes)
+
+
+def _iter_zip(path: Path, max_bytes: int) -> Iterator[Entry]:
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise DataError(f"data.source {path} is not a readable zip archive: {exc}") from None
+
+    def read(info: zipfile.ZipInfo) -> bytes:
+        with zf.open(info) as f:
+            return read_capped(f, max_bytes)
+
+    for info in zf.infolist():
+        if info.is_dir():
+            continue
+        bad = _unsafe_member(info.filename)
+        if bad:
+            yield Entry(info.filename, info.file_size, problem="unsafe_archive_member", detail=bad)
+        elif info.file_size > max_bytes:
+            yield Entry(info.filename, info.file_size, problem="too_large",
+                        detail=f"{info.file_size} bytes > {max_bytes} (data.max_file_bytes)")
+        else:
+            yield Entry(info.filename, info.file_size, partial(read, info), stamp=f"crc{info.CRC}")
+
+
+def _iter_tar(path: Path, max_bytes: int) -> Iterator[Entry]:
     try:
         tf = tarfile.open(path, "r:*")
     except (tarfile.TarError, OSError) as exc:
         raise DataError(f"data.source {path} is not a readable tar archive: {exc}") from None
-    for member in tf:
-        if member.isdir():
-            continue
-        bad = _unsafe_member(member.name)
-        if bad:
-            yield Entry(member.name, member.size, problem="unsafe_archive_member", detail=bad)
-            continue
-        if not member.isfile():
-            yield Entry(member.name, 0, problem="unreadable", detail="link or special file inside archive")
-            continue
-        yield Entry(member.name, member.size, (lambda m=member: tf.extractfile(m).read()),
-                    stamp=f"mtime{member.mtime}")
+    with tf:
+        try:
+            for member in tf:
+                if not member.isdir():
+                    yield _tar_entry(tf, member, max_bytes)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise DataError(f"data.source {path} is damaged after {len(tf.members)} members: {exc}") from None
+
+
+def _tar_entry(tf: tarfile.TarFile, member: tarfile.TarInfo, max_bytes: int) -> Entry:
+    bad = _unsafe_member(member.name)
+    if bad:
+        return Entry(member.name, member.size, problem="unsafe_archive_member", detail=bad)
+    if not member.isfile():
+        return Entry(member.name, 0, problem="unreadable", detail="link or special file inside archive")
+    if member.size > max_bytes:  # a tar header's size is exact: the stream is laid out by it
+        return Entry(member.name, member.size, problem="too_large",
+                     detail=f"{member.size} bytes > {max_bytes} (data.max_file_bytes)")
+    f = tf.extractfile(member)
+    data = read_capped(f, max_bytes) if f is not None else b""
+    return Entry(member.name, member.size, partial(_given, data), stamp=f"mtime{member.mtime}")
+
+
+def _given(data: bytes) -> bytes:
+    return data
 
 
 # -- S3 ---------------------------------------------------------------------------------------
-def iter_s3(uri: str, store) -> Iterator[Entry]:
+def iter_s3(uri: str, store, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Iterator[Entry]:
     """``store`` is a frugalml.store.Store on the same endpoint; the URI's bucket is used as is."""
     from frugalml.store import _translate, split_s3_uri
 
@@ -192,10 +248,20 @@ def iter_s3(uri: str, store) -> Iterator[Entry]:
 
                 def read(key=key) -> bytes:
                     try:
-                        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+                        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+                        try:
+                            return read_capped(body, max_bytes)
+                        finally:
+                            body.close()  # a too-large object: the rest is not downloaded
+                    except FileTooLarge:
+                        raise
                     except Exception as exc:
                         raise _translate(exc, f"reading s3://{bucket}/{key}") from None
 
+                if obj["Size"] > max_bytes:
+                    yield Entry(key[len(prefix):], obj["Size"], problem="too_large",
+                                detail=f"{obj['Size']} bytes > {max_bytes} (data.max_file_bytes)")
+                    continue
                 yield Entry(key[len(prefix):], obj["Size"], read, stamp=obj["ETag"].strip('"'))
     except Exception as exc:
         from frugalml.errors import FrugalError

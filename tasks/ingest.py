@@ -28,7 +28,7 @@ from frugalml.errors import DataError, TransientStorageError
 from frugalml.fsutil import atomic_write_json, atomic_write_text
 from frugalml.images import ImageRejected, cap_side, decode, png_bytes
 from frugalml.shards import ShardReader, ShardWriter
-from frugalml.sources import Entry, describe, is_hidden, iter_archive, iter_folder, iter_s3, write_builtin_digits
+from frugalml.sources import Entry, FileTooLarge, describe, is_hidden, iter_archive, iter_folder, iter_s3, write_builtin_digits
 
 PREPARED = Path("data/prepared")
 MANIFEST = Path("data/manifest.csv")
@@ -77,15 +77,28 @@ def write_manifest(rows: list[dict], path: Path = MANIFEST) -> None:
 def iter_source(cfg: Params) -> tuple[str, object]:
     src = cfg.data.source
     kind = describe(src)
+    cap = cfg.data.max_file_bytes
     if kind == "builtin":
-        return kind, iter_folder(write_builtin_digits(Path(".frugalml") / "builtin" / "digits"))
+        return kind, iter_folder(write_builtin_digits(Path(".frugalml") / "builtin" / "digits"), cap)
     if kind == "s3":
         from frugalml.store import Store, source_settings
 
-        return kind, iter_s3(src, Store(source_settings(cfg.data.endpoint_url, cfg.storage)))
+        return kind, iter_s3(src, Store(source_settings(cfg.data.endpoint_url, cfg.storage)), cap)
     if kind == "archive":
-        return kind, iter_archive(Path(src).expanduser())
-    return kind, iter_folder(Path(src).expanduser())
+        return kind, iter_archive(Path(src).expanduser(), cap)
+    return kind, iter_folder(Path(src).expanduser(), cap)
+
+
+def unsafe_name(parts: list[str]) -> str | None:
+    """Why a source path cannot name a class and a file, or None. Names come from untrusted
+    keys and archives; a class name becomes part of stored paths, so it must be one plain
+    folder name."""
+    for p in parts:
+        if p in (".", ".."):
+            return f"path component {p!r}"
+        if "\\" in p or any(ord(ch) < 32 for ch in p):
+            return f"backslash or control character in {p!r}"
+    return None
 
 
 def classify_entry(entry: Entry, extensions: list[str]) -> tuple[str | None, str | None, str | None, str]:
@@ -98,6 +111,8 @@ def classify_entry(entry: Entry, extensions: list[str]) -> tuple[str | None, str
         return None, split, entry.problem, entry.detail
     if len(parts) < 2:
         return None, split, "outside_class_folder", "files must sit in a <class>/ folder"
+    if bad := unsafe_name(parts):
+        return None, split, "unsafe_name", bad
     suffix = os.path.splitext(parts[-1])[1].lower()
     if suffix not in extensions:
         return parts[0], split, "unknown_extension", suffix or "(none)"
@@ -110,6 +125,8 @@ def _process(entry: Entry, label: str, split: str | None, max_pixels: int, max_s
     """Read, hash, decode and normalise one file: (manifest row without location, bytes to store)."""
     try:
         data = entry.read()
+    except FileTooLarge as exc:
+        raise ImageRejected("too_large", str(exc)) from None
     except OSError as exc:
         raise ImageRejected("unreadable", str(exc)) from None
     sha = hashlib.sha256(data).hexdigest()
