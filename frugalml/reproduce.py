@@ -41,6 +41,18 @@ def _diff(label: str, old: dict, new: dict, keys) -> list[str]:
     return out
 
 
+def safe_relpath(name: str) -> str:
+    """A file name from a run record, checked before it becomes a path: relative, no '..',
+    no backslash or control characters. A record is data from the bucket, not trusted code."""
+    from pathlib import PurePosixPath
+
+    p = PurePosixPath(str(name))
+    if (not name or p.is_absolute() or ".." in p.parts or "\\" in name
+            or any(ord(c) < 32 for c in name)):
+        raise FrugalError(f"the run record names an unsafe file {name!r}; refusing to write it")
+    return p.as_posix()
+
+
 def reproduce(store: Store, run_id: str, root: Path = Path("."), keep: bool = False) -> list[str]:
     """Returns the list of differences (empty when the run reproduced exactly)."""
     record = get_record(store, run_id)
@@ -49,14 +61,15 @@ def reproduce(store: Store, run_id: str, root: Path = Path("."), keep: bool = Fa
         raise FrugalError(f"run {run_id} has no git commit in its record: it cannot be checked out")
     if record.get("git_dirty"):
         info(f"reproduce: warning: run {run_id} ran with uncommitted changes; the code at {commit[:10]} may differ")
+    names = ["params.yaml", "dvc.lock"] + [safe_relpath(f) for f in record.get("files", [])
+                                           if str(f).startswith(("metrics/", "costs/"))]
     work = (root / ".frugalml" / "reproduce" / f"{run_id}-{uuid.uuid4().hex[:6]}").resolve()
     work.parent.mkdir(parents=True, exist_ok=True)
     _sh(["git", "worktree", "add", "--detach", str(work), commit], root)
     try:
         base = f"runs/{run_id}/"
         # params, lock, and the uncached outputs (metrics, costs) that later stages depend on
-        for name in ["params.yaml", "dvc.lock"] + [f for f in record.get("files", [])
-                                                   if f.startswith(("metrics/", "costs/"))]:
+        for name in names:
             store.download(base + name, work / name)
         local = root / ".dvc" / "config.local"
         if local.exists():

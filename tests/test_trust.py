@@ -126,20 +126,28 @@ def test_item10_files_over_max_file_bytes_are_rejected_while_reading(tmp_path, m
     assert reasons == {"green/huge.png": "too_large", "blue/zeros.png": "too_large"}
 
 
-def test_item9_unsafe_class_names_from_s3_keys_are_rejected(tmp_path, monkeypatch, store):
-    """Item 9: S3 keys are untrusted: a '..' or '.' component never becomes a class or a path."""
-    from tests.conftest import make_dataset
+def test_item9_unsafe_class_names_from_source_keys_are_rejected():
+    """Item 9: keys of an S3 source are untrusted (AWS accepts '..' in a key; SeaweedFS refuses
+    to store one, so the listing is given here): such a name never becomes a class or a path."""
+    from frugalml.sources import Entry
+    from tasks.ingest import classify_entry
 
-    src = make_dataset(tmp_path / "src", per_class=6)
-    for p in sorted(src.rglob("*.png")):
-        store.put_bytes(f"sources/names/{p.relative_to(src).as_posix()}", p.read_bytes())
-    png = (src / "red" / "red_000.png").read_bytes()
-    store.put_bytes("sources/names/../evil.png", png[:-1] + b"\x01")
-    store.put_bytes("sources/names/red/../../up.png", png[:-2] + b"\x01\x02")
-    store.put_bytes("sources/names/./dot.png", png[:-2] + b"\x02\x02")
-    report = _ingest(tmp_path, monkeypatch, store.uri("sources/names"), f"storage.prefix={store.prefix}")
-    labels = set(report["counts"]["per_class"])
-    assert labels == {"red", "green", "blue"}
-    from tasks.ingest import read_manifest
+    exts = [".png"]
+    for key in ("../evil.png", "red/../../up.png", "./dot/x.png", "red/./x.png", "re\\d/x.png", "r\x01/x.png"):
+        label, _, reason, _ = classify_entry(Entry(key, 10), exts)
+        assert reason == "unsafe_name" and label is None, key
+    assert classify_entry(Entry("red//x.png", 10), exts)[:3] == ("red", None, None)
+    assert classify_entry(Entry("train/red/x.png", 10), exts)[:3] == ("red", "train", None)
 
-    assert all(".." not in r["path"] for r in read_manifest())
+
+def test_item9_reproduce_refuses_record_file_names_that_leave_the_work_dir(tmp_path, store):
+    """Item 9: a run record is data from the bucket; its file names never become paths outside."""
+    from frugalml.errors import FrugalError
+    from frugalml.reproduce import reproduce
+
+    for bad in ("metrics/../../../escaped.json", "costs/../../x", "metrics/a\\..\\b"):
+        store.put_json("runs/evil/record.json", {"run_id": "evil", "git_commit": "0" * 40, "files": [bad]})
+        with pytest.raises(FrugalError, match="unsafe file"):
+            reproduce(store, "evil", root=tmp_path)
+    assert not (tmp_path / ".frugalml").exists()  # refused before any worktree or download
+    assert not list(tmp_path.parent.glob("escaped.json"))
