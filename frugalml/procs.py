@@ -1,0 +1,99 @@
+"""Processes we started and may stop: CPU use of a process tree, and PID records we can trust.
+
+A PID in a state file may belong to another process after a reboot or a crash (PIDs are
+reused). ``ProcessRecord`` keeps the process's start time (from /proc, in clock ticks since
+boot, with the boot id) and its command line, and ``matches`` checks all of them before
+anyone signals that PID.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] == "Z":  # a zombie has exited
+        return None
+    return int(fields[19])  # field 22 of stat: starttime, in clock ticks since boot
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    pid: int
+    start_ticks: int
+    boot_id: str
+    exe_name: str  # basename of argv[0], e.g. "weed"
+
+    @classmethod
+    def of(cls, pid: int) -> "ProcessRecord | None":
+        ticks = _start_ticks(pid)
+        argv = _cmdline(pid)
+        if ticks is None or not argv:
+            return None
+        return cls(pid, ticks, _boot_id(), os.path.basename(argv[0]))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ProcessRecord | None":
+        try:
+            return cls(int(d["pid"]), int(d["start_ticks"]), str(d["boot_id"]), str(d["exe_name"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def matches(self) -> bool:
+        """True only when the PID is still the very process recorded (same boot, start, program)."""
+        if self.boot_id != _boot_id() or _start_ticks(self.pid) != self.start_ticks:
+            return False
+        argv = _cmdline(self.pid)
+        return bool(argv) and os.path.basename(argv[0]) == self.exe_name
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def idle_cpu_share(pid: int, seconds: float) -> float:
+    """Share of one core used by the process tree over ``seconds`` of wall time."""
+    c0, t0 = tree_cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    return (tree_cpu_seconds(pid) - c0) / (time.monotonic() - t0)
