@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 # Work files live in the workspace: on some machines /tmp creates files 20x slower than the disk.
 BENCH_DIR = ROOT / ".frugalml" / "bench"
-REPO_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "tasks", "frugalml", "flows"]
+REPO_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "tasks", "frugalml", "flows", "models"]
 
 
 def pipeline_repo(repo: Path, env: dict) -> Path:

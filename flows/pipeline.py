@@ -67,6 +67,22 @@ def _dvc(args: list[str], run_id: str, echo: bool = True) -> tuple[int, str]:
     return proc.wait(), "\n".join(tail)
 
 
+# DVC reports faults only as text. Access and configuration errors are never transient.
+_PERMANENT = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "403",
+              "Unable to locate credentials", "config file error", "is not a valid remote")
+_TRANSIENT = ("Could not connect", "ConnectTimeout", "EndpointConnectionError", "Connection refused",
+              "Read timeout", "ReadTimeout", "ConnectionClosedError", "Connection reset", "SlowDown",
+              "ServiceUnavailable", "InternalError", "503", "502", "500 Internal")
+
+
+def is_transient_dvc_failure(output: str) -> bool:
+    """True when DVC's output shows a fault worth retrying (the store unreachable or 5xx) and
+    no access or configuration error."""
+    if any(p in output for p in _PERMANENT):
+        return False
+    return any(t in output for t in _TRANSIENT)
+
+
 def _retry_transient(task, task_run, state) -> bool:
     try:
         state.result()
@@ -92,8 +108,7 @@ def run_stage(stage: str, run_id: str) -> StageOutcome:
             if st.get("transient"):
                 raise TransientStorageError(f"stage {stage}: {st['message']}")
             raise StageFailed(f"stage {stage} failed: {st['message']}")
-        if any(s in tail for s in ("Could not connect", "ConnectTimeout", "EndpointConnectionError",
-                                    "Connection refused", "Read timeout")):
+        if is_transient_dvc_failure(tail):
             raise TransientStorageError(f"stage {stage}: DVC could not reach the object store:\n{tail}")
         raise StageFailed(f"stage {stage}: dvc repro failed (exit {code}):\n{tail}")
     cost_file = Path("costs") / f"{stage}.json"
@@ -126,7 +141,9 @@ def dvc_push(cfg_storage, run_id: str) -> dict:
     before = _remote_objects(store)
     code, tail = _dvc(["push", "--quiet"], run_id, echo=False)
     if code != 0:
-        raise TransientStorageError(f"dvc push failed:\n{tail}")
+        if is_transient_dvc_failure(tail):
+            raise TransientStorageError(f"dvc push failed:\n{tail}")
+        raise StageFailed(f"dvc push failed (not retried: not a transient fault):\n{tail}")
     after = _remote_objects(store)
     new = {k: v for k, v in after.items() if k not in before}
     return {"wall_s": round(time.perf_counter() - t0, 3), "objects": len(new), "bytes": sum(new.values()),
@@ -147,7 +164,8 @@ def auto_promote(cfg, version: str, alias: str) -> dict:
     """``promotion.auto``: point the alias at the version this run packaged (gate accepted)."""
     from frugalml.registry import Registry
 
-    Registry(Store.from_config(cfg.storage), cfg.model.name).promote(version, alias, reason="promotion.auto")
+    Registry(Store.from_config(cfg.storage), cfg.model.name).promote(version, alias, reason="promotion.auto",
+                                                                     write_id=f"auto-{alias}-{version}")
     return {"alias": alias, "version": version}
 
 
@@ -237,11 +255,24 @@ def _artifacts(run_id: str, rows: list[dict], gate: dict | None) -> None:
         create_markdown_artifact(key="gate-decision", markdown="\n".join(lines))
 
 
+def _track_champion(cfg) -> None:
+    """models/champion.json names the production version evaluate compares with (a DVC dep)."""
+    from frugalml.registry import Registry, write_champion
+
+    try:
+        write_champion(Registry(Store.from_config(cfg.storage), cfg.model.name))
+    except TransientStorageError:
+        raise
+    except FrugalError:
+        pass  # no store configured yet: the stages report that themselves
+
+
 def _prepare(run_id: str, overrides: list[str] | None, until: str | None):
     if overrides:
         config.write_overrides("params.yaml", overrides)
     cfg = config.load()
     write_local_config(cfg, resolve_settings(cfg.storage))
+    _track_champion(cfg)
     stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
     return cfg, stages
 
@@ -329,12 +360,18 @@ def training_pipeline(run_id: str | None = None, overrides: list[str] | None = N
         if rejection := _gate_rejection():  # --until gate: the decision is the outcome
             status, message = "rejected", rejection
     promoted = None
-    packaged = next((o for o in outcomes if o.stage == "package" and o.ran), None)
-    if status == "succeeded" and packaged and cfg.promotion.auto != "none":
-        promoted = auto_promote(cfg, read_json(Path("metrics/package.json"))["version"], cfg.promotion.auto)
     push = {}
-    if status != "failed" and not unchanged:
-        push = dvc_push(cfg.storage, run_id)
+    # A failure after the stages (the DVC push, the auto-promotion) still gets a run record:
+    # a model may already be registered, and the record says what was done.
+    try:
+        if status != "failed" and not unchanged:
+            push = dvc_push(cfg.storage, run_id)
+        packaged = next((o for o in outcomes if o.stage == "package" and o.ran), None)
+        if status == "succeeded" and packaged and cfg.promotion.auto != "none":
+            promoted = auto_promote(cfg, read_json(Path("metrics/package.json"))["version"], cfg.promotion.auto)
+    except FrugalError as exc:
+        status, message = "failed", f"{exc.__class__.__name__}: {exc}"
+        logger.error("run %s: %s", run_id, message)
     record = _build_record(cfg, run_id, overrides, until, outcomes, status, message, push, promoted, t0,
                            str(flow_run.id) if flow_run.id else "")
     record["orchestrator"] = "prefect"

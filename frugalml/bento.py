@@ -66,7 +66,8 @@ def build_bento(name: str, version: str, model_tag: str, serving) -> str:
         labels={"frugalml": "true"},
         python={"packages": ["torch", "torchvision", "pillow", "pydantic"], "lock_packages": False},
         args={"model_tag": model_tag, "max_image_bytes": serving.max_image_bytes,
-              "max_image_pixels": serving.max_image_pixels, "top_k": serving.top_k},
+              "max_image_pixels": serving.max_image_pixels,
+              "max_images_per_request": serving.max_images_per_request, "top_k": serving.top_k},
     )
     return str(bento.tag)
 
@@ -97,3 +98,30 @@ def has_bento(tag: str) -> bool:
         return True
     except bentoml.exceptions.NotFound:
         return False
+
+
+def matches_archive(tag: str, archive: Path) -> bool:
+    """True when every file of the exported ``archive`` is in the local store's bento, byte for byte."""
+    import hashlib
+    import tarfile
+
+    import bentoml
+
+    root = Path(bentoml.bentos.get(tag).path)
+    with tarfile.open(archive, "r:*") as tf:
+        for m in tf:
+            if not m.isfile():
+                continue
+            local = root / m.name
+            if ".." in Path(m.name).parts or not local.is_file():
+                return False
+            f = tf.extractfile(m)
+            if hashlib.sha256(f.read()).digest() != hashlib.sha256(local.read_bytes()).digest():
+                return False
+    return True
+
+
+def delete_bento(tag: str) -> None:
+    import bentoml
+
+    bentoml.bentos.delete(tag)

@@ -419,9 +419,19 @@ def promote(version: str = typer.Argument(..., help="A registered version (see `
     from frugalml.registry import Registry
 
     cfg = _cfg()
-    new = Registry(_store(cfg), cfg.model.name).promote(version, to, force=force, reason=reason)
+    reg = Registry(_store(cfg), cfg.model.name)
+    new = reg.promote(version, to, force=force, reason=reason)
+    _track_champion(reg)
     prev = new["history"][-1] if new["history"] else "nothing"
     err.print(f"{cfg.model.name}: {to} -> {version} (was {prev})")
+
+
+def _track_champion(reg) -> None:
+    """In a pipeline workspace, keep models/champion.json (evaluate's DVC dep) in step."""
+    if Path("dvc.yaml").exists():
+        from frugalml.registry import write_champion
+
+        write_champion(reg)
 
 
 @app.command("rollback")
@@ -430,7 +440,9 @@ def rollback(alias: str = typer.Argument(..., help="staging or production")) -> 
     from frugalml.registry import Registry
 
     cfg = _cfg()
-    new = Registry(_store(cfg), cfg.model.name).rollback(alias)
+    reg = Registry(_store(cfg), cfg.model.name)
+    new = reg.rollback(alias)
+    _track_champion(reg)
     err.print(f"{cfg.model.name}: {alias} -> {new['version']} ({new['reason']})")
 
 

@@ -205,6 +205,7 @@ class ServingConfig(_Strict):
     port: int = Field(3000, ge=1, le=65535)
     max_image_bytes: int = Field(10_000_000, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    max_images_per_request: int = Field(8, ge=1, le=32)
     top_k: int = Field(3, ge=1)
 
 

@@ -25,6 +25,10 @@ class TransientStorageError(StorageError):
     """A fault worth retrying: connection refused, timeout, 5xx."""
 
 
+class NotFound(StorageError):
+    """The object does not exist (HTTP 404 / NoSuchKey): matched by error code, never by text."""
+
+
 class PreconditionFailed(StorageError):
     """A conditional write lost a race (HTTP 412)."""
 

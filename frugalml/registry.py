@@ -18,7 +18,9 @@ import socket
 import time
 import uuid
 
-from frugalml.errors import FrugalError, PreconditionFailed
+import hashlib
+
+from frugalml.errors import FrugalError, NotFound, PreconditionFailed
 from frugalml.store import Store
 
 ALIASES = ("staging", "production")
@@ -43,24 +45,39 @@ class Registry:
     def __init__(self, store: Store, model: str):
         self.store = store
         self.model = model
+        self._previous: dict[str, dict | None] = {}
 
     def _key(self, *parts: str) -> str:
         return "/".join(["registry", self.model, *parts])
 
     # -- versions -------------------------------------------------------------------------
     def register(self, version: str, record: dict) -> None:
-        """Write the version record once; the bento it points to must already be uploaded."""
+        """Write the version record once; the bento it points to must already be uploaded.
+
+        Idempotent: a resent write (lost response) and a replayed package stage (same run,
+        same model: the version is derived from both) find their own record and succeed.
+        """
+        write_id = f"register-{record.get('run_id', '')}-{record.get('lineage', {}).get('model_sha256', '')}"
         try:
-            self.store.put_json(self._key("versions", f"{version}.json"), record, if_none_match=True)
+            self.store.put_json_once(self._key("versions", f"{version}.json"), record, write_id=write_id)
         except PreconditionFailed:
-            raise RegistryError(f"version {version} of {self.model} is already registered (versions are immutable)") from None
-        self.event("register", version=version)
+            raise RegistryError(f"version {version} of {self.model} is already registered by another run "
+                                "(versions are immutable)") from None
+        self.event("register", event_id=write_id, version=version)
+
+    def find(self, version: str) -> dict | None:
+        """The version record, or None when it does not exist."""
+        try:
+            return self.store.get_json(self._key("versions", f"{version}.json"))
+        except NotFound:
+            return None
 
     def get(self, version: str) -> dict:
-        if not self.store.exists(self._key("versions", f"{version}.json")):
+        record = self.find(version)
+        if record is None:
             raise RegistryError(f"no version {version} of model {self.model} in the registry "
                                 f"(see `frugalml models list`)")
-        return self.store.get_json(self._key("versions", f"{version}.json"))
+        return record
 
     def versions(self) -> list[str]:
         prefix = self._key("versions") + "/"
@@ -79,35 +96,52 @@ class Registry:
     # -- aliases --------------------------------------------------------------------------
     def alias(self, alias: str) -> tuple[dict | None, str | None]:
         """(pointer, etag) or (None, None) when the alias was never set."""
-        from frugalml.errors import StorageError
-
         try:
             data, etag = self.store.get_bytes(self._key("aliases", f"{alias}.json"))
-        except StorageError as exc:
-            if "NoSuchKey" in str(exc) or "404" in str(exc):
-                return None, None
-            raise
-        return json.loads(data), etag
+        except NotFound:
+            return None, None
+        try:
+            pointer = json.loads(data)
+            if not isinstance(pointer, dict) or not isinstance(pointer.get("version"), str):
+                raise ValueError("no version")
+        except ValueError as exc:
+            raise RegistryError(f"alias {alias!r} of {self.model} is not a valid pointer ({exc}); "
+                                f"fix it with `frugalml promote VERSION --to {alias} --force --reason ...`") from None
+        return pointer, etag
 
     def aliases(self) -> dict[str, str]:
         return {a: p["version"] for a in ALIASES if (p := self.alias(a)[0])}
 
-    def _swap(self, alias: str, change, attempts: int = 50) -> tuple[dict | None, dict]:
-        """Compare-and-swap loop: ``change(old_pointer) -> new_pointer``; retried on a lost race."""
+    def _swap(self, alias: str, change, attempts: int = 50, write_id: str | None = None) -> tuple[dict | None, dict]:
+        """Compare-and-swap loop: ``change(old_pointer) -> new_pointer``; retried on a lost race.
+
+        The new pointer carries a write id: when a resent PUT (lost response) fails its If-Match
+        because our own first PUT landed, the pointer read back carries our id and the change is
+        done, not applied a second time.
+        """
         if alias not in ALIASES:
             raise RegistryError(f"unknown alias {alias!r}; use one of {', '.join(ALIASES)}")
+        write_id = write_id or uuid.uuid4().hex
         for i in range(attempts):
-            old, etag = self.alias(alias)
-            new = change(old)
             try:
-                self.store.put_json(self._key("aliases", f"{alias}.json"), new,
-                                    if_match=etag, if_none_match=etag is None)
-                return old, new
+                old, etag = self.alias(alias)
+            except RegistryError:
+                old, etag = None, self.store.head(self._key("aliases", f"{alias}.json"))["ETag"]  # overwrite junk
+            if old and old.get("write_id") == write_id:
+                return self._previous.get(write_id), old  # an earlier attempt of this call landed
+            new = change(old)
+            self._previous[write_id] = old
+            try:
+                self.store.put_json_once(self._key("aliases", f"{alias}.json"), new, write_id=write_id, if_match=etag)
+                return old, {**new, "write_id": write_id}
             except PreconditionFailed:
                 time.sleep(min(0.5, 0.01 * (2 ** min(i, 6))) * (0.5 + uuid.uuid4().int % 100 / 100))
         raise RegistryError(f"could not update alias {alias!r}: {attempts} concurrent writers won the race")
 
-    def promote(self, version: str, alias: str, *, force: bool = False, reason: str = "") -> dict:
+    def promote(self, version: str, alias: str, *, force: bool = False, reason: str = "",
+                write_id: str | None = None) -> dict:
+        """Point ``alias`` at ``version``. ``write_id`` names this promotion: a retry of it (e.g.
+        a Prefect task retry after a lost response) finds it done instead of appending twice."""
         record = self.get(version)
         decision = record.get("gate", {}).get("decision")
         if decision != "accept" and not force:
@@ -121,9 +155,9 @@ class Registry:
             return {"model": self.model, "alias": alias, "version": version, "history": history[-50:],
                     "updated": _now(), "by": _actor(), "forced": force, "reason": reason}
 
-        old, new = self._swap(alias, change)
-        self.event("promote", alias=alias, version=version, previous=old["version"] if old else None,
-                   forced=force, reason=reason)
+        old, new = self._swap(alias, change, write_id=write_id)
+        self.event("promote", event_id=new["write_id"], alias=alias, version=version,
+                   previous=old["version"] if old else None, forced=force, reason=reason)
         return new
 
     def rollback(self, alias: str) -> dict:
@@ -134,19 +168,65 @@ class Registry:
                     "updated": _now(), "by": _actor(), "forced": False, "reason": f"rollback from {old['version']}"}
 
         old, new = self._swap(alias, change)
-        self.event("rollback", alias=alias, version=new["version"], previous=old["version"])
+        self.event("rollback", event_id=new["write_id"], alias=alias, version=new["version"],
+                   previous=old["version"] if old else None)
         return new
 
     def events(self) -> list[dict]:
         prefix = self._key("events") + "/"
         return [self.store.get_json(o["key"]) for o in sorted(self.store.list(prefix), key=lambda o: o["key"])]
 
-    def event(self, action: str, **fields) -> str:
+    def event(self, action: str, *, event_id: str, **fields) -> str:
+        """One audit-trail object per change. ``event_id`` names the change (a replay of the same
+        change finds its event and writes no second one)."""
+        prefix = self._key("events") + "/"
+        for o in self.store.list(prefix):
+            if o["key"].endswith(f"-{hashlib.sha256(event_id.encode()).hexdigest()[:16]}.json"):
+                return o["key"]
         ts = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:] + "Z"
-        key = self._key("events", f"{ts}-{uuid.uuid4().hex[:8]}.json")
-        self.store.put_json(key, {"action": action, "model": self.model, "time": _now(), "by": _actor(), **fields},
-                            if_none_match=True)
+        key = self._key("events", f"{ts}-{hashlib.sha256(event_id.encode()).hexdigest()[:16]}.json")
+        self.store.put_json_once(key, {"action": action, "model": self.model, "time": _now(), "by": _actor(),
+                                       **fields}, write_id=event_id)
         return key
+
+
+CHAMPION_FILE = "models/champion.json"
+
+
+def write_champion(reg: "Registry", root=".") -> dict:
+    """Write which version ``production`` points at to models/champion.json (a DVC dep of
+    evaluate): after a promotion DVC sees evaluate and gate as changed, and evaluate scores
+    exactly the version named there. Rewritten only when it changes."""
+    from pathlib import Path
+
+    from frugalml.fsutil import atomic_write_json, read_json
+
+    pointer, _ = reg.alias("production")
+    want = {"alias": "production", "model": reg.model, "version": pointer["version"] if pointer else None}
+    path = Path(root) / CHAMPION_FILE
+    try:
+        if read_json(path) == want:
+            return want
+    except (OSError, ValueError):
+        pass
+    atomic_write_json(path, want)
+    return want
+
+
+def read_champion(model: str, root=".") -> tuple[bool, str | None]:
+    """(known, version) from models/champion.json; known is False when the file does not name
+    this model (then the caller resolves the alias itself)."""
+    from pathlib import Path
+
+    from frugalml.fsutil import read_json
+
+    try:
+        c = read_json(Path(root) / CHAMPION_FILE)
+    except (OSError, ValueError):
+        return False, None
+    if c.get("model") != model:
+        return False, None
+    return True, c.get("version")
 
 
 def fetch_model_blob(store: Store, model: str, ref: str, cache_dir=".frugalml/cache/bentos") -> tuple[str, dict]:

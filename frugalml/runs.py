@@ -29,7 +29,8 @@ def write_record(store: Store, run_id: str, record: dict, files: list[Path], roo
         if p.is_file():
             store.put_file(base + f.as_posix(), p)
             uploaded.append(f.as_posix())
-    store.put_json(base + "record.json", {**record, "files": uploaded}, if_none_match=True)
+    # create-only and idempotent: a resent PUT or a retried task finds its own record
+    store.put_json_once(base + "record.json", {**record, "files": uploaded}, write_id=f"record-{run_id}")
     return store.uri(base + "record.json")
 
 

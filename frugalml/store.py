@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from frugalml.config import StorageConfig
-from frugalml.errors import PreconditionFailed, StorageError, TransientStorageError
+from frugalml.errors import NotFound, PreconditionFailed, StorageError, TransientStorageError
 
 CHUNK = 1 << 20
 
@@ -126,6 +126,8 @@ def _translate(exc: Exception, what: str) -> Exception:
             return StorageError(f"{what}: access denied ({code}); check the S3 credentials")
         if code == "NoSuchBucket":
             return StorageError(f"{what}: the bucket does not exist; create it or run `frugalml storage up`")
+        if status == 404 or code in ("NoSuchKey", "NotFound", "404"):
+            return NotFound(f"{what}: no such object")
         return StorageError(f"{what}: {code or status} {exc.response.get('Error', {}).get('Message', '')}".strip())
     return StorageError(f"{what}: {exc}")
 
@@ -178,6 +180,29 @@ class Store:
         from frugalml.fsutil import to_json
 
         return self.put_bytes(rel, to_json(obj).encode(), content_type="application/json", **kw)
+
+    def put_json_once(self, rel: str, obj: dict, *, write_id: str, if_match: str | None = None) -> str:
+        """A conditional JSON write that is idempotent when a response is lost.
+
+        ``obj`` is stored with ``write_id``. botocore resends a PUT whose response it lost; the
+        resend then fails its condition (412) because the first one landed. So on a 412 the
+        current object is read: if it carries our ``write_id`` the write succeeded and its ETag
+        is returned; otherwise another writer got there first (PreconditionFailed).
+        Without ``if_match`` the write is create-only (If-None-Match: *).
+        """
+        body = {**obj, "write_id": write_id}
+        try:
+            return self.put_json(rel, body, if_match=if_match, if_none_match=if_match is None)
+        except PreconditionFailed:
+            try:
+                current, etag = self.get_bytes(rel)
+                import json
+
+                if json.loads(current).get("write_id") == write_id:
+                    return etag
+            except (StorageError, ValueError, AttributeError):
+                pass
+            raise
 
     def put_file(self, rel: str, path: str | os.PathLike, *, if_none_match: bool = False) -> str:
         """Upload a file with its sha256 in the object's metadata (multipart when large).
@@ -252,7 +277,8 @@ class Store:
         try:
             return self.client.head_object(Bucket=self.bucket, Key=self.key(rel))
         except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404 or \
+                    exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise _translate(exc, f"checking {self.uri(rel)}") from None
         except Exception as exc:

@@ -110,7 +110,7 @@ def champion(cfg: Params, rows: list[dict], classes: list[str], device, batch_si
     """Score the current ``production`` model on the same test images (None when there is none)."""
     from frugalml.errors import StorageError, TransientStorageError
     from frugalml.modeling import build_model
-    from frugalml.registry import Registry, fetch_model_blob
+    from frugalml.registry import Registry, fetch_model_blob, read_champion
     from frugalml.store import Store
 
     try:
@@ -119,10 +119,13 @@ def champion(cfg: Params, rows: list[dict], classes: list[str], device, batch_si
         raise
     except StorageError:
         return None
-    pointer, _ = Registry(store, cfg.model.name).alias("production")
-    if pointer is None:
+    known, champ_version = read_champion(cfg.model.name)  # the tracked input (see dvc.yaml)
+    if not known:  # not written for this model yet: ask the registry
+        pointer, _ = Registry(store, cfg.model.name).alias("production")
+        champ_version = pointer["version"] if pointer else None
+    if champ_version is None:
         return None
-    version, blob = fetch_model_blob(store, cfg.model.name, pointer["version"])
+    version, blob = fetch_model_blob(store, cfg.model.name, champ_version)
     if list(blob["classes"]) != list(classes):
         info(f"evaluate: champion {version} has other classes; not compared")
         return {"version": version, "comparable": False}

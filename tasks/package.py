@@ -40,6 +40,18 @@ def _costs_so_far() -> dict:
     return out
 
 
+def version_for(run: str, model_sha: str) -> str:
+    """The registry version of a run's model: a replay of the same run and model is the same
+    version. ``v<run's UTC date>-<time>-<model sha256[:8]>``; a run id without a timestamp
+    (a manual stage run) uses the current time."""
+    import re
+
+    m = re.search(r"(\d{8})T(\d{6})Z", run)
+    stamp = f"{m.group(1)}-{m.group(2)}" if m else time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    suffix = hashlib.sha256(run.encode()).hexdigest()[:4]
+    return f"v{stamp}-{model_sha[:8]}-{suffix}"
+
+
 def run(cfg: Params, meter: CostMeter) -> dict:
     gate = read_json(GATE_REPORT)
     if gate["decision"] != "accept":
@@ -48,7 +60,16 @@ def run(cfg: Params, meter: CostMeter) -> dict:
     bento.use_workspace_home()
     name = cfg.model.name
     model_sha = file_hash(MODEL)
-    version = time.strftime("v%Y%m%d-%H%M%S", time.gmtime()) + "-" + model_sha[:8]
+    version = version_for(run_id(), model_sha)
+    store = Store.from_config(cfg.storage)
+    reg = Registry(store, name)
+    done = reg.find(version)
+    if done and done.get("lineage", {}).get("model_sha256") == model_sha and done.get("run_id") == run_id():
+        info(f"package: {name} {version} is already registered by this run (a replay); nothing to do")
+        result = {"model": name, "version": version, "bento_tag": done["bento_tag"], "bento_uri": done["bento_uri"],
+                  "bento_bytes": done["bento_bytes"], "registry_uri": store.uri(f"registry/{name}/versions/{version}.json")}
+        atomic_write_json(REPORT, result)
+        return result
     ev, tr = read_json(EVAL_REPORT), read_json(TRAIN_REPORT)
     params_text = to_json(dump(cfg))
     record = {
@@ -67,13 +88,12 @@ def run(cfg: Params, meter: CostMeter) -> dict:
     info(f"package: BentoML model {model_tag}; building the bento")
     bento_tag = bento.build_bento(name, version, model_tag, cfg.serving)
     archive = bento.export_bento(bento_tag, EXPORT_DIR / f"{name}-{version}.bento")
-    store = Store.from_config(cfg.storage)
     key = f"bentos/{name}/{version}.bento"
     info(f"package: uploading {archive.stat().st_size / 1e6:.1f} MB to {store.uri(key)}")
     digest = store.put_file(key, archive)
     record.update({"bento_tag": bento_tag, "bento_uri": store.uri(key), "bento_sha256": digest,
                    "bento_bytes": archive.stat().st_size})
-    Registry(store, name).register(version, record)  # written last: it points at the bento
+    reg.register(version, record)  # written last: it points at the bento
     meter.add(stored_bytes=archive.stat().st_size)
     result = {"model": name, "version": version, "bento_tag": bento_tag, "bento_uri": store.uri(key),
               "bento_bytes": archive.stat().st_size, "registry_uri": store.uri(f"registry/{name}/versions/{version}.json")}

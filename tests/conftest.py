@@ -15,7 +15,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-REPO_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "tasks", "frugalml", "flows"]
+REPO_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "tasks", "frugalml", "flows", "models"]
 
 
 @pytest.fixture(scope="session")

@@ -97,6 +97,10 @@ def test_prefect_flow_runs_pipeline_records_run_and_rejects_bad_data(pipeline_re
     # Promote it, then warm-start a second run from the production model: the new model is
     # scored against that champion on the same test images.
     run(FRUGALML + ["promote", pkg["version"], "--to", "production"], repo)
+    # Trust item 6: the champion is a tracked input: after a promotion evaluate is stale
+    assert json.loads((repo / "models/champion.json").read_text())["version"] == pkg["version"]
+    stale = run([str(BIN / "dvc"), "status", "evaluate"], repo).stdout
+    assert "models/champion.json" in stale and "modified" in stale, stale
     name = _params(repo).model.name
     res = run(FRUGALML + ["run", "--set", f"model.pretrained=registry:{name}@production",
                           "--set", "train.epochs=1", "--set", "gates.max_regression=null"], repo)

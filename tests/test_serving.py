@@ -150,7 +150,7 @@ def test_metadata_and_batch(served):
     assert len(out) == 2 and all(o["predictions"] for o in out)
 
 
-def test_follow_switches_versions_without_failed_requests(served, ctx):
+def test_follow_switches_versions_without_failed_requests(served, ctx, monkeypatch):
     import threading
 
     url, v1, src = served
@@ -186,14 +186,246 @@ def test_follow_switches_versions_without_failed_requests(served, ctx):
         while time.time() < deadline and not any(b.get("version") == v2 for _, b in list(results)):
             time.sleep(0.2)
         time.sleep(2)
+        # Trust item 12: a malformed alias object, then an alias pointing at a version whose
+        # bento does not verify: logged, retried, and the healthy backend keeps serving.
+        from frugalml.registry import Registry
+        from frugalml.store import Store
+
+        monkeypatch.chdir(work)
+        cfg = config.load()
+        store = Store.from_config(cfg.storage)
+        alias_key = f"registry/{cfg.model.name}/aliases/production.json"
+        good_alias = store.get_bytes(alias_key)[0]
+        store.put_bytes(alias_key, b"{not json")
+        time.sleep(2)
+        record = Registry(store, cfg.model.name).get(v2)
+        store.put_json(f"registry/{cfg.model.name}/versions/v-broken.json",
+                       dict(record, version="v-broken", bento_sha256="0" * 64))
+        store.put_json(alias_key, dict(json.loads(good_alias), version="v-broken"))
+        time.sleep(3)
+        store.put_bytes(alias_key, good_alias)
+        time.sleep(1)
         stop_flag.set()
         for w in workers:
             w.join()
+        assert proc.poll() is None, (work / "follow.log").read_text()[-3000:]
+        log = (work / "follow.log").read_text()
+        assert "cannot read alias" in log and "v-broken did not start" in log, log[-3000:]
+        # Trust item 2 (--follow): SIGTERM stops the proxy and every backend, exit 0
+        tree = _descendants(proc.pid)
+        proc.send_signal(15)
+        assert proc.wait(timeout=60) == 0
+        assert _all_gone(tree) == []
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=30)
     failed = [r for r in results if r[0] != 200]
     versions = [b.get("version") for _, b in results]
     assert not failed, failed[:3]
     assert v1 in versions and v2 in versions, (work / "follow.log").read_text()[-2000:]
     assert len(results) > 20
+
+
+def _descendants(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _all_gone(pids: list[int], timeout_s: float = 30) -> list[int]:
+    import psutil
+
+    deadline = time.time() + timeout_s
+    alive = pids
+    while time.time() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return []
+        time.sleep(0.2)
+    return alive
+
+
+def _backend_pids(work: Path) -> list[int]:
+    """bentoml serve processes (and their workers) started from ``work``."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        try:
+            if "bentoml" in " ".join(p.info["cmdline"] or []) and p.info["cwd"] == str(work):
+                out.append(p.pid)
+        except (psutil.Error, TypeError):
+            pass
+    return out
+
+
+def _sigterm_under_load(proc, url: str, png: bytes) -> list:
+    """SIGTERM while 4 clients send requests: returns the responses (status, body)."""
+    import threading
+
+    results, stop_flag = [], threading.Event()
+
+    def traffic():
+        while not stop_flag.is_set():
+            try:
+                results.append(_post(url + "/classify", {"image": ("x.png", png, "image/png")}))
+            except urllib.error.URLError as exc:
+                if isinstance(exc.reason, ConnectionRefusedError):
+                    return  # the server has stopped accepting: expected after SIGTERM
+                results.append((0, {"error": repr(exc)}))
+            except Exception as exc:  # noqa: BLE001 - counted below
+                results.append((0, {"error": repr(exc)}))
+                return
+
+    workers = [threading.Thread(target=traffic) for _ in range(4)]
+    for w in workers:
+        w.start()
+    time.sleep(1.5)
+    proc.send_signal(15)  # to the frugalml process only, as a process manager does
+    code = proc.wait(timeout=60)
+    stop_flag.set()
+    for w in workers:
+        w.join(timeout=30)
+    assert code == 0, code
+    return results
+
+
+def test_item2_sigterm_stops_the_backend_and_exits_0(served, ctx):
+    """Trust item 2: SIGTERM to `frugalml serve` stops `bentoml serve` and its workers, exits 0,
+    and the port is free again. In-flight requests are answered, never cut (no 5xx, no reset)."""
+    import socket
+
+    url, version, src = served
+    work, env = ctx.work, ctx.env
+    port = free_port()
+    cli = [sys.executable, "-m", "frugalml.cli"]
+    proc = subprocess.Popen(cli + ["serve", "--version", version, "--port", str(port)], cwd=work, env=env,
+                            stdout=open(work / "sigterm.log", "w"), stderr=subprocess.STDOUT)
+    surl = f"http://127.0.0.1:{port}"
+    _wait_ready(surl, proc, work / "sigterm.log")
+    tree = _descendants(proc.pid)
+    assert tree, "no backend process found"
+    results = _sigterm_under_load(proc, surl, (src / "red" / "red_000.png").read_bytes())
+    assert _all_gone(tree) == [], f"left running: {_all_gone(tree, 0)}"
+    bad = [r for r in results if r[0] != 200]
+    assert not bad, bad[:3]
+    assert len(results) > 5
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # the port is free
+
+
+def test_item4_a_bad_upload_fails_only_its_own_request_in_a_batch(served):
+    """Trust item 4: concurrent /classify_batch calls merged into one batch; the bad one gets
+    400, every other one 200 (BentoML used to fail the whole batch)."""
+    import threading
+
+    url, _, src = served
+    png = (src / "green" / "green_003.png").read_bytes()
+    for _ in range(3):
+        barrier = threading.Barrier(9)
+        out: dict[int, tuple] = {}
+
+        def call(i):
+            data = b"not an image at all" if i == 0 else png
+            barrier.wait()
+            out[i] = _post(url + "/classify_batch", {"images": (f"{i}.png", data, "image/png")})
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(9)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert out[0][0] == 400 and "not an image" in json.dumps(out[0][1]), out[0]
+        assert all(out[i][0] == 200 and out[i][1][0]["predictions"] for i in range(1, 9)), out
+
+
+def test_item4_uploads_are_reduced_to_model_size_on_decode():
+    """Trust item 4: a many-pixel upload is decoded and reduced to the model's side at once."""
+    from frugalml.serving import service
+
+    service._SIDE["image_size"] = 16
+    path = Path(__import__("tempfile").mkdtemp()) / "big.png"
+    Image.new("RGB", (3000, 2000), (10, 200, 30)).save(path)
+    img = service._read_image(path, 50_000_000, 40_000_000)
+    assert img.size == (16, 16) and img.mode == "RGB"
+    with pytest.raises(ValueError, match="pixels"):
+        service._read_image(path, 50_000_000, 1_000_000)
+
+
+def test_item13_non_file_fields_and_oversized_bodies_are_refused(served):
+    """Trust item 13: a URL given as a form value is refused (never fetched); a Content-Length
+    over the limit gets 413 before the body is sent."""
+    import http.server
+    import socket
+    import threading
+
+    url, _, _ = served
+    hits = []
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        target = f"http://127.0.0.1:{srv.server_address[1]}/x.png"
+        boundary = uuid.uuid4().hex
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\n{target}\r\n"
+                f"--{boundary}--\r\n").encode()
+        req = urllib.request.Request(url + "/classify", data=body,
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        assert e.value.code == 400 and b"not a file" in e.value.read()
+        req = urllib.request.Request(url + "/classify", data=json.dumps({"image": target}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        assert e.value.code == 400
+        assert hits == []
+    finally:
+        srv.shutdown()
+    host, port = url[len("http://"):].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                  b"Content-Length: 999999999\r\n\r\n")  # and no body at all
+        s.settimeout(10)
+        head = s.recv(4096)
+    assert head.startswith(b"HTTP/1.1 413"), head[:200]
+
+
+def test_item13_bento_is_verified_against_the_registry_every_time(served, ctx, monkeypatch):
+    """Trust item 13: a cached bento archive that differs from the registry's sha256 is fetched
+    again; a bento whose bytes do not match its record is refused."""
+    from frugalml.errors import FrugalError
+    from frugalml.registry import Registry
+    from frugalml.serving.runner import ensure_bento
+    from frugalml.store import Store, file_sha256
+
+    url, version, _ = served
+    work, env = ctx.work, ctx.env
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("BENTOML_HOME", env["BENTOML_HOME"])
+    cfg = config.load()
+    reg = Registry(Store.from_config(cfg.storage), cfg.model.name)
+    record = reg.get(version)
+    archive = work / ".frugalml" / "bentos" / f"{cfg.model.name}-{version}.bento"
+    assert ensure_bento(reg, version) == record["bento_tag"]
+    archive.write_bytes(archive.read_bytes()[:-10] + b"tampered!!")
+    assert ensure_bento(reg, version) == record["bento_tag"]
+    assert file_sha256(archive) == record["bento_sha256"]  # fetched again
+    bad = dict(record, version="v-bad", bento_sha256="0" * 64)
+    reg.store.put_json(f"registry/{cfg.model.name}/versions/v-bad.json", bad)
+    reg.store.put_file(f"bentos/{cfg.model.name}/v-bad.bento", archive)
+    with pytest.raises(FrugalError, match="does not match"):
+        ensure_bento(reg, "v-bad")
