@@ -21,7 +21,7 @@ def pipeline_repo(repo: Path, env: dict) -> Path:
     for name in REPO_FILES:
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pt"))
         else:
             shutil.copy2(src, repo / name)
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)

@@ -152,11 +152,31 @@ def dvc_push(cfg_storage, run_id: str) -> dict:
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient)
 def record_run(cfg_storage, run_id: str, record: dict) -> str:
+    return write_record(Store.from_config(cfg_storage), run_id, record, record_files())
+
+
+def record_files() -> list[Path]:
+    """The workspace files a run record carries (under runs/<run_id>/)."""
     files = [Path("params.yaml"), Path("dvc.lock")]
     files += sorted(Path("metrics").glob("*.json")) + sorted(Path("costs").glob("*.json"))
     files += sorted(Path("plots").glob("*.csv"))
     files += sorted(p for p in Path("reports").rglob("*") if p.is_file()) if Path("reports").exists() else []
-    return write_record(Store.from_config(cfg_storage), run_id, record, files)
+    return [f for f in files if f.is_file()]
+
+
+def stored_by_run(cfg, run_id: str, outcomes: list[StageOutcome], push: dict) -> dict:
+    """Bytes of every object this run leaves in the bucket, by kind: what DVC pushed, the
+    checkpoints still kept, the bento, and the run record's own files. Listed, not estimated
+    from uploads: deleted checkpoints cost nothing per month."""
+    kinds = {"dvc": push.get("bytes", 0), "checkpoints": 0, "bento": 0,
+             "run_record": sum(f.stat().st_size for f in record_files())}
+    try:
+        kinds["checkpoints"] = sum(o["size"] for o in Store.from_config(cfg.storage).list(f"checkpoints/{run_id}/"))
+    except FrugalError:
+        pass
+    if any(o.stage == "package" and o.ran for o in outcomes) and Path("metrics/package.json").exists():
+        kinds["bento"] = read_json(Path("metrics/package.json")).get("bento_bytes", 0)
+    return kinds
 
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient)
@@ -287,7 +307,8 @@ def _build_record(cfg, run_id: str, overrides, until, outcomes: list[StageOutcom
     changed = any(o.ran for o in outcomes)
     # What this run added to the bucket (stage uploads: checkpoints, bento, registry; DVC push),
     # priced per month at costs.prices.usd_per_gb_month for as long as it is kept.
-    stored = sum(r.get("s3_bytes_up", 0) for r in rows[:len(outcomes)]) + push.get("bytes", 0)
+    by_kind = stored_by_run(cfg, run_id, outcomes, push)
+    stored = sum(by_kind.values())
     record = {
         "run_id": run_id, "status": status, "message": message,
         "no_change": not changed and status == "succeeded",
@@ -295,7 +316,7 @@ def _build_record(cfg, run_id: str, overrides, until, outcomes: list[StageOutcom
         "git_commit": git_commit(), "git_dirty": git_dirty(),
         "overrides": overrides or [], "until": until, "params": config.dump(cfg),
         "stages": rows, "total_usd": round(sum(r["usd"] for r in rows), 6), "dvc_push": push,
-        "storage": {"stored_bytes": stored,
+        "storage": {"stored_bytes": stored, "by_kind": by_kind,
                     "usd_per_month": round(stored / 1e9 * cfg.costs.prices.usd_per_gb_month, 6)},
         "wall_s": round(time.perf_counter() - t0, 2),
         "gate": gate, "promoted": promoted, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

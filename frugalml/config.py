@@ -143,6 +143,7 @@ class TrainConfig(_Strict):
     num_threads: int = Field(0, ge=0)
     num_workers: int = Field(0, ge=0)
     checkpoint_to_s3: bool = True
+    keep_checkpoints: bool = False
     warm_start: WarmStartConfig = WarmStartConfig()
     distributed: DistributedConfig = DistributedConfig()
 

@@ -144,7 +144,7 @@ def fingerprint(cfg: Params) -> str:
     """Same inputs -> same fingerprint: a checkpoint is only resumed for the training it belongs to."""
     p = dump(cfg)
     key = {"manifest": file_hash(MANIFEST), "model": p["model"],
-           "train": {k: v for k, v in p["train"].items() if k not in ("num_workers", "num_threads", "checkpoint_to_s3")}}
+           "train": {k: v for k, v in p["train"].items() if k not in ("num_workers", "num_threads", "checkpoint_to_s3", "keep_checkpoints")}}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -189,11 +189,25 @@ class Checkpointer:
                 self.store.put_file(key, self.local)
                 self.store.put_json(f"checkpoints/{self.run_id}/latest.json",
                                     {"fingerprint": self.fp, "epoch": epoch, "key": key})
+                # only the newest epoch is a resume point: older ones are deleted once it is published
+                for o in self.store.list(f"checkpoints/{self.run_id}/epoch-"):
+                    if o["key"] != key:
+                        self.store.delete(o["key"])
             except StorageError as exc:  # a lost upload must not cost the epoch: local copy stays
                 info(f"train: warning: checkpoint upload failed ({exc}); kept locally at {self.local}")
 
     def done(self) -> None:
+        """Training finished: the resume point has served its purpose. The S3 copy is deleted
+        unless ``train.keep_checkpoints`` (storage is billed per GB-month for as long as it stays)."""
         self.local.unlink(missing_ok=True)
+        if self.store is not None and not self.cfg.train.keep_checkpoints:
+            from frugalml.errors import StorageError
+
+            try:
+                for o in self.store.list(f"checkpoints/{self.run_id}/"):
+                    self.store.delete(o["key"])
+            except StorageError as exc:
+                info(f"train: warning: could not delete the checkpoints of run {self.run_id} ({exc})")
 
 
 # -- the loop -------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def make_pipeline_repo(tmp_path: Path, store, extra: list[str] | None = None) ->
     for name in REPO_FILES:
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pt"))
         else:
             shutil.copy2(src, repo / name)
     shutil.copy2(ROOT / ".dvc" / "config", repo / ".dvc" / "config")

@@ -79,7 +79,12 @@ def test_prefect_flow_runs_pipeline_records_run_and_rejects_bad_data(pipeline_re
     assert "no change: every stage was up to date" in again.stderr and "Running stage" not in again.stderr
     runs = sorted({o["key"].split("/")[1] for o in store.list("runs/") if o["key"].endswith("record.json")})
     unchanged = store.get_json(f"runs/{runs[-1]}/record.json")
-    assert unchanged["no_change"] is True and unchanged["storage"]["stored_bytes"] == 0
+    assert unchanged["no_change"] is True
+    # Trust item 14: a no-change run leaves only its record; the first run's checkpoints are gone
+    assert unchanged["storage"]["by_kind"] == {"dvc": 0, "checkpoints": 0, "bento": 0,
+                                               "run_record": unchanged["storage"]["stored_bytes"]}
+    assert rec["storage"]["by_kind"]["checkpoints"] == 0 and rec["storage"]["by_kind"]["bento"] > 0
+    assert not list(store.list(f"checkpoints/{rec['run_id']}/"))
     assert [s["stage"] for s in unchanged["stages"] if s["usd"] > 0] == ["orchestration"]
     assert unchanged["total_usd"] < rec["total_usd"] / 20
     assert rec["flow_run_id"]

@@ -101,6 +101,23 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, s3_server):
     assert "resuming after epoch" in res.stderr
     assert _same(_weights(ref), _weights(work))
     assert not list(ckpts.glob("*/last.pt"))  # a finished training leaves no resume point
+    # Trust item 14: nor does it leave checkpoints in the store (train.keep_checkpoints: false)
+    from frugalml.config import StorageConfig
+    from frugalml.store import Store
+
+    assert list(Store.from_config(StorageConfig()).list(f"checkpoints/{run_id}/")) == []
+
+
+def test_item14_keep_checkpoints_keeps_only_the_last_one(tmp_path, s3_server):
+    """Trust item 14: during training only the newest epoch stays in S3; keep_checkpoints keeps it."""
+    from frugalml.config import StorageConfig
+    from frugalml.store import Store
+
+    work = _workspace(tmp_path / "keep", "train.epochs=3", "train.keep_checkpoints=true")
+    run_id = f"keep-{uuid.uuid4().hex[:6]}"
+    _train(work, env={"FRUGALML_RUN_ID": run_id})
+    keys = sorted(o["key"].rsplit("/", 1)[1] for o in Store.from_config(StorageConfig()).list(f"checkpoints/{run_id}/"))
+    assert keys == ["epoch-0003.pt", "latest.json"]
 
 
 def test_head_and_last_n_freeze_the_rest(tmp_path):

@@ -332,3 +332,165 @@ def test_item6_every_project_module_a_stage_imports_is_a_dvc_dep():
             missing[name] = sorted(files - deps)
     assert not missing, f"add these to the stages' deps in dvc.yaml: {missing}"
     assert "models/champion.json" in stages["evaluate"]["deps"]
+
+
+class LossyProxy:
+    """A TCP proxy in front of the real SeaweedFS that loses responses: the first ``times``
+    PUT requests whose request line holds ``match`` reach the server (and take effect), but their
+    response is never delivered: the client's connection is closed instead. botocore then
+    resends the request, as it does for a response lost on a real network."""
+
+    def __init__(self, upstream: str, match: bytes, times: int = 1):
+        import socket
+        import threading
+
+        self.up_host, self.up_port = upstream.split("//")[1].split(":")
+        self.match, self.left = match, times
+        self.lost = 0
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+
+        while not self.closed:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection((self.up_host, int(self.up_port)))
+            state = {"drop": False}
+            threading.Thread(target=self._up, args=(client, upstream, state), daemon=True).start()
+            threading.Thread(target=self._down, args=(client, upstream, state), daemon=True).start()
+
+    def _up(self, client, upstream, state):
+        try:
+            while data := client.recv(65536):
+                line = data.split(b"\r\n", 1)[0]
+                if line.startswith(b"PUT ") and self.match in line:
+                    with self.lock:
+                        if self.left > 0:
+                            self.left -= 1
+                            state["drop"] = True
+                upstream.sendall(data)
+        except OSError:
+            pass
+
+    def _down(self, client, upstream, state):
+        import socket
+
+        try:
+            while data := upstream.recv(65536):
+                interim = data.startswith(b"HTTP/1.1 100") and b"\r\n\r\nHTTP/" not in data
+                if state["drop"] and not interim:  # the final response, past any 100 Continue
+                    with self.lock:
+                        self.lost += 1
+                    break  # the response arrived: the client never gets it
+                client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (client, upstream):  # shutdown wakes the other pump blocked in recv
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+
+
+def _store_via(store, url: str):
+    from dataclasses import replace
+
+    from frugalml.store import Store
+
+    return Store(replace(store.settings, endpoint_url=url))
+
+
+@pytest.fixture
+def lossy(store):
+    proxies = []
+
+    def make(match: bytes, times: int = 1):
+        p = LossyProxy(store.settings.endpoint_url, match, times)
+        proxies.append(p)
+        return p, _store_via(store, p.url)
+
+    yield make
+    for p in proxies:
+        p.close()
+
+
+def _record(version: str, run: str = "r1") -> dict:
+    return {"model": "m", "version": version, "run_id": run, "gate": {"decision": "accept", "failed": []},
+            "lineage": {"model_sha256": version * 4}}
+
+
+def test_item5_register_is_idempotent_when_a_response_is_lost(store, lossy):
+    """Item 5: the version PUT lands, its response is lost, botocore resends, the resend gets
+    412: that is our own write, so register succeeds; a replayed register is harmless too."""
+    from frugalml.registry import Registry
+
+    proxy, via = lossy(b"/versions/v1.json")
+    Registry(via, "m").register("v1", _record("v1"))
+    assert proxy.lost == 1
+    reg = Registry(store, "m")
+    reg.register("v1", _record("v1"))  # a retried package stage: same run, same model
+    assert reg.versions() == ["v1"]
+    assert [e["action"] for e in reg.events()] == ["register"]
+    from frugalml.registry import RegistryError
+
+    with pytest.raises(RegistryError, match="another run"):
+        reg.register("v1", _record("v1", run="r2"))
+
+
+def test_item5_promote_and_rollback_apply_once_when_a_response_is_lost(store, lossy):
+    """Item 5: a lost response on the alias write must not append the version twice (promote)
+    nor go back two versions (rollback)."""
+    from frugalml.registry import Registry
+
+    reg = Registry(store, "m")
+    for v in ("v1", "v2", "v3"):
+        reg.register(v, _record(v))
+    reg.promote("v1", "production")
+    proxy, via = lossy(b"/aliases/production.json")
+    Registry(via, "m").promote("v2", "production")
+    assert proxy.lost == 1
+    pointer, _ = reg.alias("production")
+    assert pointer["version"] == "v2" and pointer["history"] == ["v1"], pointer
+    reg.promote("v3", "production")
+    proxy, via = lossy(b"/aliases/production.json")
+    Registry(via, "m").rollback("production")
+    assert proxy.lost == 1
+    pointer, _ = reg.alias("production")
+    assert pointer["version"] == "v2" and pointer["history"] == ["v1"]  # one step back, not two
+    actions = [(e["action"], e["version"]) for e in reg.events() if e["action"] != "register"]
+    assert actions == [("promote", "v1"), ("promote", "v2"), ("promote", "v3"), ("rollback", "v2")]
+    # a retried task (same write id) finds the promotion done
+    reg.promote("v3", "production", write_id="auto-production-v3")
+    reg.promote("v3", "production", write_id="auto-production-v3")
+    assert reg.alias("production")[0]["history"] == ["v1", "v2"]
+
+
+def test_item5_run_record_and_events_survive_a_lost_response(store, lossy, tmp_path):
+    from frugalml.runs import get_record, write_record
+    from tasks.package import version_for
+
+    proxy, via = lossy(b"/record.json")
+    (tmp_path / "params.yaml").write_text("x: 1\n")
+    write_record(via, "run-1", {"run_id": "run-1", "status": "succeeded"}, [Path("params.yaml")], root=tmp_path)
+    assert proxy.lost == 1 and get_record(store, "run-1")["status"] == "succeeded"
+    write_record(store, "run-1", {"run_id": "run-1", "status": "succeeded"}, [], root=tmp_path)  # a retried task
+    sha = "ab" * 32
+    assert version_for("20261129T010203Z-abc123", sha) == version_for("20261129T010203Z-abc123", sha)
+    assert version_for("20261129T010203Z-abc123", sha) != version_for("20261129T010203Z-abc124", sha)
+    assert version_for("20261129T010203Z-abc123", sha).startswith("v20261129-010203-abababab")
