@@ -77,10 +77,14 @@ def export_bento(tag: str, dest: Path) -> Path:
 
     dest = dest.resolve()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.stem}.part.bento")
-    tmp.unlink(missing_ok=True)
-    out = Path(bentoml.export_bento(tag, str(tmp)))
-    os.replace(out, dest)
+    import uuid
+
+    tmp = dest.with_name(f".{dest.stem}.{uuid.uuid4().hex[:12]}.part.bento")  # unique: concurrent exports
+    try:
+        out = Path(bentoml.export_bento(tag, str(tmp)))
+        os.replace(out, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
     return dest
 
 

@@ -116,7 +116,7 @@ def storage_configure() -> None:
 @data_app.command("upload")
 def data_upload(source: str = typer.Argument(..., help="builtin:digits or a local folder of <class>/<image> files"),
                 dest: Optional[str] = typer.Argument(None, help="s3://bucket/prefix (default: data.source)")) -> None:
-    """Upload labeled images to an S3 prefix (skips objects already there with the same size)."""
+    """Upload labeled images to an S3 prefix (skips objects already there with the same content)."""
     from frugalml.console import Progress
     from frugalml.errors import ConfigError
     from frugalml.sources import is_hidden, iter_folder, write_builtin_digits
@@ -134,14 +134,18 @@ def data_upload(source: str = typer.Argument(..., help="builtin:digits or a loca
     paginator = store.client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for o in page.get("Contents", []):
-            existing[o["Key"]] = o["Size"]
+            existing[o["Key"]] = o["ETag"].strip('"')
     entries = [e for e in iter_folder(root) if not is_hidden(e.path) and not e.problem]
     progress = Progress("upload", len(entries), "files")
     sent = 0
+    import hashlib
+
     for e in entries:
         key = prefix + e.path
-        if existing.get(key) != e.size:
-            store.client.put_object(Bucket=bucket, Key=key, Body=e.read())
+        data = e.read()
+        # a single-part object's ETag is the MD5 of its bytes: equal size is not equal content
+        if existing.get(key) != hashlib.md5(data, usedforsecurity=False).hexdigest():
+            store.client.put_object(Bucket=bucket, Key=key, Body=data)
             sent += 1
         progress.update()
     progress.close(f"({sent} uploaded, {len(entries) - sent} already there)")
@@ -483,6 +487,11 @@ def serve(alias: str = typer.Option("production", "--alias", help="staging or pr
         raise typer.Exit(1)
 
 
+def _is_click_error(exc: Exception) -> bool:
+    names = {c.__name__ for c in type(exc).__mro__}
+    return "ClickException" in names and hasattr(exc, "show")
+
+
 def main() -> None:
     from frugalml.errors import FrugalError
 
@@ -504,11 +513,9 @@ def main() -> None:
         err.print("aborted")
         sys.exit(130)
     except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
+        if _is_click_error(exc):  # typer vendors its own click: match by class, not by module
+            exc.show()  # the usage line and the message, like any command line tool
+            sys.exit(exc.exit_code if isinstance(getattr(exc, "exit_code", None), int) else 2)
         if _state["debug"]:
             raise
         err.print(f"[bold red]unexpected error:[/bold red] {exc.__class__.__name__}: {exc} (rerun with --debug)")

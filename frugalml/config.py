@@ -314,6 +314,8 @@ def write_overrides(path: str | Path, overrides: list[str]) -> None:
     validate(apply_overrides(read_raw(path), overrides), f"{path} with --set {' '.join(overrides)}")
     ry = YAML()
     ry.preserve_quotes = True
+    # ruamel writes None as an empty value; the file says `null`: keep every untouched line as written
+    ry.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     doc = ry.load(path.read_text(encoding="utf-8"))
     for item in overrides:
         keys, value = parse_override(item)

@@ -44,23 +44,56 @@ def write_local_config(cfg: Params, settings: S3Settings, root: str | os.PathLik
         from frugalml.sources import write_builtin_digits
 
         write_builtin_digits(root / BUILTIN_DIR)
-    s3_opts = []
+    managed: dict[str, dict[str, str]] = {"core": {"remote": "storage"}}
+    storage = {"url": f"s3://{settings.bucket}/{settings.prefix}dvc"}
+    s3_opts = {}
     if settings.endpoint_url:
-        s3_opts.append(f"    endpointurl = {settings.endpoint_url}")
+        s3_opts["endpointurl"] = settings.endpoint_url
     if settings.region:
-        s3_opts.append(f"    region = {settings.region}")
+        s3_opts["region"] = settings.region
     if settings.embedded and settings.access_key_id:
-        s3_opts += [f"    access_key_id = {settings.access_key_id}",
-                    f"    secret_access_key = {settings.secret_access_key}"]
-    lines = ["[core]", "    remote = storage",
-             "['remote \"storage\"']", f"    url = s3://{settings.bucket}/{settings.prefix}dvc", *s3_opts]
+        s3_opts.update(access_key_id=settings.access_key_id, secret_access_key=settings.secret_access_key)
+    managed['remote "storage"'] = {**storage, **s3_opts}
     url = source_url(cfg, root)
-    lines += ["['remote \"source\"']", f"    url = {url}"]
+    source = {"url": url}
     if url.startswith("s3://") and cfg.data.endpoint_url:
-        lines += [f"    endpointurl = {cfg.data.endpoint_url}", f"    region = {settings.region}"]
+        source.update(endpointurl=cfg.data.endpoint_url, region=settings.region)
     elif url.startswith("s3://"):
-        lines += s3_opts
-    return atomic_write_text(root / LOCAL_CONFIG, "\n".join(lines) + "\n", mode=0o600)
+        source.update(s3_opts)
+    managed['remote "source"'] = source
+    return _merge_local_config(root / LOCAL_CONFIG, managed, embedded=settings.embedded)
+
+
+# Keys frugalml owns in the sections it manages; anything else a user put there (or in other
+# sections: cache settings, other remotes) is kept as written.
+MANAGED_KEYS = {"core": {"remote"},
+                'remote "storage"': {"url", "endpointurl", "region", "access_key_id", "secret_access_key"},
+                'remote "source"': {"url", "endpointurl", "region", "access_key_id", "secret_access_key"}}
+
+
+def _merge_local_config(path: Path, managed: dict[str, dict[str, str]], embedded: bool) -> Path:
+    """Update only frugalml's keys in .dvc/config.local (DVC's own format, read and written
+    with configobj as DVC does), atomically, mode 0600 (it may hold the embedded server's keys)."""
+    import io
+
+    from configobj import ConfigObj
+
+    conf = ConfigObj(str(path), encoding="utf-8", write_empty_values=True) if path.exists() else ConfigObj()
+    for section, values in managed.items():
+        sec = conf.setdefault(section, {})
+        for key in MANAGED_KEYS[section]:
+            # credentials stay only where frugalml wrote them (the embedded server's); a user's own
+            # keys for another endpoint are theirs to keep
+            if key in ("access_key_id", "secret_access_key") and not embedded:
+                continue
+            if key in values:
+                sec[key] = values[key]
+            elif key in sec:
+                del sec[key]
+    conf.filename = None
+    buf = io.BytesIO()
+    conf.write(buf)
+    return atomic_write_text(path, buf.getvalue().decode("utf-8"), mode=0o600)
 
 
 def check_source_remote(cfg: Params, root: str | os.PathLike = ".") -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import tarfile
 import threading
+import uuid
 from pathlib import Path
 
 
@@ -56,7 +57,8 @@ class ShardWriter:
             self._n += 1
             if not (self.folder / self._name).exists():
                 break
-        self._f = open(self.folder / f".{self._name}.part", "wb", buffering=1 << 20)
+        self._part = self.folder / f".{self._name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part"  # unique per writer
+        self._f = open(self._part, "wb", buffering=1 << 20)
         self._offset = 0
 
     def add(self, member: str, data: bytes) -> tuple[str, int, int]:
@@ -77,7 +79,7 @@ class ShardWriter:
             return
         self._f.write(b"\0" * (2 * tarfile.BLOCKSIZE))  # end-of-archive marker
         self._f.close()
-        os.replace(self.folder / f".{self._name}.part", self.folder / self._name)
+        os.replace(self._part, self.folder / self._name)
         self.written.append(self._name)
         self._f = None
 

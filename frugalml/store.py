@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -254,7 +255,7 @@ class Store:
         """Download to ``dest`` atomically and verify the recorded sha256."""
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.part")
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.part")  # unique: concurrent downloads
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self.key(rel))
             self.client.download_file(self.bucket, self.key(rel), str(tmp))
@@ -262,6 +263,7 @@ class Store:
             tmp.unlink(missing_ok=True)
             raise _translate(exc, f"downloading {self.uri(rel)}") from None
         want = head.get("Metadata", {}).get("sha256")
+        os.chmod(tmp, 0o644)
         if want and file_sha256(tmp) != want:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"downloading {self.uri(rel)}: checksum mismatch (corrupt object)")

@@ -106,6 +106,18 @@ def confusion_png(y_true: list[int], y_pred: list[int], classes: list[str], path
     atomic_write_bytes(path, buf.getvalue())
 
 
+def write_confusion_csv(path: Path, classes: list[str], y_true: list[int], y_pred: list[int]) -> None:
+    """One row per test image. Class names come from folder names: commas and quotes are quoted."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["actual", "predicted"])
+    w.writerows([classes[a], classes[b]] for a, b in zip(y_true, y_pred))
+    atomic_write_text(path, buf.getvalue())
+
+
 def champion(cfg: Params, rows: list[dict], classes: list[str], device, batch_size: int) -> dict | None:
     """Score the current ``production`` model on the same test images (None when there is none)."""
     from frugalml.errors import StorageError, TransientStorageError
@@ -190,8 +202,7 @@ def run(cfg: Params, meter: CostMeter) -> dict:
                                        for k in ("accuracy", "macro_f1", "top3_accuracy", "ece")}
     atomic_write_json(REPORT, report)
     y_pred = probs.argmax(1).tolist()
-    lines = ["actual,predicted"] + [f"{classes[a]},{classes[b]}" for a, b in zip(y_true, y_pred)]
-    atomic_write_text(CONFUSION, "\n".join(lines) + "\n")
+    write_confusion_csv(CONFUSION, classes, y_true, y_pred)
     confusion_png(y_true, y_pred, classes, CONFUSION_PNG)
     info(f"evaluate: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}, "
          f"ECE {report['ece']:.4f} on {len(rows)} test images; p50 {report['latency_ms_p50']:.2f} ms at batch 1, "

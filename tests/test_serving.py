@@ -320,7 +320,9 @@ def test_item2_sigterm_stops_the_backend_and_exits_0(served, ctx):
     assert not bad, bad[:3]
     assert len(results) > 5
     with socket.socket() as s:
-        s.bind(("127.0.0.1", port))  # the port is free
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: TIME_WAIT is fine
+        s.bind(("127.0.0.1", port))  # nothing listens there any more
+        s.listen()
 
 
 def test_item4_a_bad_upload_fails_only_its_own_request_in_a_batch(served):

@@ -494,3 +494,128 @@ def test_item5_run_record_and_events_survive_a_lost_response(store, lossy, tmp_p
     assert version_for("20261129T010203Z-abc123", sha) == version_for("20261129T010203Z-abc123", sha)
     assert version_for("20261129T010203Z-abc123", sha) != version_for("20261129T010203Z-abc124", sha)
     assert version_for("20261129T010203Z-abc123", sha).startswith("v20261129-010203-abababab")
+
+
+def test_item15_dvc_local_config_keeps_user_settings(tmp_path):
+    """Item 15: only frugalml's keys in .dvc/config.local change; a user's settings stay (real DVC)."""
+    import subprocess
+
+    from frugalml.dvcconf import write_local_config
+    from frugalml.store import S3Settings
+
+    dvc = str(Path(__import__("sys").executable).parent / "dvc")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([dvc, "init", "-q"], cwd=tmp_path, check=True)
+    cfg = config.validate(config.apply_overrides({}, ["data.source=s3://b/src"]))
+    settings = S3Settings("frugalml", "", "http://127.0.0.1:9", "us-east-1", "key", "secret", embedded=True)
+    write_local_config(cfg, settings, tmp_path)
+    for args in (["config", "--local", "cache.type", "symlink"], ["remote", "modify", "--local", "storage", "jobs", "3"],
+                 ["remote", "add", "--local", "mine", "s3://mine/x"]):
+        subprocess.run([dvc, *args], cwd=tmp_path, check=True)
+    write_local_config(cfg, S3Settings("frugalml", "p/", "http://127.0.0.1:10", "us-east-1", "k2", "s2",
+                                       embedded=True), tmp_path)
+    out = subprocess.run([dvc, "config", "--local", "--list"], cwd=tmp_path, capture_output=True, text=True).stdout
+    assert "cache.type=symlink" in out and "remote.storage.jobs=3" in out and "remote.mine.url=s3://mine/x" in out
+    assert "remote.storage.url=s3://frugalml/p/dvc" in out and "remote.storage.endpointurl=http://127.0.0.1:10" in out
+    assert (tmp_path / ".dvc" / "config.local").stat().st_mode & 0o777 == 0o600
+
+
+def test_item15_atomic_writes_keep_the_mode_and_use_unique_temp_names(tmp_path):
+    import os
+    import threading
+
+    from frugalml.fsutil import atomic_write_text
+    from frugalml.shards import ShardWriter
+
+    f = tmp_path / "a.txt"
+    f.write_text("x")
+    os.chmod(f, 0o644)
+    atomic_write_text(f, "y")
+    assert f.stat().st_mode & 0o777 == 0o644 and f.read_text() == "y"
+    new = atomic_write_text(tmp_path / "new.txt", "z")
+    assert new.stat().st_mode & 0o777 == 0o666 & ~int(
+        next(line for line in open("/proc/self/status") if line.startswith("Umask:")).split()[1], 8)
+    # two writers of one shard name at once: each its own temp file, both shards whole
+    errors = []
+
+    def write(i):
+        try:
+            w = ShardWriter(tmp_path / "shards", "same", 1 << 40)
+            for j in range(200):
+                w.add(f"m{j}.bin", bytes([i]) * 1000)
+            w.close()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    shards = sorted((tmp_path / "shards").glob("*.tar"))
+    assert 1 <= len(shards) <= 4 and not list((tmp_path / "shards").glob(".*.part"))
+    for s in shards:
+        with tarfile.open(s) as tf:
+            assert len(tf.getmembers()) == 200
+
+
+def test_item15_set_keeps_null_and_comments(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    p = tmp_path / "params.yaml"
+    p.write_text((root / "params.yaml").read_text())
+    config.write_overrides(p, ["train.epochs=3"])
+    before = (root / "params.yaml").read_text().splitlines()
+    after = p.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(before, after) if a != b]
+    assert len(before) == len(after) and changed == [("  epochs: 8", "  epochs: 3")], changed[:3]
+
+
+def test_item15_unknown_commands_and_options_print_usage_and_exit_2(tmp_path):
+    import subprocess
+
+    for args in (["run", "--bogus"], ["bogus"], ["promote"]):
+        res = subprocess.run([FRUGALML, *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2, (args, res.stderr)
+        assert "Usage: frugalml" in res.stderr and "unexpected error" not in res.stderr, res.stderr
+
+
+def test_item15_data_upload_compares_content_not_size(tmp_path, store):
+    import subprocess
+
+    from tests.conftest import make_dataset
+
+    src = make_dataset(tmp_path / "src", per_class=3)
+    (tmp_path / "params.yaml").write_text(f"storage: {{prefix: '{store.prefix}'}}\n")
+    dest = store.uri("sources/up")
+    res = subprocess.run([FRUGALML, "data", "upload", str(src), dest], cwd=tmp_path, capture_output=True, text=True)
+    assert "(9 uploaded, 0 already there)" in res.stderr, res.stderr
+    f = src / "red" / "red_000.png"
+    data = bytearray(f.read_bytes())
+    data[-20] ^= 0xFF  # same size, other content
+    f.write_bytes(bytes(data))
+    res = subprocess.run([FRUGALML, "data", "upload", str(src), dest], cwd=tmp_path, capture_output=True, text=True)
+    assert "(1 uploaded, 8 already there)" in res.stderr, res.stderr
+    assert store.get_bytes("sources/up/red/red_000.png", verify=False)[0] == bytes(data)
+
+
+def test_item15_confusion_csv_quotes_class_names(tmp_path):
+    """Class names come from folder names: 'a,b' and 'say "hi"' survive the CSV round trip."""
+    import csv
+
+    from tasks.evaluate import write_confusion_csv
+
+    classes = ["a,b", 'say "hi"', "plain"]
+    write_confusion_csv(tmp_path / "c.csv", classes, [0, 1, 2], [1, 1, 0])
+    with open(tmp_path / "c.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows == [["actual", "predicted"], ["a,b", 'say "hi"'], ['say "hi"', 'say "hi"'], ["plain", "a,b"]]
+
+
+def test_item15_dependency_floors():
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.replace(" ", "").startswith("torch>=2.6") for d in deps)
+    assert any(d.replace(" ", "").startswith("bentoml>=1.4.40") for d in deps)
