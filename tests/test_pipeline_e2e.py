@@ -184,3 +184,21 @@ def test_costs_command_reads_run_records(pipeline_repo, store):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     one = run(FRUGALML + ["costs", "--run", recs[0]["run_id"]], pipeline_repo).stderr
     assert "Cost per stage" in one and "ingest" in one
+
+
+def test_failed_dvc_push_still_records_the_run_and_is_not_retried(pipeline_repo, store):
+    """Trust item 11: DVC's remote refuses our credentials (a user's own key in config.local,
+    which frugalml leaves alone): the run fails at the push, is not retried (not transient),
+    and its record is written all the same, saying what was done."""
+    repo = pipeline_repo
+    run([str(BIN / "dvc"), "remote", "modify", "--local", "storage", "access_key_id", "wrong-key"], repo)
+    run([str(BIN / "dvc"), "remote", "modify", "--local", "storage", "secret_access_key", "wrong-secret"], repo)
+    res = run(FRUGALML + ["run", "--until", "ingest"], repo, check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out[-3000:]
+    assert "dvc push failed (not retried" in out and "Retry 1/3" not in out, out[-3000:]
+    runs = sorted({o["key"].split("/")[1] for o in store.list("runs/") if o["key"].endswith("record.json")})
+    assert len(runs) == 1
+    rec = store.get_json(f"runs/{runs[0]}/record.json")
+    assert rec["status"] == "failed" and "dvc push" in rec["message"]
+    assert [s["stage"] for s in rec["stages"]][:1] == ["ingest"] and rec["stages"][0]["status"] == "ran"

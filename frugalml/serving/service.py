@@ -134,7 +134,9 @@ class Classifier:
 def _json_response(status: int, message: str):
     body = json.dumps({"error": message}).encode()
     return [{"type": "http.response.start", "status": status,
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]},
+             # the body may be unread: the connection cannot carry another request
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                         (b"connection", b"close")]},
             {"type": "http.response.body", "body": body}]
 
 
