@@ -32,3 +32,11 @@ def pipeline_repo(repo: Path, env: dict) -> Path:
 
 def bin_on_path(env: dict) -> dict:
     return {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """SIGTERM raises SystemExit, so every ``finally`` runs: servers and backends a benchmark
+    started are stopped when it is killed, as they are when it fails."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -38,6 +38,9 @@ def timed(cmd, cwd, env) -> float:
 
 
 def main() -> None:
+    from _common import exit_cleanly_on_sigterm
+
+    exit_cleanly_on_sigterm()
     from frugalml.embedded import EmbeddedS3
 
     ap = argparse.ArgumentParser()

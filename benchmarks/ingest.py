@@ -82,6 +82,9 @@ def run_ingest(src: Path, work: Path) -> tuple[float, float, dict, float]:
 
 
 def main() -> None:
+    from _common import exit_cleanly_on_sigterm
+
+    exit_cleanly_on_sigterm()
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=20000)
     ap.add_argument("--big", type=int, default=40000)

@@ -107,6 +107,9 @@ def cold_and_unchanged(cli, repo, env, seed: int) -> dict:
 
 
 def main() -> None:
+    from _common import exit_cleanly_on_sigterm
+
+    exit_cleanly_on_sigterm()
     from frugalml.embedded import EmbeddedS3
 
     BENCH_DIR.mkdir(parents=True, exist_ok=True)

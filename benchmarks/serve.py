@@ -126,6 +126,9 @@ def raw(model_path: Path, images: list[bytes], batch: int, reps: int) -> dict:
 
 
 def main() -> None:
+    from _common import exit_cleanly_on_sigterm
+
+    exit_cleanly_on_sigterm()
     from frugalml.embedded import EmbeddedS3
 
     ap = argparse.ArgumentParser()

@@ -59,6 +59,9 @@ def bare_loop(work: Path, arch: str, image_size: int, batch: int, epochs: int, t
 
 
 def main() -> None:
+    from _common import exit_cleanly_on_sigterm
+
+    exit_cleanly_on_sigterm()
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--arch", default="resnet18")
