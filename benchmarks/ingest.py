@@ -81,6 +81,29 @@ def run_ingest(src: Path, work: Path) -> tuple[float, float, dict, float]:
     return counts["images"] / float(stage_s), int(rss_kb) / 1024, counts, wall - float(stage_s)
 
 
+def archive_run(n: int) -> None:
+    """The same N images as a folder and as a .tar.gz (nested class folders): every member
+    must be ingested once, with the folder's count; prints both times."""
+    import tarfile
+
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
+        tmp = Path(tmp)
+        generate(tmp / "src" / "dataset", n)
+        arc = tmp / "src.tar.gz"
+        with tarfile.open(arc, "w:gz") as tf:
+            for d in sorted((tmp / "src" / "dataset").iterdir()):
+                tf.add(d, d.name)  # <class>/<image>
+        out = {"images": n, "archive_bytes": arc.stat().st_size, "cores": os.cpu_count()}
+        for name, source in (("folder", tmp / "src" / "dataset"), ("tar_gz", arc)):
+            ips, rss, counts, start = run_ingest(source, tmp / f"w-{name}")
+            out[name] = {"images": counts["images"], "classes": counts["classes"], "rejected": counts["rejected"],
+                         "images_per_s": round(ips, 1), "seconds": round(counts["images"] / ips, 2),
+                         "peak_rss_mb": round(rss, 1)}
+        out["archive_to_folder_speed"] = round(out["tar_gz"]["images_per_s"] / out["folder"]["images_per_s"], 3)
+        print(json.dumps(out, indent=2))
+
+
 def main() -> None:
     from _common import exit_cleanly_on_sigterm
 
@@ -88,7 +111,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=20000)
     ap.add_argument("--big", type=int, default=40000)
+    ap.add_argument("--archive", type=int, default=0, metavar="N",
+                    help="instead: N images as a folder and as a .tar.gz, ingested side by side")
     args = ap.parse_args()
+    if args.archive:
+        return archive_run(args.archive)
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
         tmp = Path(tmp)

@@ -212,7 +212,10 @@ def run(cfg: Params, meter: CostMeter) -> IngestResult:
 
     limits = (cfg.data.max_pixels, cfg.data.max_side)
     # Local files decode in worker processes (past the GIL); S3 and archive reads use threads.
-    pool_cls = ProcessPoolExecutor if kind in ("folder", "builtin") and workers > 1 else ThreadPoolExecutor
+    # Tar members arrive with their bytes (read in order by the listing thread), so they can
+    # go to processes too; zip members are read by the pool from the shared ZipFile: threads.
+    local = kind in ("folder", "builtin") or (kind == "archive" and not cfg.data.source.lower().endswith(".zip"))
+    pool_cls = ProcessPoolExecutor if local and workers > 1 else ThreadPoolExecutor
     gc.disable()  # rows are acyclic; full GC passes over a growing list cost O(n) each
     with pool_cls(max_workers=workers) as pool:
         for entry in entries:
