@@ -22,8 +22,9 @@ demo: $(STAMP)
 	$(BIN)/frugalml data upload builtin:digits
 	$(BIN)/frugalml run
 
+# Two workers, one test file each at a time: much of the suite waits on servers and subprocesses.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 storage-up: $(STAMP)
 	$(BIN)/frugalml storage up

@@ -352,6 +352,15 @@ def training_pipeline(run_id: str | None = None, overrides: list[str] | None = N
     ``overrides`` (KEY=VALUE) are written to params.yaml first, as ``frugalml run --set`` does.
     ``checked_changed``: the caller's own ``dvc status`` just found work (skip the check).
     """
+    from frugalml.locks import RUN_LOCK, workspace_lock
+
+    # A scheduled run queues behind a manual one in the same workspace (and vice versa).
+    with workspace_lock(RUN_LOCK, "frugalml run", wait=True,
+                        on_wait=lambda h: get_run_logger().info("waiting for the run in progress (%s)", h)):
+        return _pipeline(run_id, overrides, until, checked_changed)
+
+
+def _pipeline(run_id: str | None, overrides: list[str] | None, until: str | None, checked_changed: bool) -> dict:
     from prefect.runtime import flow_run
 
     logger = get_run_logger()

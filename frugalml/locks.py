@@ -36,11 +36,26 @@ def _holder(fd: int) -> str:
         return "another process"
 
 
+_held: dict[str, int] = {}  # locks this process holds: re-entered, not locked twice
+
+
 @contextmanager
 def workspace_lock(path: str | os.PathLike, what: str, wait: bool = False,
                    on_wait=None) -> Iterator[None]:
-    """Hold ``path`` exclusively. Busy: WorkspaceBusy, or block until free when ``wait``."""
+    """Hold ``path`` exclusively. Busy: WorkspaceBusy, or block until free when ``wait``.
+
+    Re-entrant within a process (``frugalml run`` holds the run lock and the flow it starts
+    takes it again), exclusive between processes.
+    """
     path = Path(path)
+    key = str(path.resolve())
+    if _held.get(key):
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -58,6 +73,10 @@ def workspace_lock(path: str | os.PathLike, what: str, wait: bool = False,
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": " ".join(os.path.basename(a) if i == 0 else a
                                                                            for i, a in enumerate(sys.argv))[:300],
                                   "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode(), 0)
-        yield
+        _held[key] = 1
+        try:
+            yield
+        finally:
+            _held.pop(key, None)
     finally:
         os.close(fd)  # closing the last descriptor releases the lock

@@ -18,6 +18,18 @@ BIN = Path(sys.executable).parent
 REPO_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "tasks", "frugalml", "flows", "models"]
 
 
+def pytest_configure(config):
+    """SIGTERM (CI cancelling a job, `timeout`) ends the run like Ctrl-C: pytest then still
+    tears the fixtures down, so the SeaweedFS server, `bentoml serve` backends and other
+    processes the tests started are stopped, not orphaned."""
+    import signal
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real SeaweedFS S3 server on 127.0.0.1, shared by the session; env points clients at it."""
