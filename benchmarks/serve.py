@@ -12,6 +12,10 @@ against its own embedded S3 server, promotes it, starts `frugalml serve`, then m
     batch-1 latency p50/p99 and batched (16) images/s.
 Targets: at concurrency 16, service req/s >= 0.6 x raw batched images/s; at concurrency 1,
 p50 overhead (service p50 - raw p50) under 10 ms.
+
+``--memory``: instead, 32 clients at once each send one 6000x6000 PNG (36 M pixels, a few
+hundred kB) to /classify_batch, plus one text upload in the same burst; prints the serving
+worker's peak RSS (VmHWM) before and after, the statuses, and the stated bound.
 """
 
 from __future__ import annotations
@@ -125,6 +129,53 @@ def raw(model_path: Path, images: list[bytes], batch: int, reps: int) -> dict:
             f"batch{batch}_images_per_s": round(thr, 1)}
 
 
+def _hwm_mb(pid: int) -> dict[int, float]:
+    """VmHWM (peak RSS) in MB of every process below ``pid``."""
+    import psutil
+
+    out = {}
+    for p in psutil.Process(pid).children(recursive=True):
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+            out[p.pid] = round(kb / 1024, 1)
+        except (OSError, StopIteration):
+            pass
+    return out
+
+
+def memory_burst(serve_pid: int, port: int, clients: int = 32, side: int = 6000) -> dict:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (90, 140, 200)).save(buf, format="PNG")
+    huge = multipart(buf.getvalue(), "images")
+    text = multipart(b"not an image", "images")
+    before = _hwm_mb(serve_pid)
+    statuses: list[int] = []
+    barrier = threading.Barrier(clients + 1)
+
+    def one(body):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        barrier.wait()
+        conn.request("POST", "/classify_batch", body=body[0], headers={"Content-Type": body[1]})
+        r = conn.getresponse()
+        r.read()
+        statuses.append(r.status)
+
+    threads = [threading.Thread(target=one, args=(huge if i else text,)) for i in range(clients + 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = _hwm_mb(serve_pid)
+    return {"uploads": clients, "pixels_each": side * side, "png_bytes_each": len(buf.getvalue()),
+            "statuses": {str(s): statuses.count(s) for s in sorted(set(statuses))},
+            "peak_rss_mb_before": max(before.values()), "peak_rss_mb_after": max(after.values()),
+            "decoded_all_at_once_would_need_mb": round(clients * side * side * 3 / 1e6),
+            "stated_bound_extra_mb": round(side * side * 8 / 1e6)}
+
+
 def main() -> None:
     from _common import exit_cleanly_on_sigterm
 
@@ -133,6 +184,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--memory", action="store_true", help="measure worker memory under huge-pixel uploads")
     ap.add_argument("--image-size", type=int, default=32,
                     help="32 (the demo: per-request HTTP work dominates) or e.g. 224 (compute dominates)")
     args = ap.parse_args()
@@ -170,6 +222,8 @@ def main() -> None:
                         break
                 except OSError:
                     time.sleep(0.5)
+            if args.memory:
+                return print(json.dumps(memory_burst(proc.pid, port), indent=2))
             images = [p.read_bytes() for p in sorted((work / ".frugalml/builtin/digits").rglob("*.png"))[:64]]
             bodies = [multipart(d) for d in images]
             load(port, bodies, 4, 50)  # warm-up

@@ -249,10 +249,11 @@ def iter_s3(uri: str, store, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Iterato
                 def read(key=key) -> bytes:
                     try:
                         body = client.get_object(Bucket=bucket, Key=key)["Body"]
-                        try:
-                            return read_capped(body, max_bytes)
-                        finally:
-                            body.close()  # a too-large object: the rest is not downloaded
+                        data = body.read(max_bytes + 1)  # read to the end: the connection goes back to the pool
+                        if len(data) > max_bytes:
+                            body.close()  # the rest is not downloaded
+                            raise FileTooLarge(max_bytes)
+                        return data
                     except FileTooLarge:
                         raise
                     except Exception as exc:

@@ -183,7 +183,6 @@ FRUGALML = str(Path(__import__("sys").executable).parent / "frugalml")
 def test_item7_one_run_per_workspace(tmp_path):
     """Item 7: a second `frugalml run` in a busy workspace exits 2 with a clear message; --wait queues."""
     import subprocess
-    import threading
 
     from frugalml.locks import RUN_LOCK, WorkspaceBusy, workspace_lock
 
@@ -192,28 +191,32 @@ def test_item7_one_run_per_workspace(tmp_path):
         assert res.returncode == 2, res.stderr
         assert "already running in this workspace" in res.stderr and "--wait" in res.stderr
         assert "Traceback" not in res.stderr
+        with workspace_lock(tmp_path / RUN_LOCK, "frugalml run"):  # re-entrant in one process (run -> flow)
+            pass
+    # --wait: a second process blocks until the holder releases, then proceeds
+    import sys
+    import time
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, %r)\n"
+        "from frugalml.locks import workspace_lock\n"
+        "with workspace_lock(%r, 'x'):\n"
+        "    print('held', flush=True); time.sleep(1.5)\n") % (str(Path(__file__).resolve().parent.parent),
+                                                            str(tmp_path / "x.lock"))],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(WorkspaceBusy):
-            with workspace_lock(tmp_path / RUN_LOCK, "frugalml run"):
+            with workspace_lock(tmp_path / "x.lock", "w"):
                 pass
-    # --wait: a second holder blocks until the first releases, then proceeds
-    order = []
-    first_in = threading.Event()
-
-    def first():
-        with workspace_lock(tmp_path / "x.lock", "w"):
-            first_in.set()
-            import time
-
-            time.sleep(0.5)
-            order.append("first done")
-
-    t = threading.Thread(target=first)
-    t.start()
-    first_in.wait(5)
-    with workspace_lock(tmp_path / "x.lock", "w", wait=True, on_wait=lambda h: order.append("waited")):
-        order.append("second in")
-    t.join()
-    assert order == ["waited", "first done", "second in"]
+        waited = []
+        t0 = time.monotonic()
+        with workspace_lock(tmp_path / "x.lock", "w", wait=True, on_wait=waited.append):
+            assert holder.poll() is not None or time.monotonic() - t0 > 0.5
+        assert waited and "pid" in waited[0]
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_item7_concurrent_storage_up_starts_one_server(tmp_path):

@@ -36,8 +36,9 @@ def _read_image(path: Path, max_bytes: int, max_pixels: int):
 
     Raises ValueError (an HTTP 400 for this request only) for anything that is not a usable
     image. Uploads are validated one at a time on the worker's event loop, so at most one
-    full-size decode is in memory per worker: max_image_pixels x 4 bytes (160 MB at the
-    default 40 M pixels); what is kept for the batch is image_size^2 x 3 bytes per image.
+    full-size image is in memory per worker: its decode plus its RGB copy, at most
+    max_image_pixels x 8 bytes (320 MB at the default 40 M pixels); what is kept for the
+    batch is image_size^2 x 3 bytes per image.
     """
     from PIL import Image, UnidentifiedImageError
 
