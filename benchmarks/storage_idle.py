@@ -52,7 +52,8 @@ class MiniAsBefore(EmbeddedS3):
 
 
 def activity(info, megabytes: int) -> None:
-    """Write ``megabytes`` in 8 MB objects, then delete every other one."""
+    """Write ``megabytes`` in 8 MB objects, read them back twice, then delete every other one
+    (what a run does to the store: uploads, downloads, deleted checkpoints)."""
     from frugalml.store import S3Settings, Store
 
     store = Store(S3Settings("frugalml", "bench/", info.endpoint_url, "us-east-1", info.access_key_id,
@@ -61,6 +62,9 @@ def activity(info, megabytes: int) -> None:
     keys = [f"obj-{i:04d}" for i in range(max(1, megabytes // 8))]
     for k in keys:
         store.put_bytes(k, blob)
+    for _ in range(2):
+        for k in keys:
+            store.get_bytes(k)
     for k in keys[::2]:
         store.delete(k)
 
