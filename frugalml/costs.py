@@ -29,11 +29,13 @@ def _process_age_s() -> float:
     On Linux: /proc/self/stat's start time (clock ticks since boot) against CLOCK_BOOTTIME,
     10 ms resolution. (psutil's create_time adds whole-second boot-time rounding.)
     """
+    from frugalml.procs import start_ticks
+
     try:
-        stat = Path("/proc/self/stat").read_text()
-        start_ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22, starttime
-        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError, AttributeError):
+        ticks = start_ticks()
+        if ticks is not None:
+            return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, AttributeError):
         pass
     try:
         import psutil

@@ -21,7 +21,9 @@ def _boot_id() -> str:
         return ""
 
 
-def _start_ticks(pid: int) -> int | None:
+def start_ticks(pid: int | str = "self") -> int | None:
+    """A process's start time in clock ticks since boot (/proc/<pid>/stat field 22); None when
+    it is gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -49,7 +51,7 @@ class ProcessRecord:
 
     @classmethod
     def of(cls, pid: int) -> "ProcessRecord | None":
-        ticks = _start_ticks(pid)
+        ticks = start_ticks(pid)
         argv = _cmdline(pid)
         if ticks is None or not argv:
             return None
@@ -67,7 +69,7 @@ class ProcessRecord:
 
     def matches(self) -> bool:
         """True only when the PID is still the very process recorded (same boot, start, program)."""
-        if self.boot_id != _boot_id() or _start_ticks(self.pid) != self.start_ticks:
+        if self.boot_id != _boot_id() or start_ticks(self.pid) != self.start_ticks:
             return False
         argv = _cmdline(self.pid)
         return bool(argv) and os.path.basename(argv[0]) == self.exe_name

@@ -179,12 +179,12 @@ class Registry:
     def event(self, action: str, *, event_id: str, **fields) -> str:
         """One audit-trail object per change. ``event_id`` names the change (a replay of the same
         change finds its event and writes no second one)."""
-        prefix = self._key("events") + "/"
-        for o in self.store.list(prefix):
-            if o["key"].endswith(f"-{hashlib.sha256(event_id.encode()).hexdigest()[:16]}.json"):
+        suffix = f"-{hashlib.sha256(event_id.encode()).hexdigest()[:16]}.json"
+        for o in self.store.list(self._key("events") + "/"):
+            if o["key"].endswith(suffix):
                 return o["key"]
         ts = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:] + "Z"
-        key = self._key("events", f"{ts}-{hashlib.sha256(event_id.encode()).hexdigest()[:16]}.json")
+        key = self._key("events", ts + suffix)
         self.store.put_json_once(key, {"action": action, "model": self.model, "time": _now(), "by": _actor(),
                                        **fields}, write_id=event_id)
         return key

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import tarfile
 import zipfile
 from pathlib import Path
@@ -17,17 +16,13 @@ import pytest
 from PIL import Image
 
 from frugalml import config
-from frugalml.costs import CostMeter
 
 
 def _ingest(tmp_path, monkeypatch, source, *overrides):
-    from tasks import ingest
+    """The ingest report (tests/test_ingest.py runs the stage)."""
+    from tests.test_ingest import _ingest as run_ingest
 
-    monkeypatch.chdir(tmp_path)
-    cfg = config.validate(config.apply_overrides({}, [f"data.source={source}", *overrides]))
-    with CostMeter("ingest", "t") as meter:
-        ingest.run(cfg, meter)
-    return json.loads(Path("metrics/ingest.json").read_text())
+    return run_ingest(tmp_path, monkeypatch, source, *overrides)[1]
 
 
 def _unique_pngs(n: int, classes: int = 10, seed: int = 1) -> dict[str, bytes]:
