@@ -21,10 +21,12 @@ storage_app = typer.Typer(no_args_is_help=True, help="The embedded S3 server (Se
 data_app = typer.Typer(no_args_is_help=True, help="Labeled image sources.")
 runs_app = typer.Typer(no_args_is_help=True, help="Run records in the object store.")
 models_app = typer.Typer(no_args_is_help=True, help="The model registry.")
+weights_app = typer.Typer(no_args_is_help=True, help="Pretrained backbone weights and the team mirror in the store.")
 app.add_typer(storage_app, name="storage")
 app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
+app.add_typer(weights_app, name="weights")
 
 _state = {"debug": False}
 
@@ -392,6 +394,42 @@ def runs_show(run_id: str) -> None:
     from frugalml.runs import get_record
 
     print(json.dumps(get_record(_store(), run_id), indent=2))
+
+
+@weights_app.command("add")
+def weights_add(file: Path = typer.Argument(..., help="A torchvision weights file you have (.pth)."),
+                arch: str = typer.Option(..., "--arch", help="The architecture it is for, e.g. resnet18.")) -> None:
+    """Put a weights file into the team mirror (weights/<arch>/<file>), checked against the
+    published hash prefix and the architecture first."""
+    from frugalml import weights
+
+    cfg = _cfg()
+    uri, digest = weights.add_to_mirror(_store(cfg), arch, file, cfg.model.weights_url)
+    err.print(f"added {file} to the mirror: {uri} (sha256 {digest})")
+
+
+@weights_app.command("fetch")
+def weights_fetch(arch: Optional[str] = typer.Option(None, "--arch", help="Default: model.arch.")) -> None:
+    """Resolve the weights as a training run would (cache, mirror, download) and mirror them:
+    run once where the network allows, and every worker reads them from the store."""
+    from frugalml import weights
+
+    cfg = _cfg()
+    found = weights.resolve(arch or cfg.model.arch, store=_store(cfg), url_override=cfg.model.weights_url)
+    print(json.dumps({**found.lineage(), "path": str(found.path), "mirror_uri": found.mirror_uri}, indent=2))
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """The weights files in the team mirror, and whether this machine's cache has each."""
+    from frugalml import weights
+
+    rows = weights.listing(_store())
+    if not rows:
+        err.print("the mirror holds no weights yet (see `frugalml weights add` / `frugalml weights fetch`)")
+    for r in rows:
+        print(f"{r['arch']:<20} {r['file']:<40} {r['bytes'] / 1e6:8.1f} MB  "
+              f"{'cached here' if r['in_local_cache'] else ''}")
 
 
 @models_app.command("list")

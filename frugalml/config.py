@@ -83,6 +83,7 @@ class ModelConfig(_Strict):
         "efficientnet_b0", "convnext_tiny",
     ] = "resnet18"
     pretrained: str = "none"
+    weights_url: str | None = None
     image_size: int = Field(32, ge=16, le=1024)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)

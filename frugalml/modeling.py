@@ -33,21 +33,6 @@ def select_device(pref: str = "auto") -> torch.device:
     return torch.device(pref)
 
 
-def _torchvision_weights(arch: str):
-    import torchvision.models as tvm
-
-    weights = getattr(tvm, ARCHS[arch]).DEFAULT
-    hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
-    fname = os.path.basename(weights.url)
-    path = hub_dir / fname
-    if not path.exists():
-        raise ConfigError(
-            f"model.pretrained=torchvision needs the {arch} weights, which cannot be downloaded here. "
-            f"Place the file {fname} (from {weights.url}) at {path} "
-            f"(or set $TORCH_HOME), or use model.pretrained=none or registry:<model>@<alias>.")
-    return weights
-
-
 def head_module(model: nn.Module) -> tuple[str, nn.Module]:
     """The classifier's last Linear layer and its attribute path."""
     for name in ("fc", "classifier", "head"):
@@ -61,13 +46,21 @@ def head_module(model: nn.Module) -> tuple[str, nn.Module]:
     raise ValueError("no Linear classifier head found")
 
 
-def build_model(arch: str, num_classes: int, pretrained: str = "none") -> nn.Module:
+def bare_backbone(arch: str) -> nn.Module:
+    """``arch`` as torchvision builds it (ImageNet head), randomly initialised."""
     import torchvision.models as tvm
 
     if arch not in ARCHS:
         raise ConfigError(f"model.arch {arch!r} is not supported; choose one of {sorted(ARCHS)}")
-    weights = _torchvision_weights(arch) if pretrained == "torchvision" else None
-    model = getattr(tvm, arch)(weights=weights)
+    return getattr(tvm, arch)(weights=None)
+
+
+def build_model(arch: str, num_classes: int, backbone_state: dict | None = None) -> nn.Module:
+    """``arch`` with a fresh ``num_classes`` head; ``backbone_state`` is a torchvision state dict
+    (e.g. ImageNet weights, see ``frugalml.weights``) loaded before the head is replaced."""
+    model = bare_backbone(arch)
+    if backbone_state is not None:
+        model.load_state_dict(backbone_state)
     path, old = head_module(model)
     new = nn.Linear(old.in_features, num_classes)
     parent = model

@@ -82,7 +82,8 @@ def run(cfg: Params, meter: CostMeter) -> dict:
         "gate": gate, "costs_usd": _costs_so_far(),
         "lineage": {"git_commit": git_commit(), "params_sha256": file_hash("params.yaml"),
                     "params_resolved_sha256": hashlib.sha256(params_text.encode()).hexdigest(),
-                    "manifest_sha256": file_hash(MANIFEST), "model_sha256": model_sha},
+                    "manifest_sha256": file_hash(MANIFEST), "model_sha256": model_sha,
+                    "pretrained": tr.get("pretrained", {"kind": "none"})},
     }
     model_tag = bento.save_model(name, version, MODEL, record)
     info(f"package: BentoML model {model_tag}; building the bento")

@@ -3,7 +3,8 @@
 Writes ``models/model.pt`` (weights + everything needed to serve them), ``metrics/train.json``
 and the learning curves in ``plots/train.csv``.
 
-* Pretrained start (``model.pretrained``): ``none``, ``torchvision`` (local hub cache) or
+* Pretrained start (``model.pretrained``): ``none``, ``torchvision`` (hub cache, team mirror or
+  download: ``frugalml.weights``; file and sha256 in the report's ``pretrained``) or
   ``registry:<model>@<alias or version>`` (warm start; the head is re-initialised when the
   classes changed).
 * Fine-tuning: ``head``, ``last_n`` blocks or ``full``; the head and the backbone get their
@@ -111,23 +112,59 @@ def _evaluate(model, loader, device, autocast) -> tuple[float, float]:
 
 
 # -- model ----------------------------------------------------------------------------------------
-def _initial_model(cfg: Params, classes: list[str]) -> tuple[nn.Module, str]:
+def _store_or_none(cfg: Params):
+    """The object store when one is configured (the weights mirror, checkpoints), else None."""
+    from frugalml.errors import StorageError
+    from frugalml.store import Store
+
+    try:
+        return Store.from_config(cfg.storage)
+    except StorageError:
+        return None
+
+
+def resolve_pretrained(cfg: Params, meter: CostMeter | None):
+    """``model.pretrained: torchvision``: the weights file (cache, mirror or download), its
+    transfer counted in the stage's cost entry. None for the other kinds of start."""
+    if cfg.model.pretrained != "torchvision":
+        return None
+    from frugalml import weights
+
+    found = weights.resolve(cfg.model.arch, store=_store_or_none(cfg), url_override=cfg.model.weights_url,
+                            progress=_is_main())
+    if meter is not None:
+        meter.add(weights_download_bytes=found.download_bytes)
+        meter.extra["weights_from"] = found.source
+    return found
+
+
+def _initial_model(cfg: Params, classes: list[str], meter: CostMeter | None) -> tuple[nn.Module, str, dict]:
+    """The model to fine-tune, a one-line description of its start and its lineage."""
     m = cfg.model
-    if not m.pretrained.startswith("registry:"):
-        return build_model(m.arch, len(classes), m.pretrained), m.pretrained
+    if m.pretrained == "none":
+        return build_model(m.arch, len(classes)), "none", {"kind": "none"}
+    if m.pretrained == "torchvision":
+        found = resolve_pretrained(cfg, meter)
+        return (build_model(m.arch, len(classes), found.state_dict()), f"torchvision {found.file} ({found.source})",
+                found.lineage())
     ref = m.pretrained[len("registry:"):]
     name, _, alias = ref.partition("@")
     if not name or not alias:
         raise ConfigError("model.pretrained must look like registry:<model>@<alias or version>")
-    from frugalml.registry import fetch_model_blob
+    from frugalml.registry import Registry, fetch_model_blob
     from frugalml.store import Store
 
-    version, blob = fetch_model_blob(Store.from_config(cfg.storage), name, alias)
+    store = Store.from_config(cfg.storage)
+    version, blob = fetch_model_blob(store, name, alias)
     if blob["arch"] != m.arch:
         raise ConfigError(f"model.pretrained {m.pretrained} is a {blob['arch']}, but model.arch is {m.arch}")
     model = build_model(m.arch, len(classes))
     how = warm_start(model, blob, classes)
-    return model, f"registry:{name}@{version} ({how})"
+    record = Registry(store, name).get(version)
+    lineage = {"kind": "registry", "arch": m.arch, "file": f"{name}@{version}",
+               "sha256": record.get("lineage", {}).get("model_sha256", ""), "source": "registry",
+               "fine_tuned_from": record.get("lineage", {}).get("pretrained")}
+    return model, f"registry:{name}@{version} ({how})", lineage
 
 
 def _class_weights(rows: list[dict], classes: list[str]) -> torch.Tensor:
@@ -152,15 +189,8 @@ class Checkpointer:
     def __init__(self, cfg: Params, fp: str, run_id: str):
         self.cfg, self.fp, self.run_id = cfg, fp, run_id
         self.local = CHECKPOINTS / fp / "last.pt"
-        self.store = None
-        if cfg.train.checkpoint_to_s3:
-            from frugalml.errors import StorageError
-            from frugalml.store import Store
-
-            try:
-                self.store = Store.from_config(cfg.storage)
-            except StorageError:
-                self.store = None  # no object store configured: local checkpoints only
+        # no object store configured: local checkpoints only
+        self.store = _store_or_none(cfg) if cfg.train.checkpoint_to_s3 else None
 
     def load(self) -> dict | None:
         if self.local.exists():
@@ -240,7 +270,7 @@ def train(cfg: Params, meter: CostMeter | None) -> dict:
         raise DataError("data/manifest.csv is missing or empty: run the ingest stage first")
     classes = sorted({r["label"] for r in rows})
     train_loader, val_loader, gen = _loaders(cfg, rows, classes)
-    model, start = _initial_model(cfg, classes)
+    model, start, pretrained = _initial_model(cfg, classes, meter)
     groups = param_groups(model, t.finetune, t.finetune_last_n, t.lr, t.backbone_lr_mult)
     model.to(device)
     if device.type == "cuda" and t.channels_last:
@@ -386,7 +416,7 @@ def train(cfg: Params, meter: CostMeter | None) -> dict:
     atomic_write_text(CURVES, "\n".join([CURVE_COLUMNS, *curves]) + "\n")
     last = history[-1]
     report = {"arch": m.arch, "device": device.type, "precision": precision, "processes": _world(),
-              "start": start, "finetune": t.finetune, "epochs": t.epochs, "epochs_run": len(history),
+              "start": start, "pretrained": pretrained, "finetune": t.finetune, "epochs": t.epochs, "epochs_run": len(history),
               "stopped_early": stopped_early, "classes": len(classes), "train_images": n_train,
               "final_train_loss": round(last["train_loss"], 6), "final_train_acc": round(last["train_acc"], 6),
               "final_val_acc": round(last["val_acc"], 6),
@@ -400,8 +430,12 @@ def train(cfg: Params, meter: CostMeter | None) -> dict:
 
 def run(cfg: Params, meter: CostMeter) -> dict:
     if cfg.train.distributed.nproc_per_node > 1:
+        found = resolve_pretrained(cfg, meter)  # once, here: the workers then read the local cache
         _launch_torchrun(cfg)  # the workers' CPU time is counted: they are this process's children
         report = json.loads(REPORT.read_text())
+        if found is not None:
+            report["pretrained"] = found.lineage()
+            atomic_write_json(REPORT, report)
         meter.add(gpu_s=report.get("gpu_s", 0.0))
         return report
     return train(cfg, meter)

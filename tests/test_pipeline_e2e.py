@@ -39,13 +39,42 @@ def _check_outputs(repo, store):
     return pkg
 
 
-def test_dvc_repro_runs_everything_then_nothing(pipeline_repo, store):
-    repo = pipeline_repo
-    run(FRUGALML + ["storage", "configure"], repo)
-    config_local = (repo / ".dvc" / "config.local").read_text()
-    assert "secret_access_key" not in config_local  # env credentials are not copied into files
-    run([str(BIN / "dvc"), "repro"], repo)
-    _check_outputs(repo, store)
+def test_dvc_repro_runs_everything_then_nothing(tmp_path, store, monkeypatch):
+    # fine-tuned from "torchvision" weights served on loopback (see test_weights.py): the lineage
+    # of the backbone reaches the registry version record and the bento's model metadata
+    from tests.conftest import make_pipeline_repo
+    from tests.test_weights import WeightsServer
+
+    server = WeightsServer()
+    try:
+        name, data = server.add("resnet18")
+        repo = make_pipeline_repo(tmp_path, store, extra=["model.pretrained=torchvision",
+                                                          f"model.weights_url={server.url(name)}"])
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+        run(FRUGALML + ["storage", "configure"], repo)
+        config_local = (repo / ".dvc" / "config.local").read_text()
+        assert "secret_access_key" not in config_local  # env credentials are not copied into files
+        run([str(BIN / "dvc"), "repro"], repo)
+    finally:
+        server.close()
+    pkg = _check_outputs(repo, store)
+    import hashlib
+
+    import yaml
+
+    want = {"kind": "torchvision", "arch": "resnet18", "file": name, "sha256": hashlib.sha256(data).hexdigest(),
+            "source": "download", "url": server.url(name)}
+    assert json.loads((repo / "metrics/train.json").read_text())["pretrained"] == want
+    record = store.get_json(f"registry/{pkg['model']}/versions/{pkg['version']}.json")
+    assert record["lineage"]["pretrained"] == want
+    bento = tmp_path / "b.bento"
+    store.download(f"bentos/{pkg['model']}/{pkg['version']}.bento", bento)
+    import tarfile
+
+    with tarfile.open(bento) as tf:
+        card = next(m for m in tf.getmembers() if m.name.endswith("model.yaml"))
+        metadata = yaml.safe_load(tf.extractfile(card).read())["metadata"]
+    assert metadata["lineage"]["pretrained"] == want
     again = run([str(BIN / "dvc"), "repro"], repo)
     assert "Running stage" not in again.stdout
     status = run([str(BIN / "dvc"), "status"], repo)

@@ -137,16 +137,6 @@ def test_head_and_last_n_freeze_the_rest(tmp_path):
     assert not any(p.requires_grad for p in mob.features[0].parameters())
 
 
-def test_torchvision_weights_missing_is_a_clear_error(tmp_path, monkeypatch):
-    from frugalml.errors import ConfigError
-    from frugalml.modeling import build_model
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    with pytest.raises(ConfigError) as e:
-        build_model("resnet18", 3, "torchvision")
-    assert "resnet18-f37072fd.pth" in str(e.value) and str(tmp_path / "torch") in str(e.value)
-
-
 def test_ddp_with_two_cpu_processes_produces_a_valid_model(tmp_path):
     work = _workspace(tmp_path / "ddp", "train.epochs=2", "train.distributed.nproc_per_node=2",
                       "train.num_threads=1")
