@@ -226,8 +226,11 @@ def cost_rows(outcomes: list[StageOutcome]) -> list[dict]:
         rows.append(_row(o.stage, status, c.get("wall_s", 0.0), c.get("total_usd", 0.0), check_wall_s=o.wall_s,
                          cpu_s=c.get("cpu_s", 0.0), peak_rss_mb=c.get("peak_rss_mb", 0),
                          labeling_usd=c.get("labeling_usd", 0.0), labeled_images=c.get("labeled_images", 0),
-                         s3_bytes_up=c.get("s3_bytes_up", 0), gpu_s=c.get("gpu_s", 0.0),
-                         gpu_energy_j=c.get("gpu_energy_j")))
+                         s3_bytes_up=c.get("s3_bytes_up", 0), s3_bytes_down=c.get("s3_bytes_down", 0),
+                         gpu_s=c.get("gpu_s", 0.0), gpu_energy_j=c.get("gpu_energy_j"),
+                         **({"weights_from": c["weights_from"],  # pretrained weights: cache, mirror or download
+                             "weights_download_bytes": c.get("weights_download_bytes", 0)}
+                            if "weights_from" in c else {})))
     return rows
 
 

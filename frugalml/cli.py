@@ -116,12 +116,13 @@ def storage_configure() -> None:
 
 # -- data -----------------------------------------------------------------------------------
 @data_app.command("upload")
-def data_upload(source: str = typer.Argument(..., help="builtin:digits or a local folder of <class>/<image> files"),
+def data_upload(source: str = typer.Argument(..., help="builtin:digits, builtin:shapes or a local folder of <class>/<image> files"),
                 dest: Optional[str] = typer.Argument(None, help="s3://bucket/prefix (default: data.source)")) -> None:
     """Upload labeled images to an S3 prefix (skips objects already there with the same content)."""
     from frugalml.console import Progress
     from frugalml.errors import ConfigError
-    from frugalml.sources import is_hidden, iter_folder, write_builtin_digits
+    from frugalml.builtin import materialize
+    from frugalml.sources import is_hidden, iter_folder
     from frugalml.store import split_s3_uri
 
     cfg = _cfg()
@@ -129,7 +130,7 @@ def data_upload(source: str = typer.Argument(..., help="builtin:digits or a loca
     if not dest.startswith("s3://"):
         raise ConfigError(f"destination {dest!r} must be an s3://bucket/prefix URI")
     store = _store(cfg)
-    root = write_builtin_digits(Path(".frugalml/builtin/digits")) if source == "builtin:digits" else Path(source)
+    root = materialize(source) if source.startswith("builtin:") else Path(source)
     bucket, prefix = split_s3_uri(dest)
     prefix = prefix.rstrip("/") + "/"
     existing = {}

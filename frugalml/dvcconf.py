@@ -23,7 +23,6 @@ from frugalml.sources import describe
 from frugalml.store import S3Settings
 
 LOCAL_CONFIG = Path(".dvc") / "config.local"
-BUILTIN_DIR = Path(".frugalml") / "builtin" / "digits"
 
 
 def source_url(cfg: Params, root: Path) -> str:
@@ -32,7 +31,9 @@ def source_url(cfg: Params, root: Path) -> str:
     if kind == "s3":
         return src.rstrip("/")
     if kind == "builtin":
-        return str((root / BUILTIN_DIR).resolve())
+        from frugalml.builtin import builtin_dir, name_of
+
+        return str(builtin_dir(name_of(src), root).resolve())
     return str((root / Path(src).expanduser()).resolve())
 
 
@@ -41,9 +42,9 @@ def write_local_config(cfg: Params, settings: S3Settings, root: str | os.PathLik
     if not (root / ".dvc").is_dir():
         raise ConfigError(f"{root.resolve()} is not a DVC repository (no .dvc/ folder): run `dvc init` there")
     if describe(cfg.data.source) == "builtin":
-        from frugalml.sources import write_builtin_digits
+        from frugalml.builtin import materialize
 
-        write_builtin_digits(root / BUILTIN_DIR)
+        materialize(cfg.data.source, root)
     managed: dict[str, dict[str, str]] = {"core": {"remote": "storage"}}
     storage = {"url": f"s3://{settings.bucket}/{settings.prefix}dvc"}
     s3_opts = {}

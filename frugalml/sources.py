@@ -1,4 +1,4 @@
-"""Where labeled images come from: an s3:// prefix, a local folder, an archive, or builtin:digits.
+"""Where labeled images come from: an s3:// prefix, a local folder, an archive, or builtin:<name>.
 
 Every source yields ``Entry`` objects: a POSIX path relative to the source root (its first
 component is the class, or ``train/``/``val/``/``test/`` then the class) and a way to read the
@@ -64,28 +64,6 @@ def describe(source: str) -> str:
     if source.lower().endswith(ARCHIVE_SUFFIXES):
         return "archive"
     return "folder"
-
-
-# -- built-in -------------------------------------------------------------------------------
-def write_builtin_digits(dest: str | os.PathLike) -> Path:
-    """scikit-learn's bundled handwritten digits as ``<class>/<name>.png`` (8x8 grayscale)."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    from frugalml.fsutil import atomic_write_bytes
-    from frugalml.images import png_bytes
-
-    dest = Path(dest)
-    marker = dest / ".complete"
-    if marker.exists():
-        return dest
-    digits = load_digits()
-    for i, (img, target) in enumerate(zip(digits.images, digits.target)):
-        arr = np.clip(img * (255.0 / 16.0), 0, 255).astype("uint8")
-        atomic_write_bytes(dest / str(target) / f"digit_{i:04d}.png", png_bytes(Image.fromarray(arr, mode="L")))
-    marker.write_text("scikit-learn load_digits\n")
-    return dest
 
 
 # -- local folder -----------------------------------------------------------------------------

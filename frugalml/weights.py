@@ -18,13 +18,14 @@ import os
 import re
 import socket
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from frugalml.console import info
 from frugalml.errors import ConfigError, StorageError
 
 HASH_PREFIX = re.compile(r"-([a-f0-9]+)\.")  # torch.hub.HASH_REGEX
+SAFE_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,200}")
 DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation: a black-holed network fails instead of hanging
 
 
@@ -50,6 +51,8 @@ def weights_url(arch: str, override: str | None = None) -> str:
 
 def file_name(url: str) -> str:
     name = os.path.basename(url.split("?", 1)[0])
+    if not SAFE_NAME.fullmatch(name):  # it becomes a file name in the cache and a key in the mirror
+        raise ConfigError(f"the weights file name {name!r} (from {url}) is not a plain file name")
     if not HASH_PREFIX.search(name):
         raise ConfigError(f"the weights file name {name!r} carries no sha256 prefix (torchvision's "
                           "<name>-<hex>.pth convention), so it cannot be checked; rename it accordingly")
@@ -88,7 +91,6 @@ class Resolved:
     url: str
     mirror_uri: str | None = None
     download_bytes: int = 0  # from the internet (S3 traffic is counted by the store)
-    notes: list[str] = field(default_factory=list)
 
     def lineage(self) -> dict:
         return {"kind": "torchvision", "arch": self.arch, "file": self.file, "sha256": self.sha256,

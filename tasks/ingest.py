@@ -28,7 +28,8 @@ from frugalml.errors import DataError, TransientStorageError
 from frugalml.fsutil import atomic_write_json, atomic_write_text
 from frugalml.images import ImageRejected, cap_side, decode, png_bytes
 from frugalml.shards import ShardReader, ShardWriter
-from frugalml.sources import Entry, FileTooLarge, describe, is_hidden, iter_archive, iter_folder, iter_s3, write_builtin_digits
+from frugalml.builtin import materialize
+from frugalml.sources import Entry, FileTooLarge, describe, is_hidden, iter_archive, iter_folder, iter_s3
 
 PREPARED = Path("data/prepared")
 MANIFEST = Path("data/manifest.csv")
@@ -79,7 +80,7 @@ def iter_source(cfg: Params) -> tuple[str, object]:
     kind = describe(src)
     cap = cfg.data.max_file_bytes
     if kind == "builtin":
-        return kind, iter_folder(write_builtin_digits(Path(".frugalml") / "builtin" / "digits"), cap)
+        return kind, iter_folder(materialize(src), cap)
     if kind == "s3":
         from frugalml.store import Store, source_settings
 

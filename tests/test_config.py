@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from frugalml import config
@@ -61,3 +63,38 @@ def test_credentials_are_not_config_keys(tmp_path):
     f.write_text("storage:\n  secret_access_key: abc\n")
     with pytest.raises(ConfigError, match="storage.secret_access_key: unknown key"):
         config.load(f)
+
+
+def test_every_params_key_is_documented_in_the_readme():
+    """Each leaf of Params is in README's params tables: as `a.b.c`, as a `.c` / `c` in a row that
+    names its parent `a.b.`, or as `c` in a table under a heading that names `a.b`."""
+    from pydantic import BaseModel
+
+    from frugalml.config import Params
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+    def leaves(model, prefix=""):
+        for name, f in model.model_fields.items():
+            path = prefix + (f.alias or name)
+            if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+                yield from leaves(f.annotation, path + ".")
+            else:
+                yield path
+
+    heading, rows = "", []  # (heading above the table, key cell)
+    for line in readme.splitlines():
+        if line.startswith("#"):
+            heading = line
+        elif line.startswith("| `"):
+            rows.append((heading, line.split("|")[1]))
+    missing = []
+    for path in leaves(Params):
+        parent, _, last = path.rpartition(".")
+        if f"`{path}`" in readme:
+            continue
+        if any((f"`{parent}." in cell and (f"`{last}`" in cell or f"`.{last}`" in cell))
+               or (f"`{parent}`" in head and f"`{last}`" in cell) for head, cell in rows):
+            continue
+        missing.append(path)
+    assert not missing, f"document these params.yaml keys in README.md: {missing}"

@@ -252,3 +252,31 @@ def test_s3_source_on_its_own_endpoint(tmp_path, monkeypatch, store):
     _, report, _ = _ingest(tmp_path, monkeypatch, uri, f"data.endpoint_url={store.settings.endpoint_url}",
                            "storage.endpoint_url=http://127.0.0.1:9")
     assert report["source_kind"] == "s3" and report["counts"]["images"] == 12
+
+
+def test_builtin_shapes_is_deterministic_per_image_and_regenerated_on_a_new_version(tmp_path):
+    from frugalml import builtin
+
+    a = builtin.write_shapes(tmp_path / "a", per_class=6)
+    b = builtin.write_shapes(tmp_path / "b", per_class=6)
+    files = sorted(p.relative_to(a).as_posix() for p in a.rglob("*.png"))
+    assert len(files) == 60 and {f.split("/")[0] for f in files} == set(builtin.SHAPES)
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    # image i depends on (seed, class, i) only, not on how many were generated
+    assert builtin.shape_image("star", 3).tobytes() == builtin.shape_image("star", 3).tobytes()
+    assert builtin.shape_image("star", 3).tobytes() != builtin.shape_image("star", 4).tobytes()
+    assert builtin.shape_image("star", 3).size == (builtin.SHAPES_SIZE, builtin.SHAPES_SIZE)
+    # a marker from another generator version: the folder is generated again, not trusted
+    (a / ".complete").write_text("shapes v0\n")
+    (a / "star" / "stale.png").write_bytes(b"old")
+    builtin.write_shapes(a, per_class=6)
+    assert not (a / "star" / "stale.png").exists() and len(list(a.rglob("*.png"))) == 60
+
+
+def test_unknown_builtin_dataset_is_a_config_error(tmp_path):
+    from frugalml.errors import ConfigError
+
+    (tmp_path / "params.yaml").write_text("data:\n  source: builtin:cifar\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(tmp_path / "params.yaml")
+    assert "builtin:shapes" in str(e.value) and "builtin:digits" in str(e.value)
