@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test install storage-up storage-down clean-local
+.PHONY: demo test lint install storage-up storage-down clean-local
 
 install: $(STAMP)
 
@@ -24,7 +24,14 @@ demo: $(STAMP)
 
 # Two workers, one test file each at a time: much of the suite waits on servers and subprocesses.
 test: $(STAMP)
+	$(BIN)/ruff check frugalml tasks flows tests benchmarks
+	$(BIN)/ruff format --check frugalml tasks flows tests benchmarks
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# Fix what ruff can fix, and format.
+lint: $(STAMP)
+	$(BIN)/ruff check --fix frugalml tasks flows tests benchmarks
+	$(BIN)/ruff format frugalml tasks flows tests benchmarks
 
 storage-up: $(STAMP)
 	$(BIN)/frugalml storage up

@@ -59,14 +59,22 @@ def main() -> None:
         server = EmbeddedS3(repo, bucket="frugalml")
         server.up()
         try:
-            subprocess.run([sys.executable, "-m", "frugalml.cli", "storage", "configure"], cwd=repo, env={
-                **env, "FRUGALML_S3_ENDPOINT": ""}, check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "frugalml.cli", "storage", "configure"],
+                cwd=repo,
+                env={**env, "FRUGALML_S3_ENDPOINT": ""},
+                check=True,
+                capture_output=True,
+            )
             t_ingest = timed([str(BIN / "dvc"), "repro", "ingest"], repo, env)
-            result = {"images": args.images, "dvc_repro_ingest_s": t_ingest,
-                      "dvc_status_s": timed([str(BIN / "dvc"), "status"], repo, env),
-                      "dvc_push_cold_s": timed([str(BIN / "dvc"), "push"], repo, env),
-                      "dvc_status_cloud_s": timed([str(BIN / "dvc"), "status", "-c"], repo, env),
-                      "dvc_push_noop_s": timed([str(BIN / "dvc"), "push"], repo, env)}
+            result = {
+                "images": args.images,
+                "dvc_repro_ingest_s": t_ingest,
+                "dvc_status_s": timed([str(BIN / "dvc"), "status"], repo, env),
+                "dvc_push_cold_s": timed([str(BIN / "dvc"), "push"], repo, env),
+                "dvc_status_cloud_s": timed([str(BIN / "dvc"), "status", "-c"], repo, env),
+                "dvc_push_noop_s": timed([str(BIN / "dvc"), "push"], repo, env),
+            }
             result["shard_files"] = len(list((repo / "data" / "prepared").iterdir()))
             # Side by side: the same images as loose files, tracked with `dvc add`.
             shutil.copytree(tmp / "src", repo / "loose")

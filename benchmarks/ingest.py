@@ -63,15 +63,17 @@ def run_ingest(src: Path, work: Path) -> tuple[float, float, dict, float]:
     (work / "params.yaml").write_text(f"data:\n  source: {src}\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
-    code = ("import resource, sys, time; from tasks import ingest; from frugalml import config; "
-            "from frugalml.costs import CostMeter\n"
-            "cfg = config.load()\n"
-            "t0 = time.perf_counter()\n"
-            "with CostMeter('ingest', 'bench') as m: ingest.run(cfg, m)\n"
-            "dt = time.perf_counter() - t0\n"
-            "rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
-            "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-            "print(dt, rss)")
+    code = (
+        "import resource, sys, time; from tasks import ingest; from frugalml import config; "
+        "from frugalml.costs import CostMeter\n"
+        "cfg = config.load()\n"
+        "t0 = time.perf_counter()\n"
+        "with CostMeter('ingest', 'bench') as m: ingest.run(cfg, m)\n"
+        "dt = time.perf_counter() - t0\n"
+        "rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+        "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+        "print(dt, rss)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(out.stderr)
@@ -97,9 +99,14 @@ def archive_run(n: int) -> None:
         out = {"images": n, "archive_bytes": arc.stat().st_size, "cores": os.cpu_count()}
         for name, source in (("folder", tmp / "src" / "dataset"), ("tar_gz", arc)):
             ips, rss, counts, start = run_ingest(source, tmp / f"w-{name}")
-            out[name] = {"images": counts["images"], "classes": counts["classes"], "rejected": counts["rejected"],
-                         "images_per_s": round(ips, 1), "seconds": round(counts["images"] / ips, 2),
-                         "peak_rss_mb": round(rss, 1)}
+            out[name] = {
+                "images": counts["images"],
+                "classes": counts["classes"],
+                "rejected": counts["rejected"],
+                "images_per_s": round(ips, 1),
+                "seconds": round(counts["images"] / ips, 2),
+                "peak_rss_mb": round(rss, 1),
+            }
         out["archive_to_folder_speed"] = round(out["tar_gz"]["images_per_s"] / out["folder"]["images_per_s"], 3)
         print(json.dumps(out, indent=2))
 
@@ -111,8 +118,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=20000)
     ap.add_argument("--big", type=int, default=40000)
-    ap.add_argument("--archive", type=int, default=0, metavar="N",
-                    help="instead: N images as a folder and as a .tar.gz, ingested side by side")
+    ap.add_argument(
+        "--archive",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: N images as a folder and as a .tar.gz, ingested side by side",
+    )
     args = ap.parse_args()
     if args.archive:
         return archive_run(args.archive)
@@ -133,15 +145,25 @@ def main() -> None:
         _, rss_big, _, _ = run_ingest(tmp / "big", tmp / "w2")
         per_image_kb = (rss_big - rss_small) * 1024 / (args.big - args.images)
         rss_100k = rss_big + per_image_kb * (100_000 - args.big) / 1024
-        print(json.dumps({
-            "images": counts["images"], "cores": os.cpu_count(),
-            "bare_decode_sha256_images_per_s": round(bare, 1), "ingest_images_per_s": round(ips, 1),
-            "ratio_ingest_to_bare": round(ips / bare, 3), "target_ratio": 0.7,
-            "process_start_s": round(startup_s, 2),
-            f"peak_rss_mb_{args.images}": round(rss_small, 1), f"peak_rss_mb_{args.big}": round(rss_big, 1),
-            "rss_kb_per_extra_image": round(per_image_kb, 2), "peak_rss_mb_100k_extrapolated": round(rss_100k, 1),
-            "target_rss_mb_100k": 1024,
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "images": counts["images"],
+                    "cores": os.cpu_count(),
+                    "bare_decode_sha256_images_per_s": round(bare, 1),
+                    "ingest_images_per_s": round(ips, 1),
+                    "ratio_ingest_to_bare": round(ips / bare, 3),
+                    "target_ratio": 0.7,
+                    "process_start_s": round(startup_s, 2),
+                    f"peak_rss_mb_{args.images}": round(rss_small, 1),
+                    f"peak_rss_mb_{args.big}": round(rss_big, 1),
+                    "rss_kb_per_extra_image": round(per_image_kb, 2),
+                    "peak_rss_mb_100k_extrapolated": round(rss_100k, 1),
+                    "target_rss_mb_100k": 1024,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,14 @@ def sh(cmd, cwd, env):
 
 def multipart(data: bytes, field: str = "image") -> tuple[bytes, str]:
     b = uuid.uuid4().hex
-    body = (f"--{b}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"x.png\"\r\n"
-            "Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{b}--\r\n".encode()
+    body = (
+        (
+            f'--{b}\r\nContent-Disposition: form-data; name="{field}"; filename="x.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{b}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={b}"
 
 
@@ -93,8 +99,13 @@ def load(port: int, bodies: list[tuple[bytes, str]], concurrency: int, total: in
         t.join()
     wall = time.perf_counter() - t0
     q = statistics.quantiles(lat, n=100)
-    return {"requests_per_s": round(len(lat) / wall, 1), "p50_ms": round(q[49], 2), "p99_ms": round(q[98], 2),
-            "errors": errors, **({"error_kinds": kinds} if kinds else {})}
+    return {
+        "requests_per_s": round(len(lat) / wall, 1),
+        "p50_ms": round(q[49], 2),
+        "p99_ms": round(q[98], 2),
+        "errors": errors,
+        **({"error_kinds": kinds} if kinds else {}),
+    }
 
 
 def raw(model_path: Path, images: list[bytes], batch: int, reps: int) -> dict:
@@ -125,8 +136,11 @@ def raw(model_path: Path, images: list[bytes], batch: int, reps: int) -> dict:
             n += batch
         thr = n / (time.perf_counter() - t0)
     q = statistics.quantiles(lat, n=100)
-    return {"batch1_p50_ms": round(q[49], 2), "batch1_p99_ms": round(q[98], 2),
-            f"batch{batch}_images_per_s": round(thr, 1)}
+    return {
+        "batch1_p50_ms": round(q[49], 2),
+        "batch1_p99_ms": round(q[98], 2),
+        f"batch{batch}_images_per_s": round(thr, 1),
+    }
 
 
 def _hwm_mb(pid: int) -> dict[int, float]:
@@ -169,11 +183,16 @@ def memory_burst(serve_pid: int, port: int, clients: int = 32, side: int = 6000)
     for t in threads:
         t.join()
     after = _hwm_mb(serve_pid)
-    return {"uploads": clients, "pixels_each": side * side, "png_bytes_each": len(buf.getvalue()),
-            "statuses": {str(s): statuses.count(s) for s in sorted(set(statuses))},
-            "peak_rss_mb_before": max(before.values()), "peak_rss_mb_after": max(after.values()),
-            "decoded_all_at_once_would_need_mb": round(clients * side * side * 3 / 1e6),
-            "stated_bound_extra_mb": round(side * side * 8 / 1e6)}
+    return {
+        "uploads": clients,
+        "pixels_each": side * side,
+        "png_bytes_each": len(buf.getvalue()),
+        "statuses": {str(s): statuses.count(s) for s in sorted(set(statuses))},
+        "peak_rss_mb_before": max(before.values()),
+        "peak_rss_mb_after": max(after.values()),
+        "decoded_all_at_once_would_need_mb": round(clients * side * side * 3 / 1e6),
+        "stated_bound_extra_mb": round(side * side * 8 / 1e6),
+    }
 
 
 def main() -> None:
@@ -185,8 +204,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--memory", action="store_true", help="measure worker memory under huge-pixel uploads")
-    ap.add_argument("--image-size", type=int, default=32,
-                    help="32 (the demo: per-request HTTP work dominates) or e.g. 224 (compute dominates)")
+    ap.add_argument(
+        "--image-size",
+        type=int,
+        default=32,
+        help="32 (the demo: per-request HTTP work dominates) or e.g. 224 (compute dominates)",
+    )
     args = ap.parse_args()
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
@@ -194,10 +217,15 @@ def main() -> None:
         (work / "params.yaml").write_text(
             "data:\n  source: builtin:digits\n"
             f"model:\n  arch: resnet18\n  image_size: {args.image_size}\n  name: bench-serve\n"
-            f"train:\n  epochs: 1\n  checkpoint_to_s3: false\n  finetune: {'head' if args.image_size >= 96 else 'full'}\n"
-            "evaluate:\n  latency_samples: 10\ngates:\n  min_accuracy: 0.0\n")
-        env = {k: v for k, v in os.environ.items() if k not in ("FRUGALML_S3_ENDPOINT", "AWS_ACCESS_KEY_ID",
-                                                                  "AWS_SECRET_ACCESS_KEY")}
+            f"train:\n  epochs: 1\n  checkpoint_to_s3: false\n"
+            f"  finetune: {'head' if args.image_size >= 96 else 'full'}\n"
+            "evaluate:\n  latency_samples: 10\ngates:\n  min_accuracy: 0.0\n"
+        )
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("FRUGALML_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        }
         env["PYTHONPATH"] = str(ROOT)
         server = EmbeddedS3(work)
         server.up()
@@ -212,8 +240,14 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
             s.close()
-            proc = subprocess.Popen(cli + ["serve", "--port", str(port)], cwd=work, env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                cli + ["serve", "--port", str(port)],
+                cwd=work,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             for _ in range(240):
                 try:
                     c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
@@ -233,15 +267,26 @@ def main() -> None:
             batch_bodies = [multipart(d, "images") for d in images]
             c16_batch = load(port, batch_bodies, 16, args.requests * 2, "/classify_batch")
             r = raw(work / "models/model.pt", images, 16, args.requests)
-            print(json.dumps({
-                "model": f"resnet18 {args.image_size}px", "cores": os.cpu_count(),
-                "service_c1": c1, "service_c16": c16, "service_c16_classify_batch": c16_batch, "raw_in_process": r,
-                "c1_p50_overhead_ms": round(c1["p50_ms"] - r["batch1_p50_ms"], 2), "target_c1_overhead_ms": 10,
-                "c16_ratio_to_raw_batched": round(c16["requests_per_s"] / r["batch16_images_per_s"], 3),
-                "c16_classify_batch_ratio_to_raw_batched":
-                    round(c16_batch["requests_per_s"] / r["batch16_images_per_s"], 3),
-                "target_c16_ratio": 0.6,
-            }, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "model": f"resnet18 {args.image_size}px",
+                        "cores": os.cpu_count(),
+                        "service_c1": c1,
+                        "service_c16": c16,
+                        "service_c16_classify_batch": c16_batch,
+                        "raw_in_process": r,
+                        "c1_p50_overhead_ms": round(c1["p50_ms"] - r["batch1_p50_ms"], 2),
+                        "target_c1_overhead_ms": 10,
+                        "c16_ratio_to_raw_batched": round(c16["requests_per_s"] / r["batch16_images_per_s"], 3),
+                        "c16_classify_batch_ratio_to_raw_batched": round(
+                            c16_batch["requests_per_s"] / r["batch16_images_per_s"], 3
+                        ),
+                        "target_c16_ratio": 0.6,
+                    },
+                    indent=2,
+                )
+            )
         finally:
             if proc is not None:
                 os.killpg(proc.pid, 15)

@@ -12,7 +12,8 @@ counts warning/error lines that weed.log gained meanwhile.
 (a) with its random admin port (above 55535 its worker dials an invalid port) and (b) with the
 admin gRPC port its worker expects, so the maintenance worker connects.
 ``--data-from WORKSPACE`` starts each server on a copy of that workspace's store (the demo's
-data is what showed the difference). ``--workspace DIR`` instead measures the running server of a workspace (e.g. after make demo).
+data is what showed the difference). ``--workspace DIR`` instead measures the running server
+of a workspace (e.g. after make demo).
 Servers are stopped on exit, on failure and on SIGTERM.
 """
 
@@ -42,12 +43,22 @@ class MiniAsBefore(EmbeddedS3):
 
     def command(self, data_dir, ports):
         return [
-            _weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            _weed_binary(),
+            "mini",
+            f"-dir={data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
             *[f"-{name}={port}" for name, port in ports.items()],
-            f"-admin.port={self.admin[0]}", f"-admin.port.grpc={self.admin[1]}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false", "-webdav=false",
-            "-master.telemetry=false", f"-filer.localSocket={self.dir / 'filer.sock'}",
-            f"-s3.localSocket={self.dir / 's3.sock'}", f"-s3.config={self.credentials_file}",
+            f"-admin.port={self.admin[0]}",
+            f"-admin.port.grpc={self.admin[1]}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-master.telemetry=false",
+            f"-filer.localSocket={self.dir / 'filer.sock'}",
+            f"-s3.localSocket={self.dir / 's3.sock'}",
+            f"-s3.config={self.credentials_file}",
         ]
 
 
@@ -56,8 +67,17 @@ def activity(info, megabytes: int) -> None:
     (what a run does to the store: uploads, downloads, deleted checkpoints)."""
     from frugalml.store import S3Settings, Store
 
-    store = Store(S3Settings("frugalml", "bench/", info.endpoint_url, "us-east-1", info.access_key_id,
-                             info.secret_access_key, embedded=True))
+    store = Store(
+        S3Settings(
+            "frugalml",
+            "bench/",
+            info.endpoint_url,
+            "us-east-1",
+            info.access_key_id,
+            info.secret_access_key,
+            embedded=True,
+        )
+    )
     blob = os.urandom(8 << 20)
     keys = [f"obj-{i:04d}" for i in range(max(1, megabytes // 8))]
     for k in keys:
@@ -69,8 +89,9 @@ def activity(info, megabytes: int) -> None:
         store.delete(k)
 
 
-def measure(server: EmbeddedS3, seconds: float, runs: int, megabytes: int,
-            seed: Path | None = None) -> tuple[float, list[float], int]:
+def measure(
+    server: EmbeddedS3, seconds: float, runs: int, megabytes: int, seed: Path | None = None
+) -> tuple[float, list[float], int]:
     if seed is not None:  # start from a copy of a real store (its data dir and key)
         import shutil
 
@@ -92,8 +113,10 @@ def measure(server: EmbeddedS3, seconds: float, runs: int, megabytes: int,
 
 def line(name: str, result) -> str:
     med, shares, errors = result
-    return (f"{name:<34} {med * 100:6.2f}% of a core (median; {', '.join(f'{s * 100:.2f}%' for s in shares)}), "
-            f"{errors} warning/error lines in weed.log")
+    return (
+        f"{name:<34} {med * 100:6.2f}% of a core (median; {', '.join(f'{s * 100:.2f}%' for s in shares)}), "
+        f"{errors} warning/error lines in weed.log"
+    )
 
 
 def main() -> None:
@@ -103,8 +126,12 @@ def main() -> None:
     ap.add_argument("--activity-mb", type=int, default=300)
     ap.add_argument("--compare-mini", action="store_true")
     ap.add_argument("--workspace", type=Path)
-    ap.add_argument("--data-from", type=Path, metavar="WORKSPACE",
-                    help="start each server on a copy of this workspace's store (e.g. after make demo)")
+    ap.add_argument(
+        "--data-from",
+        type=Path,
+        metavar="WORKSPACE",
+        help="start each server on a copy of this workspace's store (e.g. after make demo)",
+    )
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # runs the finally: the server stops
     if a.workspace:
@@ -116,17 +143,26 @@ def main() -> None:
         print(line(str(a.workspace), (statistics.median(shares), shares, 0)))
         return
     seed = a.data_from / ".frugalml" / "storage" if a.data_from else None
-    print(f"{a.runs} x {a.seconds:g} s after writing {a.activity_mb} MB and deleting half"
-          f"{f', on a copy of {seed}' if seed else ''}, no client connected")
+    print(
+        f"{a.runs} x {a.seconds:g} s after writing {a.activity_mb} MB and deleting half"
+        f"{f', on a copy of {seed}' if seed else ''}, no client connected"
+    )
     results = {}
     with tempfile.TemporaryDirectory(prefix="frugalml-idle-") as d:
         results["now"] = measure(EmbeddedS3(Path(d) / "now"), a.seconds, a.runs, a.activity_mb, seed)
         print(line("weed server (frugalml now)", results["now"]), flush=True)
         if a.compare_mini:
-            for name, admin in (("weed mini, admin port 60793", (60793, 56099)),
-                                ("weed mini, worker connected", (31793, 41793))):
-                results[name] = measure(MiniAsBefore(Path(d) / name.replace(" ", "_").replace(",", ""), *admin),
-                                        a.seconds, a.runs, a.activity_mb, seed)
+            for name, admin in (
+                ("weed mini, admin port 60793", (60793, 56099)),
+                ("weed mini, worker connected", (31793, 41793)),
+            ):
+                results[name] = measure(
+                    MiniAsBefore(Path(d) / name.replace(" ", "_").replace(",", ""), *admin),
+                    a.seconds,
+                    a.runs,
+                    a.activity_mb,
+                    seed,
+                )
                 print(line(name, results[name]), flush=True)
             worst = max(r[0] for r in results.values())
             print(f"ratio worst weed mini / weed server: {worst / max(results['now'][0], 1e-9):.1f}x")

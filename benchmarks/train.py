@@ -31,15 +31,19 @@ def bare_loop(work: Path, arch: str, image_size: int, batch: int, epochs: int, t
     from torch import nn
 
     from frugalml.modeling import ManifestDataset, build_model, train_transform
-    from tasks.ingest import read_manifest
+    from frugalml.contracts import read_manifest
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     os.chdir(work)
     rows = [r for r in read_manifest() if r["split"] == "train"]
     classes = sorted({r["label"] for r in rows})
-    ds = ManifestDataset(rows, work / "data" / "prepared", classes,
-                         train_transform(image_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    ds = ManifestDataset(
+        rows,
+        work / "data" / "prepared",
+        classes,
+        train_transform(image_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    )
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True)
     model = build_model(arch, len(classes))
     opt = torch.optim.AdamW(model.parameters(), lr=0.002)
@@ -76,23 +80,35 @@ def main() -> None:
             "data:\n  source: builtin:digits\n"
             f"model:\n  arch: {args.arch}\n  image_size: {args.image_size}\n"
             f"train:\n  epochs: {args.epochs}\n  batch_size: {args.batch}\n  num_threads: {args.threads}\n"
-            "  checkpoint_to_s3: false\n")
+            "  checkpoint_to_s3: false\n"
+        )
         env = {**os.environ, "PYTHONPATH": str(ROOT), "FRUGALML_S3_ENDPOINT": ""}
         for stage in ("ingest", "train"):
-            res = subprocess.run([sys.executable, "-m", f"tasks.{stage}"], cwd=work, env=env,
-                                 capture_output=True, text=True)
+            res = subprocess.run(
+                [sys.executable, "-m", f"tasks.{stage}"], cwd=work, env=env, capture_output=True, text=True
+            )
             if res.returncode:
                 raise SystemExit(res.stderr[-3000:])
         curve = (work / "plots" / "train.csv").read_text().splitlines()[1:]
         stage_rates = [float(line.split(",")[-1]) for line in curve]
         stage = statistics.median(stage_rates[1:])
         bare = bare_loop(work, args.arch, args.image_size, args.batch, args.epochs, args.threads)
-        print(json.dumps({
-            "arch": args.arch, "image_size": args.image_size, "batch": args.batch, "threads": args.threads,
-            "device": json.loads((work / "metrics" / "train.json").read_text())["device"],
-            "stage_images_per_s": round(stage, 1), "bare_images_per_s": round(bare, 1),
-            "ratio_stage_to_bare": round(stage / bare, 3), "target_ratio": 0.9,
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "arch": args.arch,
+                    "image_size": args.image_size,
+                    "batch": args.batch,
+                    "threads": args.threads,
+                    "device": json.loads((work / "metrics" / "train.json").read_text())["device"],
+                    "stage_images_per_s": round(stage, 1),
+                    "bare_images_per_s": round(bare, 1),
+                    "ratio_stage_to_bare": round(stage / bare, 3),
+                    "target_ratio": 0.9,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

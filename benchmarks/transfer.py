@@ -79,11 +79,20 @@ def main() -> None:
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
         work = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if k not in ("FRUGALML_S3_ENDPOINT", "AWS_ACCESS_KEY_ID",
-                                                                  "AWS_SECRET_ACCESS_KEY")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("FRUGALML_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        }
         env["PYTHONPATH"] = str(ROOT)
-        common = {"model.arch": "resnet18", "model.image_size": args.image_size, "train.checkpoint_to_s3": False,
-                  "evaluate.latency_samples": 5, "gates.min_accuracy": 0.0, "gates.max_regression": "null"}
+        common = {
+            "model.arch": "resnet18",
+            "model.image_size": args.image_size,
+            "train.checkpoint_to_s3": False,
+            "evaluate.latency_samples": 5,
+            "gates.min_accuracy": 0.0,
+            "gates.max_regression": "null",
+        }
         from frugalml.builtin import materialize
 
         shapes = materialize("builtin:shapes", ROOT)
@@ -93,8 +102,15 @@ def main() -> None:
         server = EmbeddedS3(work)
         server.up()
         try:
-            set_params(work, common, {"data.source": str(work / "source"), "model.name": "shapes-backbone",
-                                      "train.epochs": args.pretrain_epochs})
+            set_params(
+                work,
+                common,
+                {
+                    "data.source": str(work / "source"),
+                    "model.name": "shapes-backbone",
+                    "train.epochs": args.pretrain_epochs,
+                },
+            )
             stages(work, env, ("ingest", "validate", "train", "evaluate", "gate", "package"))
             version = json.loads((work / "metrics/package.json").read_text())["version"]
             pre_acc = json.loads((work / "metrics/eval.json").read_text())["accuracy"]
@@ -102,12 +118,19 @@ def main() -> None:
             for d in ("data", "metrics", "costs", "models", "plots"):
                 shutil.rmtree(work / d, ignore_errors=True)
             rest = (1 - args.labels) / 8
-            target = {**common, "data.source": str(work / "target"), "model.name": "shapes-target",
-                      "data.splits.train": args.labels, "data.splits.val": round(rest, 6),
-                      "data.splits.test": round(1 - args.labels - rest, 6),
-                      "model.pretrained": f"registry:shapes-backbone@{version}", "train.epochs": args.epochs,
-                      "train.warm_start.epochs": "null", "train.warm_start.lr_mult": 1.0,
-                      "validate.min_images_per_class": 5}
+            target = {
+                **common,
+                "data.source": str(work / "target"),
+                "model.name": "shapes-target",
+                "data.splits.train": args.labels,
+                "data.splits.val": round(rest, 6),
+                "data.splits.test": round(1 - args.labels - rest, 6),
+                "model.pretrained": f"registry:shapes-backbone@{version}",
+                "train.epochs": args.epochs,
+                "train.warm_start.epochs": "null",
+                "train.warm_start.lr_mult": 1.0,
+                "validate.min_images_per_class": 5,
+            }
             rows = {}
             for name, over in CONFIGS.items():
                 accs, usd, wall = [], [], []
@@ -118,22 +141,30 @@ def main() -> None:
                     cost = json.loads((work / "costs/train.json").read_text())
                     usd.append(cost["total_usd"])
                     wall.append(cost["wall_s"])
-                    print(f"{name} seed {seed}: accuracy {accs[-1]:.4f}, train {cost['wall_s']:.0f} s",
-                          file=sys.stderr)
-                rows[name] = {"accuracy_median": round(statistics.median(accs), 4),
-                              "accuracy_min": round(min(accs), 4), "accuracy_max": round(max(accs), 4),
-                              "train_usd_median": round(statistics.median(usd), 6),
-                              "train_wall_s_median": round(statistics.median(wall), 1)}
+                    print(f"{name} seed {seed}: accuracy {accs[-1]:.4f}, train {cost['wall_s']:.0f} s", file=sys.stderr)
+                rows[name] = {
+                    "accuracy_median": round(statistics.median(accs), 4),
+                    "accuracy_min": round(min(accs), 4),
+                    "accuracy_max": round(max(accs), 4),
+                    "train_usd_median": round(statistics.median(usd), 6),
+                    "train_wall_s_median": round(statistics.median(wall), 1),
+                }
             manifest = (work / "data/manifest.csv").read_text().splitlines()[1:]
-            print(json.dumps({
-                "backbone": f"resnet18 pretrained on shapes {', '.join(SOURCE_CLASSES)} ({args.pretrain_epochs} epochs, "
-                            f"test accuracy {pre_acc:.4f}, train ${pre_usd:.5f}), registry version {version}",
-                "target": f"shapes {', '.join(TARGET_CLASSES)} at {args.image_size} px, "
-                          f"{sum(',train,' in ln for ln in manifest)} training labels, "
-                          f"{sum(',test,' in ln for ln in manifest)} test images, {args.epochs} epochs, "
-                          f"{args.seeds} seeds",
-                "configs": rows,
-            }, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "backbone": f"resnet18 pretrained on shapes {', '.join(SOURCE_CLASSES)} "
+                        f"({args.pretrain_epochs} epochs, "
+                        f"test accuracy {pre_acc:.4f}, train ${pre_usd:.5f}), registry version {version}",
+                        "target": f"shapes {', '.join(TARGET_CLASSES)} at {args.image_size} px, "
+                        f"{sum(',train,' in ln for ln in manifest)} training labels, "
+                        f"{sum(',test,' in ln for ln in manifest)} test images, {args.epochs} epochs, "
+                        f"{args.seeds} seeds",
+                        "configs": rows,
+                    },
+                    indent=2,
+                )
+            )
         finally:
             server.down()
             shutil.rmtree(work / ".frugalml" / "bentoml", ignore_errors=True)

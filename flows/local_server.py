@@ -30,17 +30,39 @@ class LocalPrefectServer:
             port = sock.getsockname()[1]
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               # SQLite "database is locked" retries are logged with tracebacks though the run goes on
-               "PREFECT_SERVER_LOGGING_LEVEL": os.environ.get("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL"),
-               "PREFECT_SERVER_DATABASE_TIMEOUT": os.environ.get("PREFECT_SERVER_DATABASE_TIMEOUT", "30")}
+        env = {
+            **os.environ,
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # SQLite "database is locked" retries are logged with tracebacks though the run goes on
+            "PREFECT_SERVER_LOGGING_LEVEL": os.environ.get("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL"),
+            "PREFECT_SERVER_DATABASE_TIMEOUT": os.environ.get("PREFECT_SERVER_DATABASE_TIMEOUT", "30"),
+        }
         env.pop("PREFECT_API_URL", None)
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
-                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    "prefect.server.api.server:create_app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "error",
+                    "--lifespan",
+                    "on",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         self.api_url = f"http://127.0.0.1:{port}/api"
         atexit.register(self.stop)  # registered before Prefect's own exit handlers, so it runs after them
 
@@ -58,8 +80,10 @@ class LocalPrefectServer:
             time.sleep(0.1)
         tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
         self.stop()
-        raise FrugalError(f"the local Prefect server did not start (see {self.log_path}); "
-                          f"set PREFECT_API_URL to use a running one.\n{tail}")
+        raise FrugalError(
+            f"the local Prefect server did not start (see {self.log_path}); "
+            f"set PREFECT_API_URL to use a running one.\n{tail}"
+        )
 
     def stop(self) -> None:
         """SIGTERM; the server finishes its shutdown on its own (SQLite keeps the database whole)."""

@@ -15,13 +15,14 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from frugalml import config
+from frugalml.contracts import CostEntry, GateDecision, PackageReport, StageStatus, status_file
 from frugalml.costs import price
 from frugalml.dvcconf import write_local_config
 from frugalml.errors import FrugalError, Rejected, TransientStorageError
@@ -29,8 +30,6 @@ from frugalml.fsutil import atomic_write_json, read_json
 from frugalml.lineage import git_commit, git_dirty
 from frugalml.runs import STAGES, new_run_id, write_record
 from frugalml.store import Store, resolve_settings
-
-STATUS_DIR = Path(".frugalml") / "status"
 
 
 class StageFailed(FrugalError):
@@ -42,7 +41,7 @@ class StageOutcome:
     stage: str
     ran: bool
     wall_s: float
-    cost: dict = field(default_factory=dict)
+    cost: CostEntry | None = None  # this run's cost entry of the stage; None when it did not run
     failed: bool = False
 
 
@@ -56,8 +55,14 @@ def _env(run_id: str) -> dict:
 
 
 def _dvc(args: list[str], run_id: str, echo: bool = True) -> tuple[int, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=_env(run_id), bufsize=1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(run_id),
+        bufsize=1,
+    )
     tail: deque[str] = deque(maxlen=40)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -68,11 +73,32 @@ def _dvc(args: list[str], run_id: str, echo: bool = True) -> tuple[int, str]:
 
 
 # DVC reports faults only as text. Access and configuration errors are never transient.
-_PERMANENT = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "403",
-              "Unable to locate credentials", "config file error", "is not a valid remote")
-_TRANSIENT = ("Could not connect", "ConnectTimeout", "EndpointConnectionError", "Connection refused",
-              "Read timeout", "ReadTimeout", "ConnectionClosedError", "Connection reset", "SlowDown",
-              "ServiceUnavailable", "InternalError", "503", "502", "500 Internal")
+_PERMANENT = (
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "NoSuchBucket",
+    "403",
+    "Unable to locate credentials",
+    "config file error",
+    "is not a valid remote",
+)
+_TRANSIENT = (
+    "Could not connect",
+    "ConnectTimeout",
+    "EndpointConnectionError",
+    "Connection refused",
+    "Read timeout",
+    "ReadTimeout",
+    "ConnectionClosedError",
+    "Connection reset",
+    "SlowDown",
+    "ServiceUnavailable",
+    "InternalError",
+    "503",
+    "502",
+    "500 Internal",
+)
 
 
 def is_transient_dvc_failure(output: str) -> bool:
@@ -95,26 +121,25 @@ def _retry_transient(task, task_run, state) -> bool:
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient)
 def run_stage(stage: str, run_id: str) -> StageOutcome:
-    status = STATUS_DIR / f"{stage}.json"
+    status = status_file(stage)
     status.unlink(missing_ok=True)
     t0 = time.perf_counter()
     code, tail = _dvc(["repro", "--single-item", stage], run_id)
     wall = time.perf_counter() - t0
     if code != 0:
         if status.exists():
-            st = read_json(status)
-            if st["exit_code"] == 3:
-                raise Rejected(st["message"])
-            if st.get("transient"):
-                raise TransientStorageError(f"stage {stage}: {st['message']}")
-            raise StageFailed(f"stage {stage} failed: {st['message']}")
+            st = StageStatus.read(status)
+            if st.exit_code == 3:
+                raise Rejected(st.message)
+            if st.transient:
+                raise TransientStorageError(f"stage {stage}: {st.message}")
+            raise StageFailed(f"stage {stage} failed: {st.message}")
         if is_transient_dvc_failure(tail):
             raise TransientStorageError(f"stage {stage}: DVC could not reach the object store:\n{tail}")
         raise StageFailed(f"stage {stage}: dvc repro failed (exit {code}):\n{tail}")
-    cost_file = Path("costs") / f"{stage}.json"
-    cost = read_json(cost_file) if cost_file.exists() else {}
-    ran = cost.get("run_id") == run_id
-    return StageOutcome(stage, ran, wall, cost if ran else {})
+    cost = CostEntry.for_stage(stage)
+    ran = cost is not None and cost.run_id == run_id
+    return StageOutcome(stage, ran, wall, cost if ran else None)
 
 
 @task
@@ -146,8 +171,13 @@ def dvc_push(cfg_storage, run_id: str) -> dict:
         raise StageFailed(f"dvc push failed (not retried: not a transient fault):\n{tail}")
     after = _remote_objects(store)
     new = {k: v for k, v in after.items() if k not in before}
-    return {"wall_s": round(time.perf_counter() - t0, 3), "objects": len(new), "bytes": sum(new.values()),
-            "remote_objects": len(after), "remote_bytes": sum(after.values())}
+    return {
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "objects": len(new),
+        "bytes": sum(new.values()),
+        "remote_objects": len(after),
+        "remote_bytes": sum(after.values()),
+    }
 
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient)
@@ -168,14 +198,18 @@ def stored_by_run(cfg, run_id: str, outcomes: list[StageOutcome], push: dict) ->
     """Bytes of every object this run leaves in the bucket, by kind: what DVC pushed, the
     checkpoints still kept, the bento, and the run record's own files. Listed, not estimated
     from uploads: deleted checkpoints cost nothing per month."""
-    kinds = {"dvc": push.get("bytes", 0), "checkpoints": 0, "bento": 0,
-             "run_record": sum(f.stat().st_size for f in record_files())}
+    kinds = {
+        "dvc": push.get("bytes", 0),
+        "checkpoints": 0,
+        "bento": 0,
+        "run_record": sum(f.stat().st_size for f in record_files()),
+    }
     try:
         kinds["checkpoints"] = sum(o["size"] for o in Store.from_config(cfg.storage).list(f"checkpoints/{run_id}/"))
     except FrugalError:
         pass
-    if any(o.stage == "package" and o.ran for o in outcomes) and Path("metrics/package.json").exists():
-        kinds["bento"] = read_json(Path("metrics/package.json")).get("bento_bytes", 0)
+    if any(o.stage == "package" and o.ran for o in outcomes) and PackageReport.PATH.exists():
+        kinds["bento"] = PackageReport.read().bento_bytes
     return kinds
 
 
@@ -184,26 +218,45 @@ def auto_promote(cfg, version: str, alias: str) -> dict:
     """``promotion.auto``: point the alias at the version this run packaged (gate accepted)."""
     from frugalml.registry import Registry
 
-    Registry(Store.from_config(cfg.storage), cfg.model.name).promote(version, alias, reason="promotion.auto",
-                                                                     write_id=f"auto-{alias}-{version}")
+    Registry(Store.from_config(cfg.storage), cfg.model.name).promote(
+        version, alias, reason="promotion.auto", write_id=f"auto-{alias}-{version}"
+    )
     return {"alias": alias, "version": version}
 
 
 def _failed_outcome(stage: str, run_id: str) -> StageOutcome:
     """The cost of a stage that ended in rejection or failure (it still ran and cost money)."""
-    cost_file = Path("costs") / f"{stage}.json"
-    cost = read_json(cost_file) if cost_file.exists() else {}
-    ran = cost.get("run_id") == run_id
-    return StageOutcome(stage, ran, cost.get("wall_s", 0.0) if ran else 0.0, cost if ran else {}, failed=True)
+    cost = CostEntry.for_stage(stage)
+    ran = cost is not None and cost.run_id == run_id
+    return StageOutcome(stage, ran, cost.wall_s if ran else 0.0, cost if ran else None, failed=True)
 
 
-def _row(stage: str, status: str, wall_s: float, usd: float, *, check_wall_s: float | None = None,
-         cpu_s: float = 0.0, peak_rss_mb: float = 0, labeling_usd: float = 0.0, labeled_images: int = 0,
-         **extra) -> dict:
+def _row(
+    stage: str,
+    status: str,
+    wall_s: float,
+    usd: float,
+    *,
+    check_wall_s: float | None = None,
+    cpu_s: float = 0.0,
+    peak_rss_mb: float = 0,
+    labeling_usd: float = 0.0,
+    labeled_images: int = 0,
+    **extra,
+) -> dict:
     """One row of the run's cost table (stages, the DVC push, orchestration)."""
-    return {"stage": stage, "status": status, "wall_s": round(wall_s, 2), "cpu_s": round(cpu_s, 2),
-            "peak_rss_mb": peak_rss_mb, "usd": usd, "labeling_usd": labeling_usd, "labeled_images": labeled_images,
-            "check_wall_s": round(wall_s if check_wall_s is None else check_wall_s, 2), **extra}
+    return {
+        "stage": stage,
+        "status": status,
+        "wall_s": round(wall_s, 2),
+        "cpu_s": round(cpu_s, 2),
+        "peak_rss_mb": peak_rss_mb,
+        "usd": usd,
+        "labeling_usd": labeling_usd,
+        "labeled_images": labeled_images,
+        "check_wall_s": round(wall_s if check_wall_s is None else check_wall_s, 2),
+        **extra,
+    }
 
 
 def push_row(push: dict, costs) -> dict:
@@ -221,33 +274,55 @@ def orchestration_row(wall_s: float, costs) -> dict:
 def cost_rows(outcomes: list[StageOutcome]) -> list[dict]:
     rows = []
     for o in outcomes:
-        c = o.cost
+        c = o.cost or CostEntry(stage=o.stage, run_id="", wall_s=0.0)
         status = "failed" if o.failed else "ran" if o.ran else "up to date"
-        rows.append(_row(o.stage, status, c.get("wall_s", 0.0), c.get("total_usd", 0.0), check_wall_s=o.wall_s,
-                         cpu_s=c.get("cpu_s", 0.0), peak_rss_mb=c.get("peak_rss_mb", 0),
-                         labeling_usd=c.get("labeling_usd", 0.0), labeled_images=c.get("labeled_images", 0),
-                         s3_bytes_up=c.get("s3_bytes_up", 0), s3_bytes_down=c.get("s3_bytes_down", 0),
-                         gpu_s=c.get("gpu_s", 0.0), gpu_energy_j=c.get("gpu_energy_j"),
-                         **({"weights_from": c["weights_from"],  # pretrained weights: cache, mirror or download
-                             "weights_download_bytes": c.get("weights_download_bytes", 0)}
-                            if "weights_from" in c else {})))
+        rows.append(
+            _row(
+                o.stage,
+                status,
+                c.wall_s,
+                c.total_usd,
+                check_wall_s=o.wall_s,
+                cpu_s=c.cpu_s,
+                peak_rss_mb=c.peak_rss_mb,
+                labeling_usd=c.labeling_usd,
+                labeled_images=c.labeled_images,
+                s3_bytes_up=c.s3_bytes_up,
+                s3_bytes_down=c.s3_bytes_down,
+                gpu_s=c.gpu_s,
+                gpu_energy_j=c.gpu_energy_j,
+                **(
+                    {
+                        "weights_from": c.weights_from,  # pretrained weights: cache, mirror or download
+                        "weights_download_bytes": c.weights_download_bytes,
+                    }
+                    if c.weights_from
+                    else {}
+                ),
+            )
+        )
     return rows
 
 
 def _gate_rejection() -> str | None:
     """The reason the last gate decision rejected the model, or None when it accepted."""
-    gate = read_json(Path("metrics/gate.json"))
-    if gate["decision"] == "accept":
+    gate = GateDecision.read()
+    if gate.decision == "accept":
         return None
-    return f"gate rejected the model (failed: {', '.join(gate['failed'])})"
+    return f"gate rejected the model (failed: {', '.join(gate.failed)})"
 
 
 def write_cost_metrics(record: dict, path: Path = Path("metrics") / "costs.json") -> dict:
     """``metrics/costs.json``: what ``dvc metrics diff`` compares between two runs."""
     by_stage = {r["stage"]: {"usd": r["usd"], "wall_s": r["wall_s"]} for r in record["stages"]}
-    metrics = {"run_id": record["run_id"], "total_usd": record["total_usd"], "wall_s": record["wall_s"],
-               "stored_bytes": record["storage"]["stored_bytes"],
-               "storage_usd_per_month": record["storage"]["usd_per_month"], "stages": by_stage}
+    metrics = {
+        "run_id": record["run_id"],
+        "total_usd": record["total_usd"],
+        "wall_s": record["wall_s"],
+        "stored_bytes": record["storage"]["stored_bytes"],
+        "storage_usd_per_month": record["storage"]["usd_per_month"],
+        "stages": by_stage,
+    }
     atomic_write_json(path, metrics)
     return metrics
 
@@ -274,7 +349,9 @@ def _artifacts(run_id: str, rows: list[dict], gate: dict | None) -> None:
     create_table_artifact(key="cost-table", table=rows, description=f"Per-stage cost of run {run_id}")
     if gate:
         lines = [f"**Decision: {gate['decision']}**", "", "| check | value | threshold | passed |", "|---|---|---|---|"]
-        lines += [f"| {c['name']} | {c['value']} | {c['op']} {c['threshold']} | {c['passed']} |" for c in gate["checks"]]
+        lines += [
+            f"| {c['name']} | {c['value']} | {c['op']} {c['threshold']} | {c['passed']} |" for c in gate["checks"]
+        ]
         create_markdown_artifact(key="gate-decision", markdown="\n".join(lines))
 
 
@@ -296,36 +373,62 @@ def _prepare(run_id: str, overrides: list[str] | None, until: str | None):
     cfg = config.load()
     write_local_config(cfg, resolve_settings(cfg.storage))
     _track_champion(cfg)
-    stages = STAGES[: STAGES.index(until) + 1] if until else STAGES
+    stages = list(STAGES[: STAGES.index(until) + 1] if until else STAGES)
     return cfg, stages
 
 
-def _build_record(cfg, run_id: str, overrides, until, outcomes: list[StageOutcome], status: str, message: str,
-                  push: dict, promoted, t0: float, flow_run_id: str) -> dict:
+def _build_record(
+    cfg,
+    run_id: str,
+    overrides,
+    until,
+    outcomes: list[StageOutcome],
+    status: str,
+    message: str,
+    push: dict,
+    promoted,
+    t0: float,
+    flow_run_id: str,
+) -> dict:
     rows = cost_rows(outcomes) + ([push_row(push, cfg.costs)] if push else [])
     own = time.perf_counter() - t0 - sum(r["wall_s"] for r in rows)
     rows.append(orchestration_row(max(0.0, own), cfg.costs))
-    gate = read_json(Path("metrics/gate.json")) if Path("metrics/gate.json").exists() and any(
-        o.stage == "gate" for o in outcomes) else None
+    gate = (
+        GateDecision.read().model_dump(mode="json", exclude_none=True)
+        if GateDecision.PATH.exists() and any(o.stage == "gate" for o in outcomes)
+        else None
+    )
     changed = any(o.ran for o in outcomes)
     # What this run added to the bucket (stage uploads: checkpoints, bento, registry; DVC push),
     # priced per month at costs.prices.usd_per_gb_month for as long as it is kept.
     by_kind = stored_by_run(cfg, run_id, outcomes, push)
     stored = sum(by_kind.values())
     record = {
-        "run_id": run_id, "status": status, "message": message,
+        "run_id": run_id,
+        "status": status,
+        "message": message,
         "no_change": not changed and status == "succeeded",
         "flow_run_id": flow_run_id,
-        "git_commit": git_commit(), "git_dirty": git_dirty(),
-        "overrides": overrides or [], "until": until, "params": config.dump(cfg),
-        "stages": rows, "total_usd": round(sum(r["usd"] for r in rows), 6), "dvc_push": push,
-        "storage": {"stored_bytes": stored, "by_kind": by_kind,
-                    "usd_per_month": round(stored / 1e9 * cfg.costs.prices.usd_per_gb_month, 6)},
+        "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
+        "overrides": overrides or [],
+        "until": until,
+        "params": config.dump(cfg),
+        "stages": rows,
+        "total_usd": round(sum(r["usd"] for r in rows), 6),
+        "dvc_push": push,
+        "storage": {
+            "stored_bytes": stored,
+            "by_kind": by_kind,
+            "usd_per_month": round(stored / 1e9 * cfg.costs.prices.usd_per_gb_month, 6),
+        },
         "wall_s": round(time.perf_counter() - t0, 2),
-        "gate": gate, "promoted": promoted, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "gate": gate,
+        "promoted": promoted,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if Path("metrics/package.json").exists() and any(o.stage == "package" for o in outcomes):
-        record["package"] = read_json(Path("metrics/package.json"))
+    if PackageReport.PATH.exists() and any(o.stage == "package" for o in outcomes):
+        record["package"] = PackageReport.read().model_dump(mode="json")
     write_cost_metrics(record)
     return record
 
@@ -348,8 +451,12 @@ def run_if_unchanged(run_id: str, overrides: list[str] | None = None, until: str
 
 
 @flow(name="frugalml-training", log_prints=True)
-def training_pipeline(run_id: str | None = None, overrides: list[str] | None = None,
-                      until: str | None = None, checked_changed: bool = False) -> dict:
+def training_pipeline(
+    run_id: str | None = None,
+    overrides: list[str] | None = None,
+    until: str | None = None,
+    checked_changed: bool = False,
+) -> dict:
     """Run the stages in order; returns the run record (status: succeeded, rejected or failed).
 
     ``overrides`` (KEY=VALUE) are written to params.yaml first, as ``frugalml run --set`` does.
@@ -358,8 +465,12 @@ def training_pipeline(run_id: str | None = None, overrides: list[str] | None = N
     from frugalml.locks import RUN_LOCK, workspace_lock
 
     # A scheduled run queues behind a manual one in the same workspace (and vice versa).
-    with workspace_lock(RUN_LOCK, "frugalml run", wait=True,
-                        on_wait=lambda h: get_run_logger().info("waiting for the run in progress (%s)", h)):
+    with workspace_lock(
+        RUN_LOCK,
+        "frugalml run",
+        wait=True,
+        on_wait=lambda h: get_run_logger().info("waiting for the run in progress (%s)", h),
+    ):
         return _pipeline(run_id, overrides, until, checked_changed)
 
 
@@ -401,12 +512,23 @@ def _pipeline(run_id: str | None, overrides: list[str] | None, until: str | None
             push = dvc_push(cfg.storage, run_id)
         packaged = next((o for o in outcomes if o.stage == "package" and o.ran), None)
         if status == "succeeded" and packaged and cfg.promotion.auto != "none":
-            promoted = auto_promote(cfg, read_json(Path("metrics/package.json"))["version"], cfg.promotion.auto)
+            promoted = auto_promote(cfg, PackageReport.read().version, cfg.promotion.auto)
     except FrugalError as exc:
         status, message = "failed", f"{exc.__class__.__name__}: {exc}"
         logger.error("run %s: %s", run_id, message)
-    record = _build_record(cfg, run_id, overrides, until, outcomes, status, message, push, promoted, t0,
-                           str(flow_run.id) if flow_run.id else "")
+    record = _build_record(
+        cfg,
+        run_id,
+        overrides,
+        until,
+        outcomes,
+        status,
+        message,
+        push,
+        promoted,
+        t0,
+        str(flow_run.id) if flow_run.id else "",
+    )
     record["orchestrator"] = "prefect"
     record["record_uri"] = record_run(cfg.storage, run_id, record)
     _artifacts(run_id, record["stages"], record["gate"])

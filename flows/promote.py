@@ -14,8 +14,9 @@ from frugalml.store import Store
 
 
 @flow(name="frugalml-promotion", log_prints=True)
-def promotion_flow(version: str = "", alias: str = "production", force: bool = False, reason: str = "",
-                   rollback: bool = False) -> dict:
+def promotion_flow(
+    version: str = "", alias: str = "production", force: bool = False, reason: str = "", rollback: bool = False
+) -> dict:
     """Point ``alias`` at ``version`` (or, with ``rollback``, back at its previous version)."""
     if not rollback and not version:
         raise ValueError("promotion_flow needs a version (or rollback=True)")

@@ -12,8 +12,14 @@ import shutil
 from pathlib import Path
 
 SERVICE = "frugalml.serving.service:Classifier"
-BENTO_INCLUDE = ["frugalml/__init__.py", "frugalml/errors.py", "frugalml/images.py", "frugalml/modeling.py",
-                 "frugalml/serving/__init__.py", "frugalml/serving/service.py"]
+BENTO_INCLUDE = [
+    "frugalml/__init__.py",
+    "frugalml/errors.py",
+    "frugalml/images.py",
+    "frugalml/modeling.py",
+    "frugalml/serving/__init__.py",
+    "frugalml/serving/service.py",
+]
 
 
 def use_workspace_home(root: str | os.PathLike = ".") -> Path:
@@ -62,12 +68,20 @@ def build_bento(name: str, version: str, model_tag: str, serving) -> str:
     except bentoml.exceptions.NotFound:
         pass
     bento = bentoml.bentos.build(
-        SERVICE, name=name, version=version, build_ctx=str(package_root()), include=BENTO_INCLUDE,
+        SERVICE,
+        name=name,
+        version=version,
+        build_ctx=str(package_root()),
+        include=BENTO_INCLUDE,
         labels={"frugalml": "true"},
         python={"packages": ["torch", "torchvision", "pillow", "pydantic"], "lock_packages": False},
-        args={"model_tag": model_tag, "max_image_bytes": serving.max_image_bytes,
-              "max_image_pixels": serving.max_image_pixels,
-              "max_images_per_request": serving.max_images_per_request, "top_k": serving.top_k},
+        args={
+            "model_tag": model_tag,
+            "max_image_bytes": serving.max_image_bytes,
+            "max_image_pixels": serving.max_image_pixels,
+            "max_images_per_request": serving.max_images_per_request,
+            "top_k": serving.top_k,
+        },
     )
     return str(bento.tag)
 

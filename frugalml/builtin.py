@@ -34,10 +34,11 @@ def builtin_dir(name: str, root: str | os.PathLike = ".") -> Path:
 
 
 def name_of(source: str) -> str:
-    name = source[len("builtin:"):]
+    name = source[len("builtin:") :]
     if name not in NAMES:
-        raise ConfigError(f"unknown built-in dataset {source!r}; choose one of "
-                          + ", ".join(f"builtin:{n}" for n in NAMES))
+        raise ConfigError(
+            f"unknown built-in dataset {source!r}; choose one of " + ", ".join(f"builtin:{n}" for n in NAMES)
+        )
     return name
 
 

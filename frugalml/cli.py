@@ -15,8 +15,11 @@ from typing import Optional
 import typer
 
 from frugalml.console import err, fast_exit
+from frugalml.contracts import STAGES as STAGE_NAMES
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Cost-aware MLOps pipeline for image classification.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Cost-aware MLOps pipeline for image classification."
+)
 storage_app = typer.Typer(no_args_is_help=True, help="The embedded S3 server (SeaweedFS) and DVC's remote settings.")
 data_app = typer.Typer(no_args_is_help=True, help="Labeled image sources.")
 runs_app = typer.Typer(no_args_is_help=True, help="Run records in the object store.")
@@ -96,8 +99,12 @@ def storage_env() -> None:
     info = EmbeddedS3(".").info()
     if info is None:
         raise StorageError("the embedded S3 server is not running: start it with `frugalml storage up`")
-    for k, v in (("AWS_ENDPOINT_URL", info.endpoint_url), ("AWS_ACCESS_KEY_ID", info.access_key_id),
-                 ("AWS_SECRET_ACCESS_KEY", info.secret_access_key), ("AWS_DEFAULT_REGION", "us-east-1")):
+    for k, v in (
+        ("AWS_ENDPOINT_URL", info.endpoint_url),
+        ("AWS_ACCESS_KEY_ID", info.access_key_id),
+        ("AWS_SECRET_ACCESS_KEY", info.secret_access_key),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
         print(f"export {k}={shlex.quote(v)}")
 
 
@@ -110,18 +117,22 @@ def storage_configure() -> None:
     cfg = _cfg()
     settings = resolve_settings(cfg.storage)
     path = write_local_config(cfg, settings)
-    err.print(f"wrote {path} (remote 'storage' -> s3://{settings.bucket}/{settings.prefix}dvc, "
-              f"endpoint {settings.endpoint_url or 'AWS'})")
+    err.print(
+        f"wrote {path} (remote 'storage' -> s3://{settings.bucket}/{settings.prefix}dvc, "
+        f"endpoint {settings.endpoint_url or 'AWS'})"
+    )
 
 
 # -- data -----------------------------------------------------------------------------------
 @data_app.command("upload")
-def data_upload(source: str = typer.Argument(..., help="builtin:digits, builtin:shapes or a local folder of <class>/<image> files"),
-                dest: Optional[str] = typer.Argument(None, help="s3://bucket/prefix (default: data.source)")) -> None:
+def data_upload(
+    source: str = typer.Argument(..., help="builtin:digits, builtin:shapes or a local folder of <class>/<image> files"),
+    dest: Optional[str] = typer.Argument(None, help="s3://bucket/prefix (default: data.source)"),
+) -> None:
     """Upload labeled images to an S3 prefix (skips objects already there with the same content)."""
+    from frugalml.builtin import materialize
     from frugalml.console import Progress
     from frugalml.errors import ConfigError
-    from frugalml.builtin import materialize
     from frugalml.sources import is_hidden, iter_folder
     from frugalml.store import split_s3_uri
 
@@ -133,11 +144,7 @@ def data_upload(source: str = typer.Argument(..., help="builtin:digits, builtin:
     root = materialize(source) if source.startswith("builtin:") else Path(source)
     bucket, prefix = split_s3_uri(dest)
     prefix = prefix.rstrip("/") + "/"
-    existing = {}
-    paginator = store.client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        for o in page.get("Contents", []):
-            existing[o["Key"]] = o["ETag"].strip('"')
+    existing = {o["key"]: o["etag"] for o in store.iter_objects(bucket, prefix)}
     entries = [e for e in iter_folder(root) if not is_hidden(e.path) and not e.problem]
     progress = Progress("upload", len(entries), "files")
     sent = 0
@@ -148,23 +155,26 @@ def data_upload(source: str = typer.Argument(..., help="builtin:digits, builtin:
         data = e.read()
         # a single-part object's ETag is the MD5 of its bytes: equal size is not equal content
         if existing.get(key) != hashlib.md5(data, usedforsecurity=False).hexdigest():
-            store.client.put_object(Bucket=bucket, Key=key, Body=data)
+            store.write_object(bucket, key, data)
             sent += 1
         progress.update()
     progress.close(f"({sent} uploaded, {len(entries) - sent} already there)")
 
 
 # -- run --------------------------------------------------------------------------------------
-STAGE_NAMES = ["ingest", "validate", "train", "evaluate", "gate", "package"]
 
 
 @app.command("run")
-def run(set_: list[str] = typer.Option([], "--set", help="Override a params.yaml key: KEY=VALUE (written to params.yaml)."),
-        until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
-        always_flow: bool = typer.Option(False, "--always-flow",
-                                         help="Start a Prefect flow run even when nothing changed."),
-        wait: bool = typer.Option(False, "--wait", help="If another run holds this workspace, wait for it "
-                                                        "instead of exiting with code 2.")) -> None:
+def run(
+    set_: list[str] = typer.Option([], "--set", help="Override a params.yaml key: KEY=VALUE (written to params.yaml)."),
+    until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
+    always_flow: bool = typer.Option(
+        False, "--always-flow", help="Start a Prefect flow run even when nothing changed."
+    ),
+    wait: bool = typer.Option(
+        False, "--wait", help="If another run holds this workspace, wait for it instead of exiting with code 2."
+    ),
+) -> None:
     """Run the training pipeline (Prefect flow over the DVC stages) and print the cost table.
 
     Without a Prefect server (PREFECT_API_URL unset), the run starts a local one for its
@@ -177,8 +187,9 @@ def run(set_: list[str] = typer.Option([], "--set", help="Override a params.yaml
     if until and until not in STAGE_NAMES:
         raise ConfigError(f"--until must be one of {', '.join(STAGE_NAMES)}")
     # One run per workspace: two runs would interleave params.yaml, DVC's config and the metrics.
-    with workspace_lock(RUN_LOCK, "frugalml run", wait=wait,
-                        on_wait=lambda h: err.print(f"waiting for the run in progress ({h})")):
+    with workspace_lock(
+        RUN_LOCK, "frugalml run", wait=wait, on_wait=lambda h: err.print(f"waiting for the run in progress ({h})")
+    ):
         _run_locked(set_, until, always_flow)
 
 
@@ -207,8 +218,9 @@ def _run_locked(set_: list[str], until: str | None, always_flow: bool) -> None:
         if server is not None:
             server.wait_ready()
         err.print(f"run {run_id}: starting the pipeline")
-        record = training_pipeline(run_id=run_id, overrides=set_, until=until,
-                                   checked_changed=ephemeral and not always_flow)
+        record = training_pipeline(
+            run_id=run_id, overrides=set_, until=until, checked_changed=ephemeral and not always_flow
+        )
     print_summary(record)
     if record["status"] == "rejected":
         raise typer.Exit(3)
@@ -217,11 +229,13 @@ def _run_locked(set_: list[str], until: str | None, always_flow: bool) -> None:
 
 
 @app.command("schedule")
-def schedule(cron: str = typer.Option(..., "--cron", help="When to run, as cron: '0 2 * * *' is 02:00 every night."),
-             timezone: str = typer.Option("UTC", "--timezone", help="Time zone of the cron expression."),
-             name: str = typer.Option("nightly", "--name", help="Deployment name of the training pipeline."),
-             set_: list[str] = typer.Option([], "--set", help="KEY=VALUE overrides every scheduled run applies."),
-             until: Optional[str] = typer.Option(None, "--until", help="Stop each run after this stage.")) -> None:
+def schedule(
+    cron: str = typer.Option(..., "--cron", help="When to run, as cron: '0 2 * * *' is 02:00 every night."),
+    timezone: str = typer.Option("UTC", "--timezone", help="Time zone of the cron expression."),
+    name: str = typer.Option("nightly", "--name", help="Deployment name of the training pipeline."),
+    set_: list[str] = typer.Option([], "--set", help="KEY=VALUE overrides every scheduled run applies."),
+    until: Optional[str] = typer.Option(None, "--until", help="Stop each run after this stage."),
+) -> None:
     """Serve the pipeline on a schedule (and the promotion flow on demand) until stopped with Ctrl-C.
 
     Runs go to the Prefect server at $PREFECT_API_URL (see infra/). Scheduled runs never
@@ -243,8 +257,10 @@ def schedule(cron: str = typer.Option(..., "--cron", help="When to run, as cron:
         raise ConfigError(f"--cron {cron!r} / --timezone {timezone!r}: {why}") from None
     config.load(overrides=set_)  # a bad override fails now, not at 02:00
     if not os.environ.get("PREFECT_API_URL"):
-        err.print("[yellow]PREFECT_API_URL is not set: the schedule lives in a temporary Prefect server that "
-                  "stops with this process. Point it at a Prefect server to see runs in its UI.[/yellow]")
+        err.print(
+            "[yellow]PREFECT_API_URL is not set: the schedule lives in a temporary Prefect server that "
+            "stops with this process. Point it at a Prefect server to see runs in its UI.[/yellow]"
+        )
         _quiet_ephemeral_prefect()
     from prefect import serve
 
@@ -252,13 +268,19 @@ def schedule(cron: str = typer.Option(..., "--cron", help="When to run, as cron:
     from flows.promote import promotion_flow
 
     train = training_pipeline.to_deployment(
-        name=name, schedule=CronSchedule(cron=cron, timezone=timezone), concurrency_limit=1,
-        parameters={"overrides": set_, "until": until}, tags=["frugalml"],
-        description=f"frugalml training pipeline, cron {cron!r} ({timezone})")
-    promote = promotion_flow.to_deployment(name="promote", concurrency_limit=1, tags=["frugalml"],
-                                           description="Point an alias at a version (or roll back)")
-    err.print(f"serving frugalml-training/{name} on cron {cron!r} ({timezone}) and frugalml-promotion/promote; "
-              "Ctrl-C stops")
+        name=name,
+        schedule=CronSchedule(cron=cron, timezone=timezone),
+        concurrency_limit=1,
+        parameters={"overrides": set_, "until": until},
+        tags=["frugalml"],
+        description=f"frugalml training pipeline, cron {cron!r} ({timezone})",
+    )
+    promote = promotion_flow.to_deployment(
+        name="promote", concurrency_limit=1, tags=["frugalml"], description="Point an alias at a version (or roll back)"
+    )
+    err.print(
+        f"serving frugalml-training/{name} on cron {cron!r} ({timezone}) and frugalml-promotion/promote; Ctrl-C stops"
+    )
     serve(train, promote, print_starting_message=False)
 
 
@@ -284,16 +306,34 @@ def print_summary(record: dict) -> None:
         t.add_column(col, justify="left" if col in ("stage", "status") else "right")
     for r in record["stages"]:
         lab = r.get("labeling_usd", 0.0)
-        t.add_row(r["stage"], r["status"], f"{r['wall_s']:.1f}", f"{r['cpu_s']:.1f}", f"{r['peak_rss_mb']:.0f}",
-                  f"{lab:.2f}", f"{r['usd'] - lab:.5f}", f"{r['usd']:.5f}")
+        t.add_row(
+            r["stage"],
+            r["status"],
+            f"{r['wall_s']:.1f}",
+            f"{r['cpu_s']:.1f}",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{lab:.2f}",
+            f"{r['usd'] - lab:.5f}",
+            f"{r['usd']:.5f}",
+        )
     lab_total = sum(r.get("labeling_usd", 0.0) for r in record["stages"])
-    t.add_row("total", "", "", "", "", f"{lab_total:.2f}", f"{record['total_usd'] - lab_total:.5f}",
-              f"{record['total_usd']:.5f}")
+    t.add_row(
+        "total",
+        "",
+        "",
+        "",
+        "",
+        f"{lab_total:.2f}",
+        f"{record['total_usd'] - lab_total:.5f}",
+        f"{record['total_usd']:.5f}",
+    )
     err.print(t)
     gate = record.get("gate")
     if gate:
-        parts = [f"{c['name']} {c['value']:.4f} {c['op']} {c['threshold']} ({'pass' if c['passed'] else 'FAIL'})"
-                 for c in gate["checks"]]
+        parts = [
+            f"{c['name']} {c['value']:.4f} {c['op']} {c['threshold']} ({'pass' if c['passed'] else 'FAIL'})"
+            for c in gate["checks"]
+        ]
         color = "green" if gate["decision"] == "accept" else "red"
         err.print(f"gate: [bold {color}]{gate['decision'].upper()}[/bold {color}] - " + "; ".join(parts))
     if record.get("package"):
@@ -314,13 +354,13 @@ def _usd(v: float) -> str:
 
 
 @app.command("costs")
-def costs(run_id: Optional[str] = typer.Option(None, "--run", help="One run's per-stage table."),
-          last: int = typer.Option(10, "--last", help="How many recent runs in the trend."),
-          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-          plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a cost-per-run chart (PNG).")) -> None:
+def costs(
+    run_id: Optional[str] = typer.Option(None, "--run", help="One run's per-stage table."),
+    last: int = typer.Option(10, "--last", help="How many recent runs in the trend."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a cost-per-run chart (PNG)."),
+) -> None:
     """Per-stage cost of a run, and the cost trend across recent runs (from the run records in S3)."""
-    from rich.table import Table
-
     from frugalml.runs import get_record, list_runs
 
     store = _store()
@@ -335,16 +375,25 @@ def costs(run_id: Optional[str] = typer.Option(None, "--run", help="One run's pe
         plot_cost_per_run(records, plot)
         err.print(f"cost-per-run chart written to {plot}")
     if as_json:
-        print(json.dumps([{k: r.get(k) for k in ("run_id", "status", "no_change", "total_usd", "wall_s", "stages",
-                                                  "gate", "finished")} for r in records], indent=2))
-        return
-    if run_id:
+        keys = ("run_id", "status", "no_change", "total_usd", "wall_s", "stages", "gate", "finished")
+        print(json.dumps([{k: r.get(k) for k in keys} for r in records], indent=2))
+    elif run_id:
         print_summary(records[0])
-        return
-    from rich import box
+    else:
+        err.print(_trend_table(records))
 
-    t = Table(title=f"Cost trend, last {len(records)} runs (USD per stage; - = up to date; "
-                    "other = dvc push + orchestration)", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+
+def _trend_table(records: list[dict]):
+    """Runs as rows, stages as columns: USD per stage, labeling, total, wall, accuracy."""
+    from rich import box
+    from rich.table import Table
+
+    t = Table(
+        title=f"Cost trend, last {len(records)} runs (USD per stage; - = up to date; other = dvc push + orchestration)",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+    )
     for col in ("run", "status", *STAGE_NAMES, "other", "labeling", "total USD", "wall s", "accuracy"):
         t.add_column(col, justify="left" if col in ("run", "status") else "right", no_wrap=True)
     for r in records:
@@ -356,15 +405,25 @@ def costs(run_id: Optional[str] = typer.Option(None, "--run", help="One run's pe
         other = sum(s["usd"] for s in r["stages"] if s["stage"] not in STAGE_NAMES)
         lab = sum(s.get("labeling_usd", 0.0) for s in r["stages"])
         acc = next((c["value"] for c in (r.get("gate") or {}).get("checks", []) if c["name"] == "min_accuracy"), None)
-        t.add_row(r["run_id"], "no change" if r.get("no_change") else r["status"], *cells,
-                  _usd(other), f"{lab:.2f}", _usd(r["total_usd"]), f"{r.get('wall_s', 0):.1f}",
-                  "" if acc is None else f"{acc:.4f}")
-    err.print(t)
+        status = "no change" if r.get("no_change") else r["status"]
+        t.add_row(
+            r["run_id"],
+            status,
+            *cells,
+            _usd(other),
+            f"{lab:.2f}",
+            _usd(r["total_usd"]),
+            f"{r.get('wall_s', 0):.1f}",
+            "" if acc is None else f"{acc:.4f}",
+        )
+    return t
 
 
 @app.command("reproduce")
-def reproduce_cmd(run_id: str = typer.Argument(..., help="A run id (see `frugalml runs list`)."),
-                  keep: bool = typer.Option(False, "--keep", help="Keep the temporary worktree.")) -> None:
+def reproduce_cmd(
+    run_id: str = typer.Argument(..., help="A run id (see `frugalml runs list`)."),
+    keep: bool = typer.Option(False, "--keep", help="Keep the temporary worktree."),
+) -> None:
     """Re-run a recorded run from its commit, params and dvc.lock, and compare the metrics."""
     from frugalml.reproduce import reproduce
 
@@ -398,8 +457,10 @@ def runs_show(run_id: str) -> None:
 
 
 @weights_app.command("add")
-def weights_add(file: Path = typer.Argument(..., help="A torchvision weights file you have (.pth)."),
-                arch: str = typer.Option(..., "--arch", help="The architecture it is for, e.g. resnet18.")) -> None:
+def weights_add(
+    file: Path = typer.Argument(..., help="A torchvision weights file you have (.pth)."),
+    arch: str = typer.Option(..., "--arch", help="The architecture it is for, e.g. resnet18."),
+) -> None:
     """Put a weights file into the team mirror (weights/<arch>/<file>), checked against the
     published hash prefix and the architecture first."""
     from frugalml import weights
@@ -429,8 +490,10 @@ def weights_list() -> None:
     if not rows:
         err.print("the mirror holds no weights yet (see `frugalml weights add` / `frugalml weights fetch`)")
     for r in rows:
-        print(f"{r['arch']:<20} {r['file']:<40} {r['bytes'] / 1e6:8.1f} MB  "
-              f"{'cached here' if r['in_local_cache'] else ''}")
+        print(
+            f"{r['arch']:<20} {r['file']:<40} {r['bytes'] / 1e6:8.1f} MB  "
+            f"{'cached here' if r['in_local_cache'] else ''}"
+        )
 
 
 @models_app.command("list")
@@ -449,15 +512,19 @@ def models_list() -> None:
     for v in versions:
         rec = reg.get(v)
         tags = ",".join(by_version.get(v, []))
-        print(f"{v}  accuracy {rec['metrics']['accuracy']:.4f}  gate {rec['gate']['decision']:<6}  "
-              f"run {rec['run_id']}  {tags}")
+        print(
+            f"{v}  accuracy {rec['metrics']['accuracy']:.4f}  gate {rec['gate']['decision']:<6}  "
+            f"run {rec['run_id']}  {tags}"
+        )
 
 
 @app.command("promote")
-def promote(version: str = typer.Argument(..., help="A registered version (see `frugalml models list`)."),
-            to: str = typer.Option(..., "--to", help="staging or production"),
-            force: bool = typer.Option(False, "--force", help="Promote a gate-rejected version."),
-            reason: str = typer.Option("", "--reason", help="Why (required with --force; recorded).")) -> None:
+def promote(
+    version: str = typer.Argument(..., help="A registered version (see `frugalml models list`)."),
+    to: str = typer.Option(..., "--to", help="staging or production"),
+    force: bool = typer.Option(False, "--force", help="Promote a gate-rejected version."),
+    reason: str = typer.Option("", "--reason", help="Why (required with --force; recorded)."),
+) -> None:
     """Point an alias at a version (a conditional write: concurrent promotions never lose an update)."""
     from frugalml.registry import Registry
 
@@ -499,12 +566,14 @@ def models_show(version: str) -> None:
 
 
 @app.command("serve")
-def serve(alias: str = typer.Option("production", "--alias", help="staging or production"),
-          version: Optional[str] = typer.Option(None, "--version", help="Serve this version instead of an alias."),
-          host: Optional[str] = typer.Option(None, "--host", help="Default: serving.host (127.0.0.1)."),
-          port: Optional[int] = typer.Option(None, "--port", help="Default: serving.port (3000)."),
-          follow: bool = typer.Option(False, "--follow", help="Switch to the alias's new version while serving."),
-          poll_s: float = typer.Option(10.0, "--poll-s", help="With --follow: how often to read the alias.")) -> None:
+def serve(
+    alias: str = typer.Option("production", "--alias", help="staging or production"),
+    version: Optional[str] = typer.Option(None, "--version", help="Serve this version instead of an alias."),
+    host: Optional[str] = typer.Option(None, "--host", help="Default: serving.host (127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Default: serving.port (3000)."),
+    follow: bool = typer.Option(False, "--follow", help="Switch to the alias's new version while serving."),
+    poll_s: float = typer.Option(10.0, "--poll-s", help="With --follow: how often to read the alias."),
+) -> None:
     """Serve a registered model: resolve the alias, fetch its bento from S3 if needed, run `bentoml serve`."""
     from frugalml import bento
     from frugalml.errors import ConfigError

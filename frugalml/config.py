@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,7 +30,7 @@ class Splits(_Strict):
     test: float = Field(0.15, gt=0, lt=1)
 
     @model_validator(mode="after")
-    def _sum_to_one(self) -> "Splits":
+    def _sum_to_one(self) -> Splits:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"train + val + test must be 1.0, got {total:g}")
@@ -54,9 +54,10 @@ class DataConfig(_Strict):
         v = v.strip()
         if not v:
             raise ValueError("must name a source: s3://bucket/prefix, a local folder, an archive, or builtin:<name>")
-        if v.startswith("builtin:") and v[len("builtin:"):] not in BUILTIN_NAMES:
-            raise ValueError(f"unknown built-in dataset {v!r}; choose one of "
-                             + ", ".join(f"builtin:{n}" for n in BUILTIN_NAMES))
+        if v.startswith("builtin:") and v[len("builtin:") :] not in BUILTIN_NAMES:
+            raise ValueError(
+                f"unknown built-in dataset {v!r}; choose one of " + ", ".join(f"builtin:{n}" for n in BUILTIN_NAMES)
+            )
         return v
 
     @field_validator("extensions")
@@ -82,8 +83,13 @@ class ValidateConfig(_Strict):
 class ModelConfig(_Strict):
     name: str = Field("frugal-classifier", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     arch: Literal[
-        "resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large",
-        "efficientnet_b0", "convnext_tiny",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "mobilenet_v3_small",
+        "mobilenet_v3_large",
+        "efficientnet_b0",
+        "convnext_tiny",
     ] = "resnet18"
     pretrained: str = "none"
     weights_url: str | None = None
@@ -121,8 +127,8 @@ class DistributedConfig(_Strict):
 class WarmStartConfig(_Strict):
     """Training from a registry model (``model.pretrained: registry:...``): short and gentle."""
 
-    epochs: int | None = Field(1, ge=1)   # None = train.epochs
-    lr_mult: float = Field(0.005, gt=0)   # learning rates x this: a converged model needs small steps
+    epochs: int | None = Field(1, ge=1)  # None = train.epochs
+    lr_mult: float = Field(0.005, gt=0)  # learning rates x this: a converged model needs small steps
 
 
 class TrainConfig(_Strict):
@@ -145,7 +151,7 @@ class TrainConfig(_Strict):
     channels_last: bool = True
     compile: bool = False
     num_threads: int = Field(0, ge=0)
-    num_workers: int = Field(0, ge=0)
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     checkpoint_to_s3: bool = True
     keep_checkpoints: bool = False
     warm_start: WarmStartConfig = WarmStartConfig()

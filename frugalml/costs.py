@@ -93,7 +93,7 @@ class CostMeter:
     _cpu0: float = 0.0
     entry: dict = field(default_factory=dict)
 
-    def __enter__(self) -> "CostMeter":
+    def __enter__(self) -> CostMeter:
         from frugalml.store import TRAFFIC
 
         self._traffic0 = TRAFFIC.as_dict()
@@ -143,14 +143,18 @@ def price(entry: dict, costs: CostsConfig) -> dict:
     vcpus = costs.vcpus or os.cpu_count() or 1
     compute = entry.get("wall_s", 0) / 3600 * vcpus * p.usd_per_vcpu_hour
     gpu = entry.get("gpu_s", 0) / 3600 * p.usd_per_gpu_hour.get(costs.gpu_type, 0.0)
-    requests = (entry.get("s3_requests_put", 0) * p.usd_per_1k_put
-                + entry.get("s3_requests_get", 0) * p.usd_per_1k_get) / 1000
+    requests = (
+        entry.get("s3_requests_put", 0) * p.usd_per_1k_put + entry.get("s3_requests_get", 0) * p.usd_per_1k_get
+    ) / 1000
     labeling = entry.get("labeled_images", 0) * p.labeling_usd_per_image
     storage_month = entry.get("stored_bytes", 0) / 1e9 * p.usd_per_gb_month
     total = compute + gpu + requests + labeling
     return {
-        "compute_usd": round(compute, 6), "gpu_usd": round(gpu, 6), "s3_requests_usd": round(requests, 6),
-        "labeling_usd": round(labeling, 6), "storage_usd_per_month": round(storage_month, 6),
+        "compute_usd": round(compute, 6),
+        "gpu_usd": round(gpu, 6),
+        "s3_requests_usd": round(requests, 6),
+        "labeling_usd": round(labeling, 6),
+        "storage_usd_per_month": round(storage_month, 6),
         "total_usd": round(total, 6),
     }
 
@@ -182,7 +186,7 @@ def plot_cost_per_run(records: list[dict], path) -> None:
         return 30 + height - height * max(0.0, math.log10(max(usd, floor) / floor)) / decades
 
     for k in range(decades + 1):
-        v = floor * 10 ** k
+        v = floor * 10**k
         d.line([(left - 4, y(v)), (width - 10, y(v))], fill=(225, 225, 225))
         d.text((4, y(v) - 6), f"${v:g}", fill="black")
     for i, r in enumerate(records):
@@ -192,8 +196,9 @@ def plot_cost_per_run(records: list[dict], path) -> None:
         if total > floor:
             d.rectangle([x0, y(total), x0 + bar, y(floor)], fill=(76, 114, 176))
             if labeling > 0:  # the labeling share of the bar, drawn on top in proportion
-                d.rectangle([x0, y(total), x0 + bar, y(total) + (y(floor) - y(total)) * labeling / total],
-                            fill=(221, 132, 82))
+                d.rectangle(
+                    [x0, y(total), x0 + bar, y(total) + (y(floor) - y(total)) * labeling / total], fill=(221, 132, 82)
+                )
         d.text((x0, y(total) - 14), f"${total:.4g}", fill="black")
         d.text((x0, 34 + height), r["run_id"][4:8] + " " + r["run_id"][9:13], fill="black")
         d.text((x0, 48 + height), f"{r.get('wall_s', 0):.0f} s", fill="black")

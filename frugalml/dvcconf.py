@@ -67,9 +67,11 @@ def write_local_config(cfg: Params, settings: S3Settings, root: str | os.PathLik
 
 # Keys frugalml owns in the sections it manages; anything else a user put there (or in other
 # sections: cache settings, other remotes) is kept as written.
-MANAGED_KEYS = {"core": {"remote"},
-                'remote "storage"': {"url", "endpointurl", "region", "access_key_id", "secret_access_key"},
-                'remote "source"': {"url", "endpointurl", "region", "access_key_id", "secret_access_key"}}
+MANAGED_KEYS = {
+    "core": {"remote"},
+    'remote "storage"': {"url", "endpointurl", "region", "access_key_id", "secret_access_key"},
+    'remote "source"': {"url", "endpointurl", "region", "access_key_id", "secret_access_key"},
+}
 
 
 def _merge_local_config(path: Path, managed: dict[str, dict[str, str]], embedded: bool) -> Path:
@@ -112,5 +114,7 @@ def check_source_remote(cfg: Params, root: str | os.PathLike = ".") -> None:
         elif section == "['remote \"source\"']" and s.startswith("url ="):
             got = s.split("=", 1)[1].strip()
     if got is not None and got != want:
-        raise ConfigError(f"DVC's remote 'source' points at {got} but data.source is {cfg.data.source}: "
-                          f"run `frugalml storage configure` (frugalml run does it for you)")
+        raise ConfigError(
+            f"DVC's remote 'source' points at {got} but data.source is {cfg.data.source}: "
+            f"run `frugalml storage configure` (frugalml run does it for you)"
+        )

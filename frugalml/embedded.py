@@ -153,11 +153,15 @@ class EmbeddedS3:
             cred = conf["identities"][0]["credentials"][0]
             return cred["accessKey"], cred["secretKey"]
         key, secret = "frugal" + secrets.token_hex(6), secrets.token_urlsafe(30)
-        conf = {"identities": [{
-            "name": "admin",
-            "credentials": [{"accessKey": key, "secretKey": secret}],
-            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-        }]}
+        conf = {
+            "identities": [
+                {
+                    "name": "admin",
+                    "credentials": [{"accessKey": key, "secretKey": secret}],
+                    "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                }
+            ]
+        }
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root / ".frugalml", 0o700)
         atomic_write_json(self.credentials_file, conf, mode=0o600)
@@ -182,10 +186,12 @@ class EmbeddedS3:
         from botocore.config import Config
 
         client = boto3.client(
-            "s3", endpoint_url=info.endpoint_url, aws_access_key_id=info.access_key_id,
-            aws_secret_access_key=info.secret_access_key, region_name="us-east-1",
-            config=Config(signature_version="s3v4", connect_timeout=2, read_timeout=5,
-                          retries={"max_attempts": 1}),
+            "s3",
+            endpoint_url=info.endpoint_url,
+            aws_access_key_id=info.access_key_id,
+            aws_secret_access_key=info.secret_access_key,
+            region_name="us-east-1",
+            config=Config(signature_version="s3v4", connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}),
         )
         try:
             try:
@@ -211,8 +217,11 @@ class EmbeddedS3:
         if self.ports_file.exists():
             try:
                 last = {k: int(v) for k, v in read_json(self.ports_file).items()}
-                if (set(last) == set(PORT_NAMES) and all(_port_free(p) for p in last.values())
-                        and all(last[f"{s}.port.grpc"] == last[f"{s}.port"] + GRPC_OFFSET for s in SERVICES)):
+                if (
+                    set(last) == set(PORT_NAMES)
+                    and all(_port_free(p) for p in last.values())
+                    and all(last[f"{s}.port.grpc"] == last[f"{s}.port"] + GRPC_OFFSET for s in SERVICES)
+                ):
                     return last
             except (ValueError, OSError, AttributeError):
                 pass
@@ -229,11 +238,22 @@ class EmbeddedS3:
     def command(self, data_dir: Path, ports: dict[str, int]) -> list[str]:
         """master + volume + filer + S3 on 127.0.0.1: no admin server, no maintenance worker."""
         return [
-            _weed_binary(), "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-filer", "-s3", *[f"-{name}={port}" for name, port in ports.items()],
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-            "-master.volumeSizeLimitMB=1024", "-volume.max=0", "-volume.preStopSeconds=1",
-            f"-filer.localSocket={self.dir / 'filer.sock'}", f"-s3.localSocket={self.dir / 's3.sock'}",
+            _weed_binary(),
+            "server",
+            f"-dir={data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-filer",
+            "-s3",
+            *[f"-{name}={port}" for name, port in ports.items()],
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=1024",
+            "-volume.max=0",
+            "-volume.preStopSeconds=1",
+            f"-filer.localSocket={self.dir / 'filer.sock'}",
+            f"-s3.localSocket={self.dir / 's3.sock'}",
             f"-s3.config={self.credentials_file}",
         ]
 
@@ -262,8 +282,15 @@ class EmbeddedS3:
         # limit). A user's own GOMEMLIMIT is passed through.
         env = dict(os.environ)
         with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, start_new_session=True, cwd=self.dir)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                cwd=self.dir,
+            )
         endpoint = f"http://127.0.0.1:{ports['s3.port']}"
         info = ServerInfo(endpoint, key, secret, proc.pid)
         deadline = time.monotonic() + timeout_s
@@ -272,9 +299,17 @@ class EmbeddedS3:
                 raise StorageError(f"SeaweedFS exited with code {proc.returncode} while starting; see {self.log_file}")
             if self._healthy(info):
                 record = ProcessRecord.of(proc.pid)
-                atomic_write_json(self.state_file, {"pid": proc.pid, "endpoint_url": endpoint, "ports": ports,
-                                                    "bucket": self.bucket, "started": time.time(),
-                                                    "process": record.as_dict() if record else None})
+                atomic_write_json(
+                    self.state_file,
+                    {
+                        "pid": proc.pid,
+                        "endpoint_url": endpoint,
+                        "ports": ports,
+                        "bucket": self.bucket,
+                        "started": time.time(),
+                        "process": record.as_dict() if record else None,
+                    },
+                )
                 return info
             time.sleep(0.3)
         os.killpg(proc.pid, signal.SIGKILL)  # our own child, in its own group: nothing else is hit
@@ -316,8 +351,14 @@ class EmbeddedS3:
         info = self.info()
         if not info:
             return {"running": False, "state_dir": str(self.dir)}
-        return {"running": True, "healthy": self._healthy(info), "endpoint_url": info.endpoint_url,
-                "pid": info.pid, "bucket": self.bucket, "state_dir": str(self.dir)}
+        return {
+            "running": True,
+            "healthy": self._healthy(info),
+            "endpoint_url": info.endpoint_url,
+            "pid": info.pid,
+            "bucket": self.bucket,
+            "state_dir": str(self.dir),
+        }
 
 
 def embedded_info(root: str | os.PathLike = ".") -> ServerInfo | None:

@@ -12,9 +12,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from frugalml.errors import FrugalError
 
@@ -40,8 +40,7 @@ _held: dict[str, int] = {}  # locks this process holds: re-entered, not locked t
 
 
 @contextmanager
-def workspace_lock(path: str | os.PathLike, what: str, wait: bool = False,
-                   on_wait=None) -> Iterator[None]:
+def workspace_lock(path: str | os.PathLike, what: str, wait: bool = False, on_wait=None) -> Iterator[None]:
     """Hold ``path`` exclusively. Busy: WorkspaceBusy, or block until free when ``wait``.
 
     Re-entrant within a process (``frugalml run`` holds the run lock and the flow it starts
@@ -64,15 +63,25 @@ def workspace_lock(path: str | os.PathLike, what: str, wait: bool = False,
         except BlockingIOError:
             holder = _holder(fd)
             if not wait:
-                raise WorkspaceBusy(f"{what} is already running in this workspace ({holder}); "
-                                    f"wait for it to finish, or pass --wait to queue behind it") from None
+                raise WorkspaceBusy(
+                    f"{what} is already running in this workspace ({holder}); "
+                    f"wait for it to finish, or pass --wait to queue behind it"
+                ) from None
             if on_wait:
                 on_wait(holder)
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": " ".join(os.path.basename(a) if i == 0 else a
-                                                                           for i, a in enumerate(sys.argv))[:300],
-                                  "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode(), 0)
+        os.pwrite(
+            fd,
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300],
+                    "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
+            ).encode(),
+            0,
+        )
         _held[key] = 1
         try:
             yield

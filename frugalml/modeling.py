@@ -15,9 +15,13 @@ from torch import nn
 from frugalml.errors import ConfigError
 
 ARCHS = {
-    "resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
-    "mobilenet_v3_small": "MobileNet_V3_Small_Weights", "mobilenet_v3_large": "MobileNet_V3_Large_Weights",
-    "efficientnet_b0": "EfficientNet_B0_Weights", "convnext_tiny": "ConvNeXt_Tiny_Weights",
+    "resnet18": "ResNet18_Weights",
+    "resnet34": "ResNet34_Weights",
+    "resnet50": "ResNet50_Weights",
+    "mobilenet_v3_small": "MobileNet_V3_Small_Weights",
+    "mobilenet_v3_large": "MobileNet_V3_Large_Weights",
+    "efficientnet_b0": "EfficientNet_B0_Weights",
+    "convnext_tiny": "ConvNeXt_Tiny_Weights",
 }
 
 
@@ -116,8 +120,11 @@ def train_transform(image_size: int, mean, std, aug=None):
     if aug.hflip:
         steps.append(T.RandomHorizontalFlip())
     if aug.rotation_deg or aug.translate or (aug.scale_min, aug.scale_max) != (1.0, 1.0):
-        steps.append(T.RandomAffine(degrees=aug.rotation_deg, translate=(aug.translate, aug.translate),
-                                    scale=(aug.scale_min, aug.scale_max)))
+        steps.append(
+            T.RandomAffine(
+                degrees=aug.rotation_deg, translate=(aug.translate, aug.translate), scale=(aug.scale_min, aug.scale_max)
+            )
+        )
     if aug.color_jitter:
         c = aug.color_jitter
         steps.append(T.ColorJitter(brightness=c, contrast=c, saturation=c))
@@ -167,17 +174,34 @@ def warm_start(model: nn.Module, blob: dict, classes: list[str]) -> str:
     return "backbone only (classes changed: head re-initialised)"
 
 
-def save_model(path: Path, model: nn.Module, *, classes: list[str], arch: str, image_size: int,
-               mean, std, extra: dict | None = None) -> None:
-    from frugalml.fsutil import atomic_write_bytes
+def save_model(
+    path: Path,
+    model: nn.Module,
+    *,
+    classes: list[str],
+    arch: str,
+    image_size: int,
+    mean,
+    std,
+    extra: dict | None = None,
+) -> None:
     import io
 
+    from frugalml.fsutil import atomic_write_bytes
+
     buf = io.BytesIO()
-    torch.save({
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "classes": list(classes), "arch": arch, "image_size": int(image_size),
-        "mean": [float(m) for m in mean], "std": [float(s) for s in std], **(extra or {}),
-    }, buf)
+    torch.save(
+        {
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "classes": list(classes),
+            "arch": arch,
+            "image_size": int(image_size),
+            "mean": [float(m) for m in mean],
+            "std": [float(s) for s in std],
+            **(extra or {}),
+        },
+        buf,
+    )
     atomic_write_bytes(path, buf.getvalue())
 
 

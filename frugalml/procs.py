@@ -50,7 +50,7 @@ class ProcessRecord:
     exe_name: str  # basename of argv[0], e.g. "weed"
 
     @classmethod
-    def of(cls, pid: int) -> "ProcessRecord | None":
+    def of(cls, pid: int) -> ProcessRecord | None:
         ticks = start_ticks(pid)
         argv = _cmdline(pid)
         if ticks is None or not argv:
@@ -61,7 +61,7 @@ class ProcessRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ProcessRecord | None":
+    def from_dict(cls, d: dict) -> ProcessRecord | None:
         try:
             return cls(int(d["pid"]), int(d["start_ticks"]), str(d["boot_id"]), str(d["exe_name"]))
         except (KeyError, TypeError, ValueError):

@@ -13,12 +13,11 @@ the pointer's history and in the events.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import socket
 import time
 import uuid
-
-import hashlib
 
 from frugalml.errors import FrugalError, NotFound, PreconditionFailed
 from frugalml.store import Store
@@ -61,8 +60,9 @@ class Registry:
         try:
             self.store.put_json_once(self._key("versions", f"{version}.json"), record, write_id=write_id)
         except PreconditionFailed:
-            raise RegistryError(f"version {version} of {self.model} is already registered by another run "
-                                "(versions are immutable)") from None
+            raise RegistryError(
+                f"version {version} of {self.model} is already registered by another run (versions are immutable)"
+            ) from None
         self.event("register", event_id=write_id, version=version)
 
     def find(self, version: str) -> dict | None:
@@ -75,13 +75,14 @@ class Registry:
     def get(self, version: str) -> dict:
         record = self.find(version)
         if record is None:
-            raise RegistryError(f"no version {version} of model {self.model} in the registry "
-                                f"(see `frugalml models list`)")
+            raise RegistryError(
+                f"no version {version} of model {self.model} in the registry (see `frugalml models list`)"
+            )
         return record
 
     def versions(self) -> list[str]:
         prefix = self._key("versions") + "/"
-        return sorted(o["key"][len(prefix):-5] for o in self.store.list(prefix) if o["key"].endswith(".json"))
+        return sorted(o["key"][len(prefix) : -5] for o in self.store.list(prefix) if o["key"].endswith(".json"))
 
     def resolve(self, ref: str) -> str:
         """An alias or a version -> a version."""
@@ -105,8 +106,10 @@ class Registry:
             if not isinstance(pointer, dict) or not isinstance(pointer.get("version"), str):
                 raise ValueError("no version")
         except ValueError as exc:
-            raise RegistryError(f"alias {alias!r} of {self.model} is not a valid pointer ({exc}); "
-                                f"fix it with `frugalml promote VERSION --to {alias} --force --reason ...`") from None
+            raise RegistryError(
+                f"alias {alias!r} of {self.model} is not a valid pointer ({exc}); "
+                f"fix it with `frugalml promote VERSION --to {alias} --force --reason ...`"
+            ) from None
         return pointer, etag
 
     def aliases(self) -> dict[str, str]:
@@ -138,38 +141,69 @@ class Registry:
                 time.sleep(min(0.5, 0.01 * (2 ** min(i, 6))) * (0.5 + uuid.uuid4().int % 100 / 100))
         raise RegistryError(f"could not update alias {alias!r}: {attempts} concurrent writers won the race")
 
-    def promote(self, version: str, alias: str, *, force: bool = False, reason: str = "",
-                write_id: str | None = None) -> dict:
+    def promote(
+        self, version: str, alias: str, *, force: bool = False, reason: str = "", write_id: str | None = None
+    ) -> dict:
         """Point ``alias`` at ``version``. ``write_id`` names this promotion: a retry of it (e.g.
         a Prefect task retry after a lost response) finds it done instead of appending twice."""
         record = self.get(version)
         decision = record.get("gate", {}).get("decision")
         if decision != "accept" and not force:
-            raise RegistryError(f"version {version} was rejected by the gate ({', '.join(record['gate'].get('failed', []))}); "
-                                f"use --force --reason TEXT to promote it anyway")
+            raise RegistryError(
+                f"version {version} was rejected by the gate ({', '.join(record['gate'].get('failed', []))}); "
+                f"use --force --reason TEXT to promote it anyway"
+            )
         if force and not reason.strip():
             raise RegistryError("--force needs --reason TEXT (it is recorded in the audit trail)")
 
         def change(old):
             history = (old.get("history", []) + [old["version"]]) if old else []
-            return {"model": self.model, "alias": alias, "version": version, "history": history[-50:],
-                    "updated": _now(), "by": _actor(), "forced": force, "reason": reason}
+            return {
+                "model": self.model,
+                "alias": alias,
+                "version": version,
+                "history": history[-50:],
+                "updated": _now(),
+                "by": _actor(),
+                "forced": force,
+                "reason": reason,
+            }
 
         old, new = self._swap(alias, change, write_id=write_id)
-        self.event("promote", event_id=new["write_id"], alias=alias, version=version,
-                   previous=old["version"] if old else None, forced=force, reason=reason)
+        self.event(
+            "promote",
+            event_id=new["write_id"],
+            alias=alias,
+            version=version,
+            previous=old["version"] if old else None,
+            forced=force,
+            reason=reason,
+        )
         return new
 
     def rollback(self, alias: str) -> dict:
         def change(old):
             if not old or not old.get("history"):
                 raise RegistryError(f"alias {alias!r} has no previous version to roll back to")
-            return {"model": self.model, "alias": alias, "version": old["history"][-1], "history": old["history"][:-1],
-                    "updated": _now(), "by": _actor(), "forced": False, "reason": f"rollback from {old['version']}"}
+            return {
+                "model": self.model,
+                "alias": alias,
+                "version": old["history"][-1],
+                "history": old["history"][:-1],
+                "updated": _now(),
+                "by": _actor(),
+                "forced": False,
+                "reason": f"rollback from {old['version']}",
+            }
 
         old, new = self._swap(alias, change)
-        self.event("rollback", event_id=new["write_id"], alias=alias, version=new["version"],
-                   previous=old["version"] if old else None)
+        self.event(
+            "rollback",
+            event_id=new["write_id"],
+            alias=alias,
+            version=new["version"],
+            previous=old["version"] if old else None,
+        )
         return new
 
     def events(self) -> list[dict]:
@@ -185,15 +219,16 @@ class Registry:
                 return o["key"]
         ts = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:] + "Z"
         key = self._key("events", ts + suffix)
-        self.store.put_json_once(key, {"action": action, "model": self.model, "time": _now(), "by": _actor(),
-                                       **fields}, write_id=event_id)
+        self.store.put_json_once(
+            key, {"action": action, "model": self.model, "time": _now(), "by": _actor(), **fields}, write_id=event_id
+        )
         return key
 
 
 CHAMPION_FILE = "models/champion.json"
 
 
-def write_champion(reg: "Registry", root=".") -> dict:
+def write_champion(reg: Registry, root=".") -> dict:
     """Write which version ``production`` points at to models/champion.json (a DVC dep of
     evaluate): after a promotion DVC sees evaluate and gate as changed, and evaluate scores
     exactly the version named there. Rewritten only when it changes."""
@@ -248,8 +283,10 @@ def fetch_model_blob(store: Store, model: str, ref: str, cache_dir=".frugalml/ca
     if not path.exists():
         store.download(f"bentos/{model}/{version}.bento", path)
     with tarfile.open(path, "r:*") as tf:
-        member = next((m for m in tf.getmembers() if m.isfile() and m.name.endswith("/model.pt")
-                       and "/models/" in "/" + m.name), None)
+        member = next(
+            (m for m in tf.getmembers() if m.isfile() and m.name.endswith("/model.pt") and "/models/" in "/" + m.name),
+            None,
+        )
         if member is None:
             raise RegistryError(f"the bento of {model} {version} holds no model.pt")
         data = tf.extractfile(member).read()

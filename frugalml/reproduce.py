@@ -37,7 +37,9 @@ def _diff(label: str, old: dict, new: dict, keys) -> list[str]:
     out = []
     for k in keys:
         if old.get(k) != new.get(k):
-            out.append(f"{label}.{k}: recorded {json.dumps(old.get(k))[:200]} != reproduced {json.dumps(new.get(k))[:200]}")
+            out.append(
+                f"{label}.{k}: recorded {json.dumps(old.get(k))[:200]} != reproduced {json.dumps(new.get(k))[:200]}"
+            )
     return out
 
 
@@ -47,8 +49,7 @@ def safe_relpath(name: str) -> str:
     from pathlib import PurePosixPath
 
     p = PurePosixPath(str(name))
-    if (not name or p.is_absolute() or ".." in p.parts or "\\" in name
-            or any(ord(c) < 32 for c in name)):
+    if not name or p.is_absolute() or ".." in p.parts or "\\" in name or any(ord(c) < 32 for c in name):
         raise FrugalError(f"the run record names an unsafe file {name!r}; refusing to write it")
     return p.as_posix()
 
@@ -61,8 +62,9 @@ def reproduce(store: Store, run_id: str, root: Path = Path("."), keep: bool = Fa
         raise FrugalError(f"run {run_id} has no git commit in its record: it cannot be checked out")
     if record.get("git_dirty"):
         info(f"reproduce: warning: run {run_id} ran with uncommitted changes; the code at {commit[:10]} may differ")
-    names = ["params.yaml", "dvc.lock"] + [safe_relpath(f) for f in record.get("files", [])
-                                           if str(f).startswith(("metrics/", "costs/"))]
+    names = ["params.yaml", "dvc.lock"] + [
+        safe_relpath(f) for f in record.get("files", []) if str(f).startswith(("metrics/", "costs/"))
+    ]
     work = (root / ".frugalml" / "reproduce" / f"{run_id}-{uuid.uuid4().hex[:6]}").resolve()
     work.parent.mkdir(parents=True, exist_ok=True)
     _sh(["git", "worktree", "add", "--detach", str(work), commit], root)
@@ -74,16 +76,22 @@ def reproduce(store: Store, run_id: str, root: Path = Path("."), keep: bool = Fa
         local = root / ".dvc" / "config.local"
         if local.exists():
             shutil.copy2(local, work / ".dvc" / "config.local")
-        env = {**os.environ, "FRUGALML_RUN_ID": f"reproduce-{run_id}-{uuid.uuid4().hex[:6]}", "PYTHONUNBUFFERED": "1",
-               "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+        env = {
+            **os.environ,
+            "FRUGALML_RUN_ID": f"reproduce-{run_id}-{uuid.uuid4().hex[:6]}",
+            "PYTHONUNBUFFERED": "1",
+            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+        }
         dvc = [sys.executable, "-m", "dvc"]
         info(f"reproduce: {run_id} at commit {commit[:10]} in {work}; pulling its data and model")
         t0 = time.perf_counter()
         _sh(dvc + ["pull", "--quiet"], work, env)
         cache = work / ".dvc" / "cache"
         pulled = [f for f in cache.rglob("*") if f.is_file()] if cache.exists() else []
-        info(f"reproduce: dvc pull: {len(pulled)} objects, {sum(f.stat().st_size for f in pulled) / 1e6:.1f} MB "
-             f"in {time.perf_counter() - t0:.1f} s")
+        info(
+            f"reproduce: dvc pull: {len(pulled)} objects, {sum(f.stat().st_size for f in pulled) / 1e6:.1f} MB "
+            f"in {time.perf_counter() - t0:.1f} s"
+        )
         for stage in ("train", "evaluate"):
             info(f"reproduce: running {stage} again")
             _sh(dvc + ["repro", "--force", "--single-item", stage], work, env)

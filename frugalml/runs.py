@@ -11,9 +11,8 @@ import time
 import uuid
 from pathlib import Path
 
+from frugalml.contracts import STAGES  # noqa: F401 (re-exported for the flow)
 from frugalml.store import Store
-
-STAGES = ["ingest", "validate", "train", "evaluate", "gate", "package"]
 
 
 def new_run_id() -> str:

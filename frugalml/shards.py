@@ -26,7 +26,7 @@ def _ustar_header(name: str, size: int) -> bytes:
         info.size, info.mode = size, 0o644
         return info.tobuf(format=tarfile.GNU_FORMAT)
     h = bytearray(512)
-    h[0:len(raw)] = raw
+    h[0 : len(raw)] = raw
     h[100:108] = b"0000644\0"
     h[108:116] = b"0000000\0"
     h[116:124] = b"0000000\0"

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import tarfile
-from functools import partial
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
 
 from frugalml.errors import DataError
 
@@ -168,8 +168,12 @@ def _iter_zip(path: Path, max_bytes: int) -> Iterator[Entry]:
         if bad:
             yield Entry(info.filename, info.file_size, problem="unsafe_archive_member", detail=bad)
         elif info.file_size > max_bytes:
-            yield Entry(info.filename, info.file_size, problem="too_large",
-                        detail=f"{info.file_size} bytes > {max_bytes} (data.max_file_bytes)")
+            yield Entry(
+                info.filename,
+                info.file_size,
+                problem="too_large",
+                detail=f"{info.file_size} bytes > {max_bytes} (data.max_file_bytes)",
+            )
         else:
             yield Entry(info.filename, info.file_size, partial(read, info), stamp=f"crc{info.CRC}")
 
@@ -195,8 +199,12 @@ def _tar_entry(tf: tarfile.TarFile, member: tarfile.TarInfo, max_bytes: int) -> 
     if not member.isfile():
         return Entry(member.name, 0, problem="unreadable", detail="link or special file inside archive")
     if member.size > max_bytes:  # a tar header's size is exact: the stream is laid out by it
-        return Entry(member.name, member.size, problem="too_large",
-                     detail=f"{member.size} bytes > {max_bytes} (data.max_file_bytes)")
+        return Entry(
+            member.name,
+            member.size,
+            problem="too_large",
+            detail=f"{member.size} bytes > {max_bytes} (data.max_file_bytes)",
+        )
     f = tf.extractfile(member)
     data = read_capped(f, max_bytes) if f is not None else b""
     return Entry(member.name, member.size, partial(_given, data), stamp=f"mtime{member.mtime}")
@@ -206,48 +214,38 @@ def _given(data: bytes) -> bytes:
     return data
 
 
+def _read_s3(store, bucket: str, key: str, max_bytes: int) -> bytes:
+    data = store.read_object(bucket, key, max_bytes)
+    if len(data) > max_bytes:  # the object grew since it was listed
+        raise FileTooLarge(max_bytes)
+    return data
+
+
 # -- S3 ---------------------------------------------------------------------------------------
 def iter_s3(uri: str, store, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Iterator[Entry]:
     """``store`` is a frugalml.store.Store on the same endpoint; the URI's bucket is used as is."""
-    from frugalml.store import _translate, split_s3_uri
+    from frugalml.store import split_s3_uri
 
     bucket, prefix = split_s3_uri(uri)
     prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
-    client = store.client
-    paginator = client.get_paginator("list_objects_v2")
     found = False
-    try:
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                key = obj["Key"]
-                if key.endswith("/"):
-                    continue
-                found = True
-
-                def read(key=key) -> bytes:
-                    try:
-                        body = client.get_object(Bucket=bucket, Key=key)["Body"]
-                        data = body.read(max_bytes + 1)  # read to the end: the connection goes back to the pool
-                        if len(data) > max_bytes:
-                            body.close()  # the rest is not downloaded
-                            raise FileTooLarge(max_bytes)
-                        return data
-                    except FileTooLarge:
-                        raise
-                    except Exception as exc:
-                        raise _translate(exc, f"reading s3://{bucket}/{key}") from None
-
-                if obj["Size"] > max_bytes:
-                    yield Entry(key[len(prefix):], obj["Size"], problem="too_large",
-                                detail=f"{obj['Size']} bytes > {max_bytes} (data.max_file_bytes)")
-                    continue
-                yield Entry(key[len(prefix):], obj["Size"], read, stamp=obj["ETag"].strip('"'))
-    except Exception as exc:
-        from frugalml.errors import FrugalError
-
-        if isinstance(exc, FrugalError):
-            raise
-        raise _translate(exc, f"listing {uri}") from None
+    for obj in store.iter_objects(bucket, prefix):
+        key = obj["key"]
+        if key.endswith("/"):
+            continue
+        found = True
+        if obj["size"] > max_bytes:
+            yield Entry(
+                key[len(prefix) :],
+                obj["size"],
+                problem="too_large",
+                detail=f"{obj['size']} bytes > {max_bytes} (data.max_file_bytes)",
+            )
+            continue
+        yield Entry(
+            key[len(prefix) :], obj["size"], partial(_read_s3, store, bucket, key, max_bytes), stamp=obj["etag"]
+        )
     if not found:
-        raise DataError(f"data.source {uri} holds no objects. For the demo data run: "
-                        f"frugalml data upload builtin:digits {uri}")
+        raise DataError(
+            f"data.source {uri} holds no objects. For the demo data run: frugalml data upload builtin:digits {uri}"
+        )

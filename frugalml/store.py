@@ -15,9 +15,9 @@ import hashlib
 import os
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from frugalml.config import StorageConfig
 from frugalml.errors import NotFound, PreconditionFailed, StorageError, TransientStorageError
@@ -40,8 +40,14 @@ def source_settings(data_endpoint: str | None, storage: StorageConfig, root: str
     """Where an s3:// data.source is read: ``data.endpoint_url`` when set (credentials from the
     environment, like any non-embedded endpoint), else the pipeline's own store."""
     if data_endpoint:
-        return S3Settings(storage.bucket, "", data_endpoint, storage.region,
-                          os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"))
+        return S3Settings(
+            storage.bucket,
+            "",
+            data_endpoint,
+            storage.region,
+            os.environ.get("AWS_ACCESS_KEY_ID"),
+            os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        )
     return resolve_settings(storage, root)
 
 
@@ -52,14 +58,28 @@ def resolve_settings(cfg: StorageConfig, root: str | os.PathLike = ".") -> S3Set
     if endpoint is None:
         info = embedded_info(root)
         if info is not None:
-            return S3Settings(cfg.bucket, cfg.prefix, info.endpoint_url, cfg.region,
-                              info.access_key_id, info.secret_access_key, embedded=True)
+            return S3Settings(
+                cfg.bucket,
+                cfg.prefix,
+                info.endpoint_url,
+                cfg.region,
+                info.access_key_id,
+                info.secret_access_key,
+                embedded=True,
+            )
         if not os.environ.get("AWS_ACCESS_KEY_ID") and not Path("~/.aws").expanduser().exists():
             raise StorageError(
                 "no object store configured: start the embedded one with `frugalml storage up`, "
-                "or set storage.endpoint_url (or $FRUGALML_S3_ENDPOINT) and AWS credentials")
-    return S3Settings(cfg.bucket, cfg.prefix, endpoint, cfg.region,
-                      os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"))
+                "or set storage.endpoint_url (or $FRUGALML_S3_ENDPOINT) and AWS credentials"
+            )
+    return S3Settings(
+        cfg.bucket,
+        cfg.prefix,
+        endpoint,
+        cfg.region,
+        os.environ.get("AWS_ACCESS_KEY_ID"),
+        os.environ.get("AWS_SECRET_ACCESS_KEY"),
+    )
 
 
 @dataclass
@@ -73,13 +93,27 @@ class Traffic:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def as_dict(self) -> dict:
-        return {"s3_requests_put": self.requests_put, "s3_requests_get": self.requests_get,
-                "s3_bytes_up": self.bytes_up, "s3_bytes_down": self.bytes_down}
+        return {
+            "s3_requests_put": self.requests_put,
+            "s3_requests_get": self.requests_get,
+            "s3_bytes_up": self.bytes_up,
+            "s3_bytes_down": self.bytes_down,
+        }
 
 
 TRAFFIC = Traffic()
-_WRITE_OPS = {"PutObject", "CopyObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload",
-              "ListObjectsV2", "ListObjects", "DeleteObject", "DeleteObjects", "CreateBucket"}
+_WRITE_OPS = {
+    "PutObject",
+    "CopyObject",
+    "CreateMultipartUpload",
+    "UploadPart",
+    "CompleteMultipartUpload",
+    "ListObjectsV2",
+    "ListObjects",
+    "DeleteObject",
+    "DeleteObjects",
+    "CreateBucket",
+}
 
 
 def _count_request(model, params, **_):
@@ -111,7 +145,11 @@ def _count_response(http_response=None, parsed=None, **_):
 
 def _translate(exc: Exception, what: str) -> Exception:
     from botocore.exceptions import (
-        ClientError, ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError,
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        ReadTimeoutError,
     )
 
     if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)):
@@ -144,16 +182,23 @@ class Store:
         self.bucket = settings.bucket
         self.prefix = settings.prefix
         self.client = boto3.client(
-            "s3", endpoint_url=settings.endpoint_url, region_name=settings.region,
-            aws_access_key_id=settings.access_key_id, aws_secret_access_key=settings.secret_access_key,
-            config=Config(signature_version="s3v4", connect_timeout=5, read_timeout=60,
-                          retries={"max_attempts": 4, "mode": "standard"}),
+            "s3",
+            endpoint_url=settings.endpoint_url,
+            region_name=settings.region,
+            aws_access_key_id=settings.access_key_id,
+            aws_secret_access_key=settings.secret_access_key,
+            config=Config(
+                signature_version="s3v4",
+                connect_timeout=5,
+                read_timeout=60,
+                retries={"max_attempts": 4, "mode": "standard"},
+            ),
         )
         self.client.meta.events.register("before-call.s3", _count_request)
         self.client.meta.events.register("after-call.s3", _count_response)
 
     @classmethod
-    def from_config(cls, cfg: StorageConfig, root: str | os.PathLike = ".") -> "Store":
+    def from_config(cls, cfg: StorageConfig, root: str | os.PathLike = ".") -> Store:
         return cls(resolve_settings(cfg, root))
 
     def key(self, rel: str) -> str:
@@ -163,11 +208,23 @@ class Store:
         return f"s3://{self.bucket}/{self.key(rel)}"
 
     # -- writes ------------------------------------------------------------------------
-    def put_bytes(self, rel: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None,
-                  content_type: str = "application/octet-stream") -> str:
+    def put_bytes(
+        self,
+        rel: str,
+        data: bytes,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> str:
         """One PUT: S3 makes it visible whole or not at all. Returns the new ETag."""
-        args = dict(Bucket=self.bucket, Key=self.key(rel), Body=data, ContentType=content_type,
-                    Metadata={"sha256": hashlib.sha256(data).hexdigest()})
+        args = dict(
+            Bucket=self.bucket,
+            Key=self.key(rel),
+            Body=data,
+            ContentType=content_type,
+            Metadata={"sha256": hashlib.sha256(data).hexdigest()},
+        )
         if if_none_match:
             args["IfNoneMatch"] = "*"
         if if_match:
@@ -218,11 +275,15 @@ class Store:
         try:
             if if_none_match and size < 64 * CHUNK:
                 with open(path, "rb") as f:
-                    self.client.put_object(Bucket=self.bucket, Key=self.key(rel), Body=f,
-                                           IfNoneMatch="*", **extra)
+                    self.client.put_object(Bucket=self.bucket, Key=self.key(rel), Body=f, IfNoneMatch="*", **extra)
             else:
-                self.client.upload_file(str(path), self.bucket, self.key(rel), ExtraArgs=extra,
-                                        Config=TransferConfig(multipart_threshold=64 * CHUNK))
+                self.client.upload_file(
+                    str(path),
+                    self.bucket,
+                    self.key(rel),
+                    ExtraArgs=extra,
+                    Config=TransferConfig(multipart_threshold=64 * CHUNK),
+                )
         except Exception as exc:
             raise _translate(exc, f"uploading {path} to {self.uri(rel)}") from None
         return digest
@@ -279,12 +340,46 @@ class Store:
         try:
             return self.client.head_object(Bucket=self.bucket, Key=self.key(rel))
         except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404 or \
-                    exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404 or exc.response.get(
+                "Error", {}
+            ).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise _translate(exc, f"checking {self.uri(rel)}") from None
         except Exception as exc:
             raise _translate(exc, f"checking {self.uri(rel)}") from None
+
+    # -- any bucket on this endpoint (data sources) ---------------------------------------
+    def iter_objects(self, bucket: str, prefix: str) -> Iterator[dict]:
+        """Objects of ``bucket`` under ``prefix`` (keys as they are, not relative to ``storage.prefix``),
+        as dicts with ``key``, ``size`` and ``etag`` (without quotes)."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    yield {"key": obj["Key"], "size": obj["Size"], "etag": obj["ETag"].strip('"')}
+        except Exception as exc:
+            raise _translate(exc, f"listing s3://{bucket}/{prefix}") from None
+
+    def read_object(self, bucket: str, key: str, limit: int) -> bytes:
+        """At most ``limit + 1`` bytes of an object: more than ``limit`` means it is too large, and
+        the rest is not downloaded."""
+        try:
+            body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
+            data = body.read(limit + 1)
+            if len(data) > limit:
+                body.close()
+            return data
+        except Exception as exc:
+            raise _translate(exc, f"reading s3://{bucket}/{key}") from None
+
+    def write_object(self, bucket: str, key: str, data: bytes) -> str:
+        """One PUT to ``bucket``/``key`` (sha256 in the metadata). Returns the ETag."""
+        try:
+            return self.client.put_object(
+                Bucket=bucket, Key=key, Body=data, Metadata={"sha256": hashlib.sha256(data).hexdigest()}
+            )["ETag"]
+        except Exception as exc:
+            raise _translate(exc, f"writing s3://{bucket}/{key}") from None
 
     def list(self, rel_prefix: str = "") -> Iterator[dict]:
         """Objects under a prefix, as dicts with ``key`` (relative), ``size``, ``etag``."""
@@ -292,7 +387,7 @@ class Store:
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key(rel_prefix)):
                 for obj in page.get("Contents", []):
-                    yield {"key": obj["Key"][len(self.prefix):], "size": obj["Size"], "etag": obj["ETag"]}
+                    yield {"key": obj["Key"][len(self.prefix) :], "size": obj["Size"], "etag": obj["ETag"]}
         except Exception as exc:
             raise _translate(exc, f"listing {self.uri(rel_prefix)}") from None
 

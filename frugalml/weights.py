@@ -54,8 +54,10 @@ def file_name(url: str) -> str:
     if not SAFE_NAME.fullmatch(name):  # it becomes a file name in the cache and a key in the mirror
         raise ConfigError(f"the weights file name {name!r} (from {url}) is not a plain file name")
     if not HASH_PREFIX.search(name):
-        raise ConfigError(f"the weights file name {name!r} carries no sha256 prefix (torchvision's "
-                          "<name>-<hex>.pth convention), so it cannot be checked; rename it accordingly")
+        raise ConfigError(
+            f"the weights file name {name!r} carries no sha256 prefix (torchvision's "
+            "<name>-<hex>.pth convention), so it cannot be checked; rename it accordingly"
+        )
     return name
 
 
@@ -93,8 +95,14 @@ class Resolved:
     download_bytes: int = 0  # from the internet (S3 traffic is counted by the store)
 
     def lineage(self) -> dict:
-        return {"kind": "torchvision", "arch": self.arch, "file": self.file, "sha256": self.sha256,
-                "source": self.source, "url": self.url}
+        return {
+            "kind": "torchvision",
+            "arch": self.arch,
+            "file": self.file,
+            "sha256": self.sha256,
+            "source": self.source,
+            "url": self.url,
+        }
 
     def state_dict(self) -> dict:
         import torch
@@ -115,8 +123,10 @@ def _from_cache(arch: str, name: str, url: str) -> Resolved | None:
     if not ok:  # a torn or tampered file: set aside (kept for inspection), never loaded
         aside = path.with_name(path.name + ".corrupt")
         os.replace(path, aside)
-        info(f"weights: {path} does not match its hash prefix {hash_prefix(name)} (sha256 {digest[:12]}); "
-             f"moved to {aside.name}, looking further")
+        info(
+            f"weights: {path} does not match its hash prefix {hash_prefix(name)} (sha256 {digest[:12]}); "
+            f"moved to {aside.name}, looking further"
+        )
         return None
     info(f"weights: {name} from the local cache {path} (sha256 {digest[:12]}, prefix checked)")
     return Resolved(arch, name, path, digest, "cache", url)
@@ -135,11 +145,15 @@ def _from_mirror(store, arch: str, name: str, url: str) -> Resolved | None:
     ok, digest = _matches(dest, name)
     if not ok:
         dest.unlink(missing_ok=True)
-        info(f"weights: the mirror copy {store.uri(key)} does not match its hash prefix {hash_prefix(name)} "
-             f"(sha256 {digest[:12]}); not loaded, looking further")
+        info(
+            f"weights: the mirror copy {store.uri(key)} does not match its hash prefix {hash_prefix(name)} "
+            f"(sha256 {digest[:12]}); not loaded, looking further"
+        )
         return None
-    info(f"weights: {name} from the team mirror {store.uri(key)} ({dest.stat().st_size / 1e6:.1f} MB, "
-         f"sha256 {digest[:12]} checked)")
+    info(
+        f"weights: {name} from the team mirror {store.uri(key)} ({dest.stat().st_size / 1e6:.1f} MB, "
+        f"sha256 {digest[:12]} checked)"
+    )
     return Resolved(arch, name, dest, digest, "mirror", url, mirror_uri=store.uri(key))
 
 
@@ -160,9 +174,15 @@ def _download(arch: str, name: str, url: str, progress: bool) -> tuple[Resolved 
     info(f"weights: downloading {name} from {url}")
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
-            torch.hub.load_state_dict_from_url(url, model_dir=str(hub_checkpoints()), map_location="cpu",
-                                               progress=progress, check_hash=True, file_name=name,
-                                               weights_only=True)
+            torch.hub.load_state_dict_from_url(
+                url,
+                model_dir=str(hub_checkpoints()),
+                map_location="cpu",
+                progress=progress,
+                check_hash=True,
+                file_name=name,
+                weights_only=True,
+            )
     except Exception as exc:  # URLError, HTTPError, timeout, hash mismatch (RuntimeError)...
         reason = f"{exc.__class__.__name__}: {exc}".replace("\n", " ")
         return None, reason[:300]
@@ -206,12 +226,15 @@ def resolve(arch: str, *, store=None, url_override: str | None = None, progress:
     found, reason = _download(arch, name, url, progress)
     if found is None:
         where = hub_checkpoints() / name
-        mirror = store.uri(mirror_key(arch, name)) if store is not None else f"weights/{arch}/{name} (no store configured)"
+        mirror = (
+            store.uri(mirror_key(arch, name)) if store is not None else f"weights/{arch}/{name} (no store configured)"
+        )
         raise ConfigError(
             f"model.pretrained=torchvision: the {arch} weights {name} are not in the local cache ({where}) "
             f"nor the team mirror ({mirror}), and the download from {url} failed ({reason}). "
             f"Put the file at {where}, or add it to the mirror with `frugalml weights add FILE --arch {arch}`, "
-            f"or set model.weights_url to a reachable copy, or use model.pretrained=none")
+            f"or set model.weights_url to a reachable copy, or use model.pretrained=none"
+        )
     if store is not None:
         found.mirror_uri = mirror_upload(store, arch, found.path, name, replace=mirror_bad)
         if found.mirror_uri:
@@ -231,14 +254,17 @@ def add_to_mirror(store, arch: str, path: Path, url_override: str | None = None)
         raise ConfigError(f"{path}: no such file")
     digest = sha256_of(path)
     if not digest.startswith(hash_prefix(name)):
-        raise ConfigError(f"{path} is not {name}: its sha256 {digest[:16]}... does not start with the published "
-                          f"prefix {hash_prefix(name)}")
+        raise ConfigError(
+            f"{path} is not {name}: its sha256 {digest[:16]}... does not start with the published "
+            f"prefix {hash_prefix(name)}"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         bare_backbone(arch).load_state_dict(state)
     except Exception as exc:
-        raise ConfigError(f"{path} does not hold {arch} weights ({exc.__class__.__name__}: "
-                          f"{str(exc).splitlines()[0][:200]})") from None
+        raise ConfigError(
+            f"{path} does not hold {arch} weights ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from None
     uri = mirror_upload(store, arch, path, name)
     if uri is None:
         raise StorageError(f"could not upload {path} to the mirror")
@@ -252,6 +278,13 @@ def listing(store) -> list[dict]:
         parts = o["key"].split("/")
         if len(parts) != 3:
             continue
-        rows.append({"arch": parts[1], "file": parts[2], "bytes": o["size"], "uri": store.uri(o["key"]),
-                     "in_local_cache": (hub_checkpoints() / parts[2]).is_file()})
+        rows.append(
+            {
+                "arch": parts[1],
+                "file": parts[2],
+                "bytes": o["size"],
+                "uri": store.uri(o["key"]),
+                "in_local_cache": (hub_checkpoints() / parts[2]).is_file(),
+            }
+        )
     return rows

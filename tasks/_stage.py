@@ -11,17 +11,14 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from frugalml import config
 from frugalml.config import Params
 from frugalml.console import err, fast_exit
+from frugalml.contracts import CostEntry, StageStatus, cost_file, status_file
 from frugalml.costs import CostMeter, price
 from frugalml.errors import FrugalError, TransientStorageError
-from frugalml.fsutil import atomic_write_json
-
-STATUS_DIR = Path(".frugalml") / "status"
 
 
 def run_id() -> str:
@@ -29,8 +26,7 @@ def run_id() -> str:
 
 
 def stage_main(stage: str, run: Callable[[Params, CostMeter], object]) -> None:
-    status_file = STATUS_DIR / f"{stage}.json"
-    status_file.unlink(missing_ok=True)
+    status_file(stage).unlink(missing_ok=True)
     code, message, transient = 0, "", False
     cfg = meter = None
     try:
@@ -49,11 +45,12 @@ def stage_main(stage: str, run: Callable[[Params, CostMeter], object]) -> None:
         traceback.print_exc()
     if cfg is not None and meter is not None and meter.entry:
         # Written on failure too: a rejected or failed stage still cost money.
-        entry = {**meter.entry, **price(meter.entry, cfg.costs), "exit_code": code}
-        atomic_write_json(Path("costs") / f"{stage}.json", entry)
-        err.print(f"[dim]{stage}: {entry['wall_s']:.1f} s wall, {entry['cpu_s']:.1f} s CPU, "
-                  f"{entry['peak_rss_mb']:.0f} MB peak RSS, ${entry['total_usd']:.5f}[/dim]")
+        entry = CostEntry.model_validate({**meter.entry, **price(meter.entry, cfg.costs), "exit_code": code})
+        entry.write(cost_file(stage))
+        err.print(
+            f"[dim]{stage}: {entry.wall_s:.1f} s wall, {entry.cpu_s:.1f} s CPU, "
+            f"{entry.peak_rss_mb:.0f} MB peak RSS, ${entry.total_usd:.5f}[/dim]"
+        )
     if code:
-        atomic_write_json(status_file, {"stage": stage, "exit_code": code, "message": message,
-                                        "transient": transient})
+        StageStatus(stage=stage, exit_code=code, message=message, transient=transient).write(status_file(stage))
     fast_exit(code)  # skips about 1 s of teardown with torch loaded

@@ -16,16 +16,14 @@ import torch
 
 from frugalml.config import Params
 from frugalml.console import info
+from frugalml.contracts import CONFUSION_CSV, CONFUSION_PNG, EVAL_REPORT, MODEL, PREPARED, read_manifest
 from frugalml.costs import CostMeter
 from frugalml.errors import DataError
 from frugalml.fsutil import atomic_write_json, atomic_write_text
 from frugalml.modeling import ManifestDataset, eval_transform, load_model, select_device
-from tasks.ingest import PREPARED, read_manifest
-from tasks.train import MODEL
 
-REPORT = Path("metrics/eval.json")
-CONFUSION = Path("plots/confusion.csv")
-CONFUSION_PNG = Path("plots/confusion.png")
+REPORT = EVAL_REPORT
+CONFUSION = CONFUSION_CSV
 
 
 @torch.no_grad()
@@ -70,8 +68,15 @@ def quality(y_true: list[int], probs: torch.Tensor, classes: list[str]) -> dict:
         "macro_f1": round(float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)), 6),
         "top3_accuracy": round(top_k_accuracy(y_true, probs, 3), 6),
         "ece": round(expected_calibration_error(y_true, probs), 6),
-        "per_class": {c: {"precision": round(float(p[i]), 6), "recall": round(float(r[i]), 6),
-                          "f1": round(float(f[i]), 6), "support": int(support[i])} for i, c in enumerate(classes)},
+        "per_class": {
+            c: {
+                "precision": round(float(p[i]), 6),
+                "recall": round(float(r[i]), 6),
+                "f1": round(float(f[i]), 6),
+                "support": int(support[i]),
+            }
+            for i, c in enumerate(classes)
+        },
     }
 
 
@@ -91,15 +96,16 @@ def confusion_png(y_true: list[int], y_pred: list[int], classes: list[str], path
     for i in range(n):
         total = max(1, sum(mat[i]))
         d.text((4, margin + i * cell + cell // 3), classes[i][:14], fill="black")
-        d.text((margin + i * cell + 2, margin - 16), classes[i][:max(3, cell // 7)], fill="black")
+        d.text((margin + i * cell + 2, margin - 16), classes[i][: max(3, cell // 7)], fill="black")
         for j in range(n):
             share = mat[i][j] / total
             shade = int(255 * (1 - share))
             x0, y0 = margin + j * cell, margin + i * cell
             d.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline="grey")
             d.text((x0 + 3, y0 + cell // 3), str(mat[i][j]), fill="black" if share < 0.6 else "white")
-    from frugalml.fsutil import atomic_write_bytes
     import io
+
+    from frugalml.fsutil import atomic_write_bytes
 
     buf = io.BytesIO()
     img.save(buf, format="PNG")
@@ -147,8 +153,12 @@ def champion(cfg: Params, rows: list[dict], classes: list[str], device, batch_si
     meta = {"classes": classes, "image_size": blob["image_size"], "mean": blob["mean"], "std": blob["std"]}
     y_true, probs = predict(model, rows, meta, device, batch_size)
     q = quality(y_true, probs, classes)
-    return {"version": version, "comparable": True, **{k: q[k] for k in ("accuracy", "macro_f1", "top3_accuracy", "ece")},
-            "per_class_recall": {c: v["recall"] for c, v in q["per_class"].items()}}
+    return {
+        "version": version,
+        "comparable": True,
+        **{k: q[k] for k in ("accuracy", "macro_f1", "top3_accuracy", "ece")},
+        "per_class_recall": {c: v["recall"] for c, v in q["per_class"].items()},
+    }
 
 
 @torch.no_grad()
@@ -172,8 +182,12 @@ def speed(model, meta, device, batch_size: int, samples: int) -> dict:
     sync()
     thr = reps * batch_size / (time.perf_counter() - t0)
     q = statistics.quantiles(lat, n=100)
-    return {"latency_ms_p50": round(q[49], 3), "latency_ms_p95": round(q[94], 3),
-            "throughput_images_per_s": round(thr, 1), "throughput_batch_size": batch_size}
+    return {
+        "latency_ms_p50": round(q[49], 3),
+        "latency_ms_p95": round(q[94], 3),
+        "throughput_images_per_s": round(thr, 1),
+        "throughput_batch_size": batch_size,
+    }
 
 
 def run(cfg: Params, meter: CostMeter) -> dict:
@@ -198,18 +212,23 @@ def run(cfg: Params, meter: CostMeter) -> dict:
     champ = champion(cfg, rows, classes, device, cfg.evaluate.batch_size)
     report["champion"] = champ
     if champ and champ.get("comparable"):
-        report["delta_vs_champion"] = {k: round(report[k] - champ[k], 6)
-                                       for k in ("accuracy", "macro_f1", "top3_accuracy", "ece")}
+        report["delta_vs_champion"] = {
+            k: round(report[k] - champ[k], 6) for k in ("accuracy", "macro_f1", "top3_accuracy", "ece")
+        }
     atomic_write_json(REPORT, report)
     y_pred = probs.argmax(1).tolist()
     write_confusion_csv(CONFUSION, classes, y_true, y_pred)
     confusion_png(y_true, y_pred, classes, CONFUSION_PNG)
-    info(f"evaluate: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}, "
-         f"ECE {report['ece']:.4f} on {len(rows)} test images; p50 {report['latency_ms_p50']:.2f} ms at batch 1, "
-         f"{report['throughput_images_per_s']:.0f} img/s at batch {cfg.evaluate.batch_size}")
+    info(
+        f"evaluate: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}, "
+        f"ECE {report['ece']:.4f} on {len(rows)} test images; p50 {report['latency_ms_p50']:.2f} ms at batch 1, "
+        f"{report['throughput_images_per_s']:.0f} img/s at batch {cfg.evaluate.batch_size}"
+    )
     if champ and champ.get("comparable"):
-        info(f"evaluate: champion {champ['version']}: accuracy {champ['accuracy']:.4f} "
-             f"(delta {report['delta_vs_champion']['accuracy']:+.4f})")
+        info(
+            f"evaluate: champion {champ['version']}: accuracy {champ['accuracy']:.4f} "
+            f"(delta {report['delta_vs_champion']['accuracy']:+.4f})"
+        )
     return report
 
 

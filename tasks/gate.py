@@ -7,16 +7,13 @@ decision is recorded by DVC; the package stage refuses a rejected model.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from frugalml.config import Params
 from frugalml.console import info
+from frugalml.contracts import EVAL_REPORT, GATE_REPORT, CostEntry, GateDecision
 from frugalml.costs import CostMeter
-from frugalml.fsutil import atomic_write_json, read_json
-EVAL_REPORT = Path("metrics/eval.json")  # tasks.evaluate.REPORT, without importing torch
+from frugalml.fsutil import read_json
 
-REPORT = Path("metrics/gate.json")
-TRAIN_COST = Path("costs/train.json")
+REPORT = GATE_REPORT
 
 
 def serving_usd_per_1k(ev: dict, cfg: Params) -> float:
@@ -32,8 +29,16 @@ def decide(cfg: Params, ev: dict, train_usd: float = 0.0) -> dict:
         if threshold is None:
             return
         passed = value >= threshold if op == ">=" else value <= threshold
-        checks.append({"name": name, "value": value, "op": op, "threshold": threshold, "passed": bool(passed),
-                       **({"note": note} if note else {})})
+        checks.append(
+            {
+                "name": name,
+                "value": value,
+                "op": op,
+                "threshold": threshold,
+                "passed": bool(passed),
+                **({"note": note} if note else {}),
+            }
+        )
 
     check("min_accuracy", ev["accuracy"], ">=", g.min_accuracy)
     check("min_macro_f1", ev["macro_f1"], ">=", g.min_macro_f1)
@@ -42,27 +47,38 @@ def decide(cfg: Params, ev: dict, train_usd: float = 0.0) -> dict:
         check("min_class_recall", worst[1]["recall"], ">=", g.min_class_recall, note=f"class {worst[0]}")
     champ = ev.get("champion") or {}
     if g.max_regression is not None and champ.get("comparable"):
-        check("max_regression", round(champ["accuracy"] - ev["accuracy"], 6), "<=", g.max_regression,
-              note=f"accuracy drop vs champion {champ['version']}")
+        check(
+            "max_regression",
+            round(champ["accuracy"] - ev["accuracy"], 6),
+            "<=",
+            g.max_regression,
+            note=f"accuracy drop vs champion {champ['version']}",
+        )
     check("max_latency_ms_p95", ev["latency_ms_p95"], "<=", g.max_latency_ms_p95)
     check("max_model_size_mb", round(ev["model_size_bytes"] / 1e6, 3), "<=", g.max_model_size_mb)
     check("max_train_usd", round(train_usd, 6), "<=", g.max_train_usd)
     check("max_serving_usd_per_1k", serving_usd_per_1k(ev, cfg), "<=", g.max_serving_usd_per_1k)
     failed = [c["name"] for c in checks if not c["passed"]]
-    return {"decision": "reject" if failed else "accept", "failed": failed, "checks": checks,
-            "serving_usd_per_1k": serving_usd_per_1k(ev, cfg), "train_usd": round(train_usd, 6),
-            "champion": champ.get("version")}
+    return {
+        "decision": "reject" if failed else "accept",
+        "failed": failed,
+        "checks": checks,
+        "serving_usd_per_1k": serving_usd_per_1k(ev, cfg),
+        "train_usd": round(train_usd, 6),
+        "champion": champ.get("version"),
+    }
 
 
-def run(cfg: Params, meter: CostMeter) -> dict:
-    train_usd = read_json(TRAIN_COST).get("total_usd", 0.0) if TRAIN_COST.exists() else 0.0
-    result = decide(cfg, read_json(EVAL_REPORT), train_usd)
-    atomic_write_json(REPORT, result)
-    for c in result["checks"]:
-        mark = "pass" if c["passed"] else "FAIL"
-        note = f" ({c['note']})" if c.get("note") else ""
-        info(f"gate: {c['name']}: {c['value']:.6g} {c['op']} {c['threshold']}{note} -> {mark}")
-    info(f"gate: decision {result['decision'].upper()}")
+def run(cfg: Params, meter: CostMeter) -> GateDecision:
+    train_cost = CostEntry.for_stage("train")
+    result = GateDecision.model_validate(
+        decide(cfg, read_json(EVAL_REPORT), train_cost.total_usd if train_cost else 0.0)
+    )
+    result.write()
+    for c in result.checks:
+        note = f" ({c.note})" if c.note else ""
+        info(f"gate: {c.name}: {c.value:.6g} {c.op} {c.threshold}{note} -> {'pass' if c.passed else 'FAIL'}")
+    info(f"gate: decision {result.decision.upper()}")
     return result
 
 

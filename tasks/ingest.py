@@ -9,33 +9,27 @@ seen in an earlier ingest keeps its split.
 
 from __future__ import annotations
 
-import csv
 import gc
 import hashlib
-import io
 import os
 import shutil
 import time
-from operator import itemgetter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from frugalml.builtin import materialize
 from frugalml.config import Params
 from frugalml.console import Progress, info
+from frugalml.contracts import INGEST_REPORT, PREPARED, read_manifest, write_manifest
 from frugalml.costs import CostMeter
 from frugalml.errors import DataError, TransientStorageError
-from frugalml.fsutil import atomic_write_json, atomic_write_text
+from frugalml.fsutil import atomic_write_json
 from frugalml.images import ImageRejected, cap_side, decode, png_bytes
 from frugalml.shards import ShardReader, ShardWriter
-from frugalml.builtin import materialize
 from frugalml.sources import Entry, FileTooLarge, describe, is_hidden, iter_archive, iter_folder, iter_s3
 
-PREPARED = Path("data/prepared")
-MANIFEST = Path("data/manifest.csv")
-REPORT = Path("metrics/ingest.json")
-COLUMNS = ["path", "label", "split", "sha256", "width", "height", "mode", "format", "bytes", "source_path",
-           "source_stamp", "shard", "offset", "length"]
+REPORT = INGEST_REPORT
 SPLIT_NAMES = ("train", "val", "test")
 KEEP_FORMATS = {"PNG": ".png", "JPEG": ".jpg"}
 BATCH = 512  # files per pool task, and per shard (or data.shard_mb of source bytes)
@@ -58,21 +52,6 @@ def split_from_hash(sha256: str, cfg: Params) -> str:
     if x < s.train + s.val:
         return "val"
     return "test"
-
-
-def read_manifest(path: Path = MANIFEST) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def write_manifest(rows: list[dict], path: Path = MANIFEST) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COLUMNS)
-    w.writerows([r.get(k, "") for k in COLUMNS] for r in sorted(rows, key=itemgetter("label", "sha256")))
-    atomic_write_text(path, buf.getvalue())
 
 
 def iter_source(cfg: Params) -> tuple[str, object]:
@@ -136,13 +115,20 @@ def _process(entry: Entry, label: str, split: str | None, max_pixels: int, max_s
     keep_original = attrs.pop("unchanged") and capped is rgb and attrs["format"] in KEEP_FORMATS
     # An upright RGB PNG/JPEG is stored as is: no re-encode, no generation loss.
     ext = KEEP_FORMATS[attrs["format"]] if keep_original else ".png"
-    row = {"path": f"{label}/{sha[:32]}{ext}", "label": label, "split": split or "", "sha256": sha,
-           "bytes": len(data), "source_path": entry.path, "source_stamp": entry.stamp, **attrs}
+    row = {
+        "path": f"{label}/{sha[:32]}{ext}",
+        "label": label,
+        "split": split or "",
+        "sha256": sha,
+        "bytes": len(data),
+        "source_path": entry.path,
+        "source_stamp": entry.stamp,
+        **attrs,
+    }
     return row, (data if keep_original else png_bytes(capped))
 
 
-def _work_batch(batch: list[tuple[Entry, str, str | None]], max_pixels: int, max_side: int | None,
-                shard_stem: str):
+def _work_batch(batch: list[tuple[Entry, str, str | None]], max_pixels: int, max_side: int | None, shard_stem: str):
     """Decode a batch in a pool worker (thread or process) and pack it into its own shard.
 
     Returns (manifest rows with their shard locations, rejects, files handled). Only the
@@ -173,84 +159,102 @@ def _work_batch_inner(batch, max_pixels, max_side, shard_stem):
     return done, bad, len(batch)
 
 
-def run(cfg: Params, meter: CostMeter) -> IngestResult:
-    old_rows = [r for r in read_manifest() if r.get("shard") and (PREPARED / r["shard"]).exists()]
-    previous = {r["sha256"]: r for r in old_rows}
-    by_source = {r["source_path"]: r for r in old_rows if r.get("source_stamp")}
-    stem = time.strftime("shard-%Y%m%dT%H%M%S", time.gmtime())
-    kind, entries = iter_source(cfg)
-    info(f"ingest: reading {kind} source {cfg.data.source}")
+@dataclass
+class Scan:
+    """What reading the source produced: rows (decoded or reused), rejections and counts."""
+
+    rows: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    hidden: int = 0
+    reused: int = 0
+    submitted: int = 0
+
+
+class _BoundedDecoder:
+    """Batches of entries decoded by a pool, at most ``2 x workers`` batches in flight, so memory
+    does not grow with the dataset. Each batch becomes one shard (``data.shard_mb`` at most)."""
+
+    def __init__(self, pool, workers: int, cfg: Params, stem: str, scan: Scan, progress: Progress):
+        self.pool, self.workers, self.stem, self.scan, self.progress = pool, workers, stem, scan, progress
+        self.limits = (cfg.data.max_pixels, cfg.data.max_side)
+        self.max_batch_bytes = cfg.data.shard_mb << 20
+        self.in_flight: set = set()
+        self.batch: list = []
+        self.batch_bytes = self.n_batches = 0
+
+    def add(self, entry: Entry, label: str, split: str) -> None:
+        self.batch.append((entry, label, split))
+        self.batch_bytes += entry.size
+        self.scan.submitted += 1
+        if len(self.batch) >= BATCH or self.batch_bytes >= self.max_batch_bytes:
+            self.submit()
+
+    def submit(self) -> None:
+        self.drain(self.workers * 2)
+        self.in_flight.add(self.pool.submit(_work_batch, self.batch, *self.limits, f"{self.stem}-{self.n_batches:05d}"))
+        self.batch, self.batch_bytes, self.n_batches = [], 0, self.n_batches + 1
+
+    def drain(self, limit: int) -> None:
+        while len(self.in_flight) > limit:
+            finished, self.in_flight = wait(self.in_flight, return_when=FIRST_COMPLETED)
+            for f in finished:
+                done, bad, n = f.result()
+                self.scan.rows.extend(done)
+                self.scan.rejected.extend(bad)
+                self.progress.update(n)
+
+    def finish(self) -> None:
+        if self.batch:
+            self.submit()
+        self.drain(0)
+
+
+def _unchanged(old: dict | None, entry: Entry, label: str) -> bool:
+    return bool(
+        old
+        and entry.stamp
+        and old["source_stamp"] == entry.stamp
+        and int(old["bytes"]) == entry.size
+        and old["label"] == label
+    )
+
+
+def _scan(cfg: Params, kind: str, entries, by_source: dict[str, dict]) -> Scan:
+    """Read every entry: hidden ones skipped, bad ones rejected with a reason, unchanged ones
+    reused from the last manifest, the rest decoded by a pool."""
     # Local sources: one decode process per core. S3 reads wait on the network: 8 threads.
     workers = cfg.data.workers or (8 if kind == "s3" else os.cpu_count() or 1)
-    rows: list[dict] = []
-    rejected: list[dict] = []
-    hidden = reused = submitted = 0
-    progress = Progress("ingest", None, "files")
-
-    def store_results(result) -> None:
-        done, bad, n = result
-        rows.extend(done)
-        rejected.extend(bad)
-        progress.update(n)
-
-    in_flight: set = set()
-    batch: list = []
-    batch_bytes = n_batches = 0
-    max_batch_bytes = cfg.data.shard_mb << 20
-
-    def submit(pool) -> None:
-        nonlocal batch, batch_bytes, n_batches
-        drain(workers * 2)  # bounded: memory does not grow with the dataset
-        in_flight.add(pool.submit(_work_batch, batch, *limits, f"{stem}-{n_batches:05d}"))
-        batch, batch_bytes, n_batches = [], 0, n_batches + 1
-
-    def drain(limit: int) -> None:
-        nonlocal in_flight
-        while len(in_flight) > limit:
-            finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-            for f in finished:
-                store_results(f.result())
-
-    limits = (cfg.data.max_pixels, cfg.data.max_side)
     # Local files decode in worker processes (past the GIL); S3 and archive reads use threads.
     # Tar members arrive with their bytes (read in order by the listing thread), so they can
     # go to processes too; zip members are read by the pool from the shared ZipFile: threads.
     local = kind in ("folder", "builtin") or (kind == "archive" and not cfg.data.source.lower().endswith(".zip"))
     pool_cls = ProcessPoolExecutor if local and workers > 1 else ThreadPoolExecutor
+    scan, progress = Scan(), Progress("ingest", None, "files")
+    stem = time.strftime("shard-%Y%m%dT%H%M%S", time.gmtime())
     gc.disable()  # rows are acyclic; full GC passes over a growing list cost O(n) each
     with pool_cls(max_workers=workers) as pool:
+        decoder = _BoundedDecoder(pool, workers, cfg, stem, scan, progress)
         for entry in entries:
             if is_hidden(entry.path):
-                hidden += 1
+                scan.hidden += 1
                 continue
             label, split, reason, detail = classify_entry(entry, cfg.data.extensions)
             if reason:
-                rejected.append({"path": entry.path, "reason": reason, "detail": detail})
+                scan.rejected.append({"path": entry.path, "reason": reason, "detail": detail})
                 progress.update()
-                continue
-            old = by_source.get(entry.path)
-            if (old and entry.stamp and old["source_stamp"] == entry.stamp and int(old["bytes"]) == entry.size
-                    and old["label"] == label):
-                rows.append(dict(old))  # unchanged since the last ingest: not read or decoded again
-                reused += 1
+            elif _unchanged(by_source.get(entry.path), entry, label):
+                scan.rows.append(dict(by_source[entry.path]))  # not read or decoded again
+                scan.reused += 1
                 progress.update()
-                continue
-            batch.append((entry, label, split))
-            batch_bytes += entry.size
-            submitted += 1
-            if len(batch) >= BATCH or batch_bytes >= max_batch_bytes:
-                submit(pool)
-        if batch:
-            submit(pool)
-        drain(0)
+            else:
+                decoder.add(entry, label, split)
+        decoder.finish()
     gc.enable()
     progress.close()
+    return scan
 
-    rows, dup_rejects, duplicates = _dedupe(rows)
-    rejected.extend(dup_rejects)
-    if not rows:
-        raise DataError(f"no usable images in {cfg.data.source} ({len(rejected)} files rejected); "
-                        "images must sit in <class>/ folders")
+
+def _assign_splits(rows: list[dict], previous: dict[str, dict], cfg: Params) -> None:
     for r in rows:
         old = previous.get(r["sha256"])
         if old and old["label"] == r["label"] and not r["split"]:
@@ -258,24 +262,47 @@ def run(cfg: Params, meter: CostMeter) -> IngestResult:
         elif not r["split"]:
             r["split"] = split_from_hash(r["sha256"], cfg)
 
+
+def _log_summary(report: dict, hidden: int, reused: int) -> None:
+    c = report["counts"]
+    info(
+        f"ingest: {c['images']} images in {c['classes']} classes "
+        f"(train {c['per_split'].get('train', 0)}, val {c['per_split'].get('val', 0)}, "
+        f"test {c['per_split'].get('test', 0)}); {c['new']} new, {c['removed']} removed, "
+        f"{c['rejected']} rejected, {hidden} hidden files skipped; {c['decoded']} decoded, "
+        f"{reused} unchanged files not read again"
+    )
+    for reason, n in sorted(c["rejected_by_reason"].items()):
+        info(f"  rejected {n} x {reason} (see {REPORT})")
+
+
+def run(cfg: Params, meter: CostMeter) -> IngestResult:
+    old_rows = [r for r in read_manifest() if r.get("shard") and (PREPARED / r["shard"]).exists()]
+    previous = {r["sha256"]: r for r in old_rows}
+    by_source = {r["source_path"]: r for r in old_rows if r.get("source_stamp")}
+    kind, entries = iter_source(cfg)
+    info(f"ingest: reading {kind} source {cfg.data.source}")
+    scan = _scan(cfg, kind, entries, by_source)
+    rows, dup_rejects, duplicates = _dedupe(scan.rows)
+    rejected = scan.rejected + dup_rejects
+    if not rows:
+        raise DataError(
+            f"no usable images in {cfg.data.source} ({len(rejected)} files rejected); "
+            "images must sit in <class>/ folders"
+        )
+    _assign_splits(rows, previous, cfg)
     shard_stats = _compact(rows, cfg)
     write_manifest(rows)
     new = sum(1 for r in rows if r["sha256"] not in previous)
     gone = sum(1 for sha in previous if sha not in {r["sha256"] for r in rows})
     meter.add(labeled_images=new)
-    report = _report(cfg, kind, rows, rejected, duplicates, hidden, new, gone)
-    report["counts"]["decoded"] = submitted
-    report["counts"]["reused_unchanged"] = reused
+    report = _report(cfg, kind, rows, rejected, duplicates, scan.hidden, new, gone)
+    report["counts"]["decoded"] = scan.submitted
+    report["counts"]["reused_unchanged"] = scan.reused
     report["shards"] = shard_stats
     atomic_write_json(REPORT, report)
+    _log_summary(report, scan.hidden, scan.reused)
     c = report["counts"]
-    info(f"ingest: {c['images']} images in {c['classes']} classes "
-         f"(train {c['per_split'].get('train', 0)}, val {c['per_split'].get('val', 0)}, "
-         f"test {c['per_split'].get('test', 0)}); {c['new']} new, {c['removed']} removed, "
-         f"{c['rejected']} rejected, {hidden} hidden files skipped; {c['decoded']} decoded, "
-         f"{reused} unchanged files not read again")
-    for reason, n in sorted(c["rejected_by_reason"].items()):
-        info(f"  rejected {n} x {reason} (see {REPORT})")
     return IngestResult(c["images"], c["classes"], c["rejected"], new, gone)
 
 
@@ -285,12 +312,17 @@ def _dedupe(rows: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
     for r in sorted(rows, key=lambda r: r["source_path"]):
         by_sha.setdefault(r["sha256"], []).append(r)
     kept, rejects, dups = [], [], []
-    for sha, group in by_sha.items():
+    for group in by_sha.values():
         labels = {r["label"] for r in group}
         if len(labels) > 1:
             for r in group:
-                rejects.append({"path": r["source_path"], "reason": "label_conflict",
-                                "detail": f"same content labeled {sorted(labels)}"})
+                rejects.append(
+                    {
+                        "path": r["source_path"],
+                        "reason": "label_conflict",
+                        "detail": f"same content labeled {sorted(labels)}",
+                    }
+                )
             continue
         kept.append(group[0])
         for r in group[1:]:
@@ -346,10 +378,16 @@ def _report(cfg, kind, rows, rejected, duplicates, hidden, new, gone) -> dict:
         "source": cfg.data.source,
         "source_kind": kind,
         "counts": {
-            "images": len(rows), "classes": len(per_class), "per_class": dict(sorted(per_class.items())),
-            "per_split": dict(sorted(per_split.items())), "rejected": len(rejected),
-            "rejected_by_reason": dict(sorted(by_reason.items())), "duplicates": len(duplicates),
-            "hidden_skipped": hidden, "new": new, "removed": gone,
+            "images": len(rows),
+            "classes": len(per_class),
+            "per_class": dict(sorted(per_class.items())),
+            "per_split": dict(sorted(per_split.items())),
+            "rejected": len(rejected),
+            "rejected_by_reason": dict(sorted(by_reason.items())),
+            "duplicates": len(duplicates),
+            "hidden_skipped": hidden,
+            "new": new,
+            "removed": gone,
             "reject_ratio": round(len(rejected) / total_seen, 6) if total_seen else 0.0,
         },
         "rejected": sorted(rejected, key=lambda r: r["path"]),

@@ -16,28 +16,22 @@ from pathlib import Path
 from frugalml import bento
 from frugalml.config import Params, dump
 from frugalml.console import info
+from frugalml.contracts import EVAL_REPORT, MANIFEST, MODEL, STAGES, CostEntry, GateDecision, PackageReport, TrainReport
 from frugalml.costs import CostMeter
 from frugalml.errors import Rejected
-from frugalml.fsutil import atomic_write_json, read_json, to_json
+from frugalml.fsutil import read_json, to_json
 from frugalml.lineage import file_hash, git_commit
 from frugalml.registry import Registry
 from frugalml.store import Store
 from tasks._stage import run_id
-from tasks.evaluate import REPORT as EVAL_REPORT
-from tasks.gate import REPORT as GATE_REPORT
-from tasks.ingest import MANIFEST
-from tasks.train import MODEL, REPORT as TRAIN_REPORT
 
-REPORT = Path("metrics/package.json")
 EXPORT_DIR = Path(".frugalml") / "bentos"
 
 
 def _costs_so_far() -> dict:
-    out = {}
-    for p in sorted(Path("costs").glob("*.json")):
-        if p.stem != "package":
-            out[p.stem] = read_json(p).get("total_usd", 0.0)
-    return out
+    """USD of the stages before this one (those that have a cost entry)."""
+    entries = {s: CostEntry.for_stage(s) for s in STAGES[: STAGES.index("package")]}
+    return {s: e.total_usd for s, e in sorted(entries.items()) if e is not None}
 
 
 def version_for(run: str, model_sha: str) -> str:
@@ -52,11 +46,73 @@ def version_for(run: str, model_sha: str) -> str:
     return f"v{stamp}-{model_sha[:8]}-{suffix}"
 
 
-def run(cfg: Params, meter: CostMeter) -> dict:
-    gate = read_json(GATE_REPORT)
-    if gate["decision"] != "accept":
-        raise Rejected(f"the gate rejected this model (failed: {', '.join(gate['failed'])}); nothing is packaged. "
-                       f"See {GATE_REPORT}.")
+METRICS_KEPT = (
+    "accuracy",
+    "macro_f1",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "throughput_images_per_s",
+    "model_size_bytes",
+    "parameters",
+)
+
+
+def version_record(cfg: Params, version: str, model_sha: str, gate: GateDecision) -> dict:
+    """The registry's record of a version (also the BentoML model's metadata), without the bento fields."""
+    ev, tr = read_json(EVAL_REPORT), TrainReport.read()
+    params_text = to_json(dump(cfg))
+    m = cfg.model
+    return {
+        "model": m.name,
+        "version": version,
+        "run_id": run_id(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "arch": m.arch,
+        "image_size": m.image_size,
+        "mean": list(m.mean),
+        "std": list(m.std),
+        "classes": sorted(ev["per_class"]),
+        "metrics": {k: ev[k] for k in METRICS_KEPT},
+        "train": {
+            "epochs": tr.epochs,
+            "device": tr.device,
+            "train_images": tr.train_images,
+            "final_val_acc": tr.final_val_acc,
+        },
+        "gate": gate.model_dump(mode="json", exclude_none=True),
+        "costs_usd": _costs_so_far(),
+        "lineage": {
+            "git_commit": git_commit(),
+            "params_sha256": file_hash("params.yaml"),
+            "params_resolved_sha256": hashlib.sha256(params_text.encode()).hexdigest(),
+            "manifest_sha256": file_hash(MANIFEST),
+            "model_sha256": model_sha,
+            "pretrained": tr.pretrained.model_dump(mode="json", exclude_none=True),
+        },
+    }
+
+
+def _report(store: Store, record: dict) -> PackageReport:
+    name, version = record["model"], record["version"]
+    result = PackageReport(
+        model=name,
+        version=version,
+        bento_tag=record["bento_tag"],
+        bento_uri=record["bento_uri"],
+        bento_bytes=record["bento_bytes"],
+        registry_uri=store.uri(f"registry/{name}/versions/{version}.json"),
+    )
+    result.write()
+    return result
+
+
+def run(cfg: Params, meter: CostMeter) -> PackageReport:
+    gate = GateDecision.read()
+    if gate.decision != "accept":
+        raise Rejected(
+            f"the gate rejected this model (failed: {', '.join(gate.failed)}); nothing is packaged. "
+            f"See {GateDecision.PATH}."
+        )
     bento.use_workspace_home()
     name = cfg.model.name
     model_sha = file_hash(MODEL)
@@ -66,25 +122,8 @@ def run(cfg: Params, meter: CostMeter) -> dict:
     done = reg.find(version)
     if done and done.get("lineage", {}).get("model_sha256") == model_sha and done.get("run_id") == run_id():
         info(f"package: {name} {version} is already registered by this run (a replay); nothing to do")
-        result = {"model": name, "version": version, "bento_tag": done["bento_tag"], "bento_uri": done["bento_uri"],
-                  "bento_bytes": done["bento_bytes"], "registry_uri": store.uri(f"registry/{name}/versions/{version}.json")}
-        atomic_write_json(REPORT, result)
-        return result
-    ev, tr = read_json(EVAL_REPORT), read_json(TRAIN_REPORT)
-    params_text = to_json(dump(cfg))
-    record = {
-        "model": name, "version": version, "run_id": run_id(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "arch": cfg.model.arch, "image_size": cfg.model.image_size, "mean": list(cfg.model.mean), "std": list(cfg.model.std),
-        "classes": sorted(ev["per_class"]),
-        "metrics": {k: ev[k] for k in ("accuracy", "macro_f1", "latency_ms_p50", "latency_ms_p95",
-                                       "throughput_images_per_s", "model_size_bytes", "parameters")},
-        "train": {k: tr[k] for k in ("epochs", "device", "train_images", "final_val_acc")},
-        "gate": gate, "costs_usd": _costs_so_far(),
-        "lineage": {"git_commit": git_commit(), "params_sha256": file_hash("params.yaml"),
-                    "params_resolved_sha256": hashlib.sha256(params_text.encode()).hexdigest(),
-                    "manifest_sha256": file_hash(MANIFEST), "model_sha256": model_sha,
-                    "pretrained": tr.get("pretrained", {"kind": "none"})},
-    }
+        return _report(store, done)
+    record = version_record(cfg, version, model_sha, gate)
     model_tag = bento.save_model(name, version, MODEL, record)
     info(f"package: BentoML model {model_tag}; building the bento")
     bento_tag = bento.build_bento(name, version, model_tag, cfg.serving)
@@ -92,15 +131,18 @@ def run(cfg: Params, meter: CostMeter) -> dict:
     key = f"bentos/{name}/{version}.bento"
     info(f"package: uploading {archive.stat().st_size / 1e6:.1f} MB to {store.uri(key)}")
     digest = store.put_file(key, archive)
-    record.update({"bento_tag": bento_tag, "bento_uri": store.uri(key), "bento_sha256": digest,
-                   "bento_bytes": archive.stat().st_size})
+    record.update(
+        {
+            "bento_tag": bento_tag,
+            "bento_uri": store.uri(key),
+            "bento_sha256": digest,
+            "bento_bytes": archive.stat().st_size,
+        }
+    )
     reg.register(version, record)  # written last: it points at the bento
     meter.add(stored_bytes=archive.stat().st_size)
-    result = {"model": name, "version": version, "bento_tag": bento_tag, "bento_uri": store.uri(key),
-              "bento_bytes": archive.stat().st_size, "registry_uri": store.uri(f"registry/{name}/versions/{version}.json")}
-    atomic_write_json(REPORT, result)
     info(f"package: registered {name} {version}")
-    return result
+    return _report(store, record)
 
 
 def main() -> None:

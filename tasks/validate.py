@@ -8,17 +8,16 @@ stage with exit code 3 and a readable list, before any GPU time is spent.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 from frugalml.config import Params
 from frugalml.console import Progress, info
+from frugalml.contracts import INGEST_REPORT, MANIFEST, PREPARED, VALIDATION_HTML, VALIDATION_REPORT, read_manifest
 from frugalml.costs import CostMeter
 from frugalml.errors import DataError, Rejected
 from frugalml.fsutil import atomic_write_json, read_json
-from tasks.ingest import MANIFEST, PREPARED, REPORT as INGEST_REPORT, read_manifest
 
-REPORT = Path("metrics/validation.json")
-HTML_DIR = Path("reports/validation")
+REPORT = VALIDATION_REPORT
+HTML_DIR = VALIDATION_HTML
 
 
 def _frames(cfg: Params):
@@ -56,14 +55,24 @@ def _frames(cfg: Params):
     reference = load_reference(cfg)
     shares = {str(k): float(v) / float(counts.sum()) for k, v in counts.items()}
     drift = label_drift(shares, reference["shares"]) if reference else 0.0
-    dataset = pd.DataFrame([{
-        "imbalance_ratio": float(counts.max() / counts.min()),
-        "reject_ratio": float(ingest["counts"]["reject_ratio"]),
-        "n_classes": int(len(counts)),
-        "label_drift": drift,
-    }])
-    return {"images": images, "classes": classes, "hashes": hashes, "dataset": dataset,
-            "_shares": shares, "_reference": reference}
+    dataset = pd.DataFrame(
+        [
+            {
+                "imbalance_ratio": float(counts.max() / counts.min()),
+                "reject_ratio": float(ingest["counts"]["reject_ratio"]),
+                "n_classes": int(len(counts)),
+                "label_drift": drift,
+            }
+        ]
+    )
+    return {
+        "images": images,
+        "classes": classes,
+        "hashes": hashes,
+        "dataset": dataset,
+        "_shares": shares,
+        "_reference": reference,
+    }
 
 
 def label_drift(p: dict[str, float], q: dict[str, float]) -> float:
@@ -100,8 +109,10 @@ def save_reference(cfg: Params, shares: dict, images: int) -> None:
 
     store = _store_or_none(cfg)
     if store is not None:
-        store.put_json(_reference_key(cfg), {"shares": shares, "images": images, "run_id": run_id(),
-                                             "manifest_sha256": file_hash(MANIFEST)})
+        store.put_json(
+            _reference_key(cfg),
+            {"shares": shares, "images": images, "run_id": run_id(), "manifest_sha256": file_hash(MANIFEST)},
+        )
 
 
 def _suites(cfg: Params, has_reference: bool = False):
@@ -113,32 +124,47 @@ def _suites(cfg: Params, has_reference: bool = False):
         "images": [
             ("labels present", E.ExpectColumnValuesToNotBeNull(column="label")),
             ("every image decodes", E.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True])),
-            ("width within bounds", E.ExpectColumnValuesToBeBetween(
-                column="width", min_value=v.min_width, max_value=v.max_width)),
-            ("height within bounds", E.ExpectColumnValuesToBeBetween(
-                column="height", min_value=v.min_height, max_value=v.max_height)),
+            (
+                "width within bounds",
+                E.ExpectColumnValuesToBeBetween(column="width", min_value=v.min_width, max_value=v.max_width),
+            ),
+            (
+                "height within bounds",
+                E.ExpectColumnValuesToBeBetween(column="height", min_value=v.min_height, max_value=v.max_height),
+            ),
             ("allowed modes", E.ExpectColumnValuesToBeInSet(column="mode", value_set=list(v.allowed_modes))),
         ],
         "classes": [
-            ("minimum images per class", E.ExpectColumnMinToBeBetween(
-                column="count", min_value=v.min_images_per_class)),
+            (
+                "minimum images per class",
+                E.ExpectColumnMinToBeBetween(column="count", min_value=v.min_images_per_class),
+            ),
         ],
         "hashes": [
             ("no content hash in two splits", E.ExpectColumnMaxToBeBetween(column="n_splits", max_value=1)),
         ],
         "dataset": [
-            ("maximum class-imbalance ratio", E.ExpectColumnMaxToBeBetween(
-                column="imbalance_ratio", max_value=v.max_imbalance_ratio)),
-            ("maximum reject ratio", E.ExpectColumnMaxToBeBetween(
-                column="reject_ratio", max_value=v.max_reject_ratio)),
+            (
+                "maximum class-imbalance ratio",
+                E.ExpectColumnMaxToBeBetween(column="imbalance_ratio", max_value=v.max_imbalance_ratio),
+            ),
+            ("maximum reject ratio", E.ExpectColumnMaxToBeBetween(column="reject_ratio", max_value=v.max_reject_ratio)),
         ],
     }
     if has_reference:
-        suites["dataset"].append(("label-distribution drift", E.ExpectColumnMaxToBeBetween(
-            column="label_drift", max_value=v.max_label_drift)))
+        suites["dataset"].append(
+            (
+                "label-distribution drift",
+                E.ExpectColumnMaxToBeBetween(column="label_drift", max_value=v.max_label_drift),
+            )
+        )
     if v.expected_classes is not None:
-        suites["classes"].append(("expected class set", E.ExpectColumnDistinctValuesToEqualSet(
-            column="label", value_set=list(v.expected_classes))))
+        suites["classes"].append(
+            (
+                "expected class set",
+                E.ExpectColumnDistinctValuesToEqualSet(column="label", value_set=list(v.expected_classes)),
+            )
+        )
     return suites
 
 
@@ -157,13 +183,16 @@ def _observed(result: dict):
     if "observed_value" in result:
         val = result["observed_value"]
         return val.item() if hasattr(val, "item") else val
-    return {"unexpected_count": int(result.get("unexpected_count", 0)),
-            "examples": [x.item() if hasattr(x, "item") else x
-                         for x in result.get("partial_unexpected_list", [])[:5]]}
+    return {
+        "unexpected_count": int(result.get("unexpected_count", 0)),
+        "examples": [x.item() if hasattr(x, "item") else x for x in result.get("partial_unexpected_list", [])[:5]],
+    }
 
 
-def run(cfg: Params, meter: CostMeter) -> dict:
-    frames = _frames(cfg)
+def _gx_context():
+    """An ephemeral Great Expectations context that renders its data docs into ``HTML_DIR``.
+
+    Great Expectations is imported here, not at module level: it takes seconds to import."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -171,54 +200,80 @@ def run(cfg: Params, meter: CostMeter) -> dict:
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # they flood DVC and Prefect logs
     shutil.rmtree(HTML_DIR, ignore_errors=True)
     HTML_DIR.mkdir(parents=True, exist_ok=True)
-    ctx.add_data_docs_site(site_name="frugalml", site_config={
-        "class_name": "SiteBuilder",
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(HTML_DIR.resolve())},
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-    })
+    ctx.add_data_docs_site(
+        site_name="frugalml",
+        site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(HTML_DIR.resolve())},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    return ctx
+
+
+def _check(label: str, asset: str, r) -> dict:
+    cfg_ = r.expectation_config
+    return {
+        "name": label,
+        "asset": asset,
+        "expectation": cfg_.type,
+        "column": cfg_.kwargs.get("column"),
+        "observed": _observed(r.result),
+        "threshold": _threshold(cfg_.kwargs),
+        "success": bool(r.success),
+    }
+
+
+def _run_suites(cfg: Params, frames: dict) -> list[dict]:
+    """Every expectation of every suite, run by a GX checkpoint (which also renders the HTML report)."""
+    import great_expectations as gx
+
+    ctx = _gx_context()
     source = ctx.data_sources.add_pandas("frugalml")
     checks = []
-    for asset_name, expectations in _suites(cfg, frames["_reference"] is not None).items():
-        batch = source.add_dataframe_asset(asset_name).add_batch_definition_whole_dataframe("all")
-        suite = ctx.suites.add(gx.ExpectationSuite(name=asset_name))
-        names = {}
-        for label, exp in expectations:
+    for asset, expectations in _suites(cfg, frames["_reference"] is not None).items():
+        batch = source.add_dataframe_asset(asset).add_batch_definition_whole_dataframe("all")
+        suite = ctx.suites.add(gx.ExpectationSuite(name=asset))
+        for _label, exp in expectations:
             suite.add_expectation(exp)
-            names[id(exp)] = label
-        vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=asset_name, data=batch, suite=suite))
-        cp = ctx.checkpoints.add(gx.Checkpoint(name=asset_name, validation_definitions=[vd],
-                                               actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")]))
-        res = cp.run(batch_parameters={"dataframe": frames[asset_name]})  # also renders the HTML report
+        vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=asset, data=batch, suite=suite))
+        docs = gx.checkpoint.UpdateDataDocsAction(name="docs")
+        cp = ctx.checkpoints.add(gx.Checkpoint(name=asset, validation_definitions=[vd], actions=[docs]))
+        res = cp.run(batch_parameters={"dataframe": frames[asset]})
         for vres in res.run_results.values():
-            for r, (label, _exp) in zip(vres.results, expectations):
-                cfg_ = r.expectation_config
-                checks.append({
-                    "name": label, "asset": asset_name, "expectation": cfg_.type,
-                    "column": cfg_.kwargs.get("column"), "observed": _observed(r.result),
-                    "threshold": _threshold(cfg_.kwargs), "success": bool(r.success),
-                })
+            checks += [_check(label, asset, r) for r, (label, _exp) in zip(vres.results, expectations)]
     for c in checks:
-        c["severity"] = "warn" if c["name"] == "label-distribution drift" and cfg.validate_.drift_action == "warn" \
-            else "fail"
+        warn = c["name"] == "label-distribution drift" and cfg.validate_.drift_action == "warn"
+        c["severity"] = "warn" if warn else "fail"
+    return checks
+
+
+def run(cfg: Params, meter: CostMeter) -> dict:
+    frames = _frames(cfg)
+    checks = _run_suites(cfg, frames)
     failed = [c for c in checks if not c["success"] and c["severity"] == "fail"]
     warnings = [c for c in checks if not c["success"] and c["severity"] == "warn"]
     ref = frames["_reference"]
-    report = {"success": not failed, "images": int(len(frames["images"])), "expectations": checks,
-              "failed": [c["name"] for c in failed], "warnings": [c["name"] for c in warnings],
-              "label_distribution": frames["_shares"],
-              "drift_reference": {"run_id": ref.get("run_id"), "images": ref.get("images")} if ref else None,
-              "html_report": str(HTML_DIR / "index.html")}
+    report = {
+        "success": not failed,
+        "images": int(len(frames["images"])),
+        "expectations": checks,
+        "failed": [c["name"] for c in failed],
+        "warnings": [c["name"] for c in warnings],
+        "label_distribution": frames["_shares"],
+        "drift_reference": {"run_id": ref.get("run_id"), "images": ref.get("images")} if ref else None,
+        "html_report": str(HTML_DIR / "index.html"),
+    }
     atomic_write_json(REPORT, report)
-    info(f"validate: {len(checks) - len(failed)}/{len(checks)} expectations passed "
-         f"(report: {HTML_DIR / 'index.html'})")
+    info(f"validate: {len(checks) - len(failed)}/{len(checks)} expectations passed (report: {HTML_DIR / 'index.html'})")
     for c in warnings:
         info(f"validate: WARNING {c['name']}: observed {c['observed']}, expected {c['threshold']}")
-    if not failed:
-        save_reference(cfg, frames["_shares"], int(len(frames["images"])))
     if failed:
         lines = [f"  - {c['name']}: observed {c['observed']}, expected {c['threshold']}" for c in failed]
-        raise Rejected("data validation failed:\n" + "\n".join(lines) +
-                       f"\nSee {REPORT} and {HTML_DIR / 'index.html'}.")
+        raise Rejected(
+            "data validation failed:\n" + "\n".join(lines) + f"\nSee {REPORT} and {HTML_DIR / 'index.html'}."
+        )
+    save_reference(cfg, frames["_shares"], int(len(frames["images"])))
     return report
 
 

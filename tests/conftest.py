@@ -37,12 +37,19 @@ def s3_server(tmp_path_factory):
 
     server = EmbeddedS3(tmp_path_factory.mktemp("seaweedfs"), bucket="frugalml")
     info = server.up()
-    saved = {k: os.environ.get(k) for k in ("FRUGALML_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "PREFECT_HOME", "PATH")}
-    os.environ.update({"FRUGALML_S3_ENDPOINT": info.endpoint_url, "AWS_ACCESS_KEY_ID": info.access_key_id,
-                       "AWS_SECRET_ACCESS_KEY": info.secret_access_key,
-                       "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect")),
-                       "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
+    saved = {
+        k: os.environ.get(k)
+        for k in ("FRUGALML_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PREFECT_HOME", "PATH")
+    }
+    os.environ.update(
+        {
+            "FRUGALML_S3_ENDPOINT": info.endpoint_url,
+            "AWS_ACCESS_KEY_ID": info.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": info.secret_access_key,
+            "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect")),
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
     yield server, info
     server.down()
     for k, v in saved.items():
@@ -84,7 +91,9 @@ def upload_folder(store, folder: Path, rel_prefix: str) -> str:
 def run(cmd, cwd, check=True, timeout=900, env=None):
     res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and res.returncode != 0:
-        raise AssertionError(f"{cmd} exited {res.returncode}\nSTDOUT:\n{res.stdout[-4000:]}\nSTDERR:\n{res.stderr[-6000:]}")
+        raise AssertionError(
+            f"{cmd} exited {res.returncode}\nSTDOUT:\n{res.stdout[-4000:]}\nSTDERR:\n{res.stderr[-6000:]}"
+        )
     return res
 
 
@@ -105,12 +114,22 @@ def make_pipeline_repo(tmp_path: Path, store, extra: list[str] | None = None) ->
     from frugalml.config import write_overrides
 
     name = f"tiny-{uuid.uuid4().hex[:6]}"
-    write_overrides(repo / "params.yaml", [
-        f"data.source={source}", f"storage.prefix={store.prefix}", f"model.name={name}",
-        "model.arch=resnet18", "model.image_size=16", "train.epochs=4",
-        "train.batch_size=16", "validate.min_images_per_class=5", "gates.min_accuracy=0.6",
-        "evaluate.latency_samples=10", *(extra or []),
-    ])
+    write_overrides(
+        repo / "params.yaml",
+        [
+            f"data.source={source}",
+            f"storage.prefix={store.prefix}",
+            f"model.name={name}",
+            "model.arch=resnet18",
+            "model.image_size=16",
+            "train.epochs=4",
+            "train.batch_size=16",
+            "validate.min_images_per_class=5",
+            "gates.min_accuracy=0.6",
+            "evaluate.latency_samples=10",
+            *(extra or []),
+        ],
+    )
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline"], repo)
     return repo

@@ -93,8 +93,20 @@ def test_every_params_key_is_documented_in_the_readme():
         parent, _, last = path.rpartition(".")
         if f"`{path}`" in readme:
             continue
-        if any((f"`{parent}." in cell and (f"`{last}`" in cell or f"`.{last}`" in cell))
-               or (f"`{parent}`" in head and f"`{last}`" in cell) for head, cell in rows):
+        if any(
+            (f"`{parent}." in cell and (f"`{last}`" in cell or f"`.{last}`" in cell))
+            or (f"`{parent}`" in head and f"`{last}`" in cell)
+            for head, cell in rows
+        ):
             continue
         missing.append(path)
     assert not missing, f"document these params.yaml keys in README.md: {missing}"
+
+
+def test_the_stage_list_is_the_order_of_dvc_yaml():
+    import yaml
+
+    from frugalml.contracts import STAGES
+
+    dvc = yaml.safe_load((Path(__file__).resolve().parent.parent / "dvc.yaml").read_text())
+    assert tuple(dvc["stages"]) == STAGES

@@ -7,8 +7,14 @@ from tasks.gate import decide
 
 def test_price_sheet_prices_each_component():
     costs = CostsConfig(vcpus=2)
-    entry = {"wall_s": 3600, "gpu_s": 1800, "s3_requests_put": 1000, "s3_requests_get": 10000,
-             "labeled_images": 100, "stored_bytes": 2e9}
+    entry = {
+        "wall_s": 3600,
+        "gpu_s": 1800,
+        "s3_requests_put": 1000,
+        "s3_requests_get": 10000,
+        "labeled_images": 100,
+        "stored_bytes": 2e9,
+    }
     usd = price(entry, costs)
     assert usd["compute_usd"] == round(2 * 0.0446, 6)
     assert usd["gpu_usd"] == round(0.5 * 1.84, 6)
@@ -26,8 +32,14 @@ def test_meter_measures_cpu_and_wall():
     assert m.entry["labeled_images"] == 3 and m.entry["run_id"] == "run"
 
 
-EV = {"accuracy": 0.97, "macro_f1": 0.96, "latency_ms_p50": 4.0, "latency_ms_p95": 6.0,
-      "model_size_bytes": 45_000_000, "per_class": {"a": {"recall": 0.99}, "b": {"recall": 0.8}}}
+EV = {
+    "accuracy": 0.97,
+    "macro_f1": 0.96,
+    "latency_ms_p50": 4.0,
+    "latency_ms_p95": 6.0,
+    "model_size_bytes": 45_000_000,
+    "per_class": {"a": {"recall": 0.99}, "b": {"recall": 0.8}},
+}
 
 
 def test_gate_lists_every_check_and_decides():
@@ -39,9 +51,17 @@ def test_gate_lists_every_check_and_decides():
 
 
 def test_quality_cost_and_speed_gates():
-    cfg = Params.model_validate({"gates": {
-        "min_class_recall": 0.85, "max_latency_ms_p95": 5.0, "max_model_size_mb": 50,
-        "max_train_usd": 0.01, "max_serving_usd_per_1k": 0.0001}})
+    cfg = Params.model_validate(
+        {
+            "gates": {
+                "min_class_recall": 0.85,
+                "max_latency_ms_p95": 5.0,
+                "max_model_size_mb": 50,
+                "max_train_usd": 0.01,
+                "max_serving_usd_per_1k": 0.0001,
+            }
+        }
+    )
     res = decide(cfg, EV, train_usd=0.02)
     by = {c["name"]: c for c in res["checks"]}
     assert by["min_class_recall"]["value"] == 0.8 and by["min_class_recall"]["note"] == "class b"

@@ -56,7 +56,7 @@ def assert_nothing_half_written(store) -> int:
             continue
         data, _ = store.get_bytes(key, verify=True)  # raises when the sha256 metadata does not match
         if key.startswith("dvc/files/md5/"):
-            digest = key[len("dvc/files/md5/"):].replace("/", "").removesuffix(".dir")
+            digest = key[len("dvc/files/md5/") :].replace("/", "").removesuffix(".dir")
             assert hashlib.md5(data).hexdigest() == digest, f"{key}: DVC object does not match its address"
         checked += 1
     run_ids = {o["key"].split("/")[1] for o in store.list("runs/")}
@@ -77,8 +77,13 @@ def test_store_outage_mid_run_is_retried_and_nothing_is_half_written(private_s3,
         proc = subprocess.Popen(FRUGALML + ["run"], cwd=repo, stdout=out, stderr=subprocess.STDOUT, text=True)
     try:
         # Stop the store once training is under way; keep it down until a stage has failed on it.
-        _wait(lambda: list((repo / ".frugalml" / "checkpoints").glob("*/last.pt")), proc, log, 600,
-              "the first training checkpoint")
+        _wait(
+            lambda: list((repo / ".frugalml" / "checkpoints").glob("*/last.pt")),
+            proc,
+            log,
+            600,
+            "the first training checkpoint",
+        )
         assert server.down()
         status_dir = repo / ".frugalml" / "status"
 

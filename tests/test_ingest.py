@@ -155,8 +155,12 @@ def test_validation_failure_lists_failed_expectations(tmp_path, monkeypatch, no_
 
     src = make_dataset(tmp_path / "src", per_class=6)
     cfg, _, _ = _ingest(tmp_path, monkeypatch, src)
-    cfg = config.validate(config.apply_overrides(config.dump(cfg), [
-        "validate.min_images_per_class=8", "validate.expected_classes=[red, green, blue, yellow]"]))
+    cfg = config.validate(
+        config.apply_overrides(
+            config.dump(cfg),
+            ["validate.min_images_per_class=8", "validate.expected_classes=[red, green, blue, yellow]"],
+        )
+    )
     with pytest.raises(Rejected) as e:
         with CostMeter("validate", "t") as m:
             validate.run(cfg, m)
@@ -249,8 +253,13 @@ def test_s3_source_on_its_own_endpoint(tmp_path, monkeypatch, store):
     make_dataset(tmp_path / "src", per_class=4)
     uri = upload_folder(store, tmp_path / "src", "elsewhere/drop")
     # The pipeline's store points at a dead port: the source must be read from data.endpoint_url.
-    _, report, _ = _ingest(tmp_path, monkeypatch, uri, f"data.endpoint_url={store.settings.endpoint_url}",
-                           "storage.endpoint_url=http://127.0.0.1:9")
+    _, report, _ = _ingest(
+        tmp_path,
+        monkeypatch,
+        uri,
+        f"data.endpoint_url={store.settings.endpoint_url}",
+        "storage.endpoint_url=http://127.0.0.1:9",
+    )
     assert report["source_kind"] == "s3" and report["counts"]["images"] == 12
 
 

@@ -2,7 +2,6 @@
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -48,8 +47,9 @@ def test_dvc_repro_runs_everything_then_nothing(tmp_path, store, monkeypatch):
     server = WeightsServer()
     try:
         name, data = server.add("resnet18")
-        repo = make_pipeline_repo(tmp_path, store, extra=["model.pretrained=torchvision",
-                                                          f"model.weights_url={server.url(name)}"])
+        repo = make_pipeline_repo(
+            tmp_path, store, extra=["model.pretrained=torchvision", f"model.weights_url={server.url(name)}"]
+        )
         monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
         run(FRUGALML + ["storage", "configure"], repo)
         config_local = (repo / ".dvc" / "config.local").read_text()
@@ -62,8 +62,14 @@ def test_dvc_repro_runs_everything_then_nothing(tmp_path, store, monkeypatch):
 
     import yaml
 
-    want = {"kind": "torchvision", "arch": "resnet18", "file": name, "sha256": hashlib.sha256(data).hexdigest(),
-            "source": "download", "url": server.url(name)}
+    want = {
+        "kind": "torchvision",
+        "arch": "resnet18",
+        "file": name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "source": "download",
+        "url": server.url(name),
+    }
     assert json.loads((repo / "metrics/train.json").read_text())["pretrained"] == want
     record = store.get_json(f"registry/{pkg['model']}/versions/{pkg['version']}.json")
     assert record["lineage"]["pretrained"] == want
@@ -93,8 +99,16 @@ def test_prefect_flow_runs_pipeline_records_run_and_rejects_bad_data(pipeline_re
     assert len(runs) == 1
     rec = store.get_json(f"runs/{runs[0]}/record.json")
     assert rec["status"] == "succeeded" and rec["package"]["version"] == pkg["version"]
-    assert [s["stage"] for s in rec["stages"]] == ["ingest", "validate", "train", "evaluate", "gate", "package",
-                                                   "dvc push", "orchestration"]
+    assert [s["stage"] for s in rec["stages"]] == [
+        "ingest",
+        "validate",
+        "train",
+        "evaluate",
+        "gate",
+        "package",
+        "dvc push",
+        "orchestration",
+    ]
     assert all(s["status"] == "ran" for s in rec["stages"])
     assert rec["orchestrator"] == "prefect"
     assert rec["dvc_push"]["objects"] >= 3 and rec["dvc_push"]["bytes"] > 0  # prepared data, manifest, model
@@ -110,8 +124,12 @@ def test_prefect_flow_runs_pipeline_records_run_and_rejects_bad_data(pipeline_re
     unchanged = store.get_json(f"runs/{runs[-1]}/record.json")
     assert unchanged["no_change"] is True
     # Trust item 14: a no-change run leaves only its record; the first run's checkpoints are gone
-    assert unchanged["storage"]["by_kind"] == {"dvc": 0, "checkpoints": 0, "bento": 0,
-                                               "run_record": unchanged["storage"]["stored_bytes"]}
+    assert unchanged["storage"]["by_kind"] == {
+        "dvc": 0,
+        "checkpoints": 0,
+        "bento": 0,
+        "run_record": unchanged["storage"]["stored_bytes"],
+    }
     assert rec["storage"]["by_kind"]["checkpoints"] == 0 and rec["storage"]["by_kind"]["bento"] > 0
     assert not list(store.list(f"checkpoints/{rec['run_id']}/"))
     assert [s["stage"] for s in unchanged["stages"] if s["usd"] > 0] == ["orchestration"]
@@ -136,8 +154,19 @@ def test_prefect_flow_runs_pipeline_records_run_and_rejects_bad_data(pipeline_re
     stale = run([str(BIN / "dvc"), "status", "evaluate"], repo).stdout
     assert "models/champion.json" in stale and "modified" in stale, stale
     name = _params(repo).model.name
-    res = run(FRUGALML + ["run", "--set", f"model.pretrained=registry:{name}@production",
-                          "--set", "train.epochs=1", "--set", "gates.max_regression=null"], repo)
+    res = run(
+        FRUGALML
+        + [
+            "run",
+            "--set",
+            f"model.pretrained=registry:{name}@production",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "gates.max_regression=null",
+        ],
+        repo,
+    )
     train = json.loads((repo / "metrics/train.json").read_text())
     assert train["start"].startswith(f"registry:{name}@{pkg['version']}") and "all weights" in train["start"]
     ev = json.loads((repo / "metrics/eval.json").read_text())
@@ -195,13 +224,34 @@ def test_costs_command_reads_run_records(pipeline_repo, store):
     from frugalml.runs import write_record
 
     for i, (status, ran) in enumerate([("succeeded", "ran"), ("succeeded", "up to date")]):
-        stages = [{"stage": s, "status": ran, "wall_s": 1.0, "cpu_s": 1.0, "peak_rss_mb": 10, "usd": 0.5 if ran == "ran" else 0.0,
-                   "labeling_usd": 0.25 if (s == "ingest" and ran == "ran") else 0.0}
-                  for s in ("ingest", "train")]
+        stages = [
+            {
+                "stage": s,
+                "status": ran,
+                "wall_s": 1.0,
+                "cpu_s": 1.0,
+                "peak_rss_mb": 10,
+                "usd": 0.5 if ran == "ran" else 0.0,
+                "labeling_usd": 0.25 if (s == "ingest" and ran == "ran") else 0.0,
+            }
+            for s in ("ingest", "train")
+        ]
         rid = f"2026010{i}T000000Z-{_uuid.uuid4().hex[:6]}"
-        write_record(store, rid, {"run_id": rid, "status": status, "no_change": ran != "ran", "stages": stages,
-                                  "total_usd": sum(s["usd"] for s in stages), "wall_s": 2.0, "gate": None,
-                                  "message": ""}, [])
+        write_record(
+            store,
+            rid,
+            {
+                "run_id": rid,
+                "status": status,
+                "no_change": ran != "ran",
+                "stages": stages,
+                "total_usd": sum(s["usd"] for s in stages),
+                "wall_s": 2.0,
+                "gate": None,
+                "message": "",
+            },
+            [],
+        )
     res = run(FRUGALML + ["costs", "--last", "2", "--json"], pipeline_repo)
     recs = json.loads(res.stdout)
     assert [r["total_usd"] for r in recs] == [1.0, 0.0] and recs[1]["no_change"] is True

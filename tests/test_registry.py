@@ -16,8 +16,12 @@ def _registry(store) -> Registry:
 
 
 def _record(version, decision="accept"):
-    return {"version": version, "metrics": {"accuracy": 0.9}, "run_id": "r",
-            "gate": {"decision": decision, "failed": [] if decision == "accept" else ["min_accuracy"]}}
+    return {
+        "version": version,
+        "metrics": {"accuracy": 0.9},
+        "run_id": "r",
+        "gate": {"decision": decision, "failed": [] if decision == "accept" else ["min_accuracy"]},
+    }
 
 
 def test_versions_are_immutable(store):

@@ -28,8 +28,9 @@ def _free_port() -> int:
 
 def _api(url: str, path: str, body: dict | None = None):
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url + path, data=data, method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + path, data=data, method="GET" if body is None else "POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read() or b"null")
 
@@ -39,13 +40,23 @@ def prefect_server(tmp_path, s3_server):
     """A real Prefect server on 127.0.0.1 with its own database; yields the API URL."""
     port = _free_port()
     home = tmp_path / "prefect-home"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
-           "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    }
     env.pop("PREFECT_API_URL", None)
     log = open(tmp_path / "prefect-server.log", "w")
-    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 120
     while True:
@@ -56,7 +67,9 @@ def prefect_server(tmp_path, s3_server):
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise AssertionError("prefect server did not start:\n" + (tmp_path / "prefect-server.log").read_text()[-3000:])
+            raise AssertionError(
+                "prefect server did not start:\n" + (tmp_path / "prefect-server.log").read_text()[-3000:]
+            )
         time.sleep(0.5)
     yield url
     proc.terminate()
@@ -81,8 +94,11 @@ def test_scheduled_deployment_run_completes_on_a_real_prefect_server(prefect_ser
     # infra/prefect.yaml registers both deployments on a process work pool.
     shutil.copytree(ROOT / "infra", repo / "infra")
     run([str(BIN / "prefect"), "work-pool", "create", "frugalml", "--type", "process"], repo, env=env)
-    run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml"], repo,
-        env={**env, "FRUGALML_REPO": str(repo)})
+    run(
+        [str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml"],
+        repo,
+        env={**env, "FRUGALML_REPO": str(repo)},
+    )
     deployments = {d["name"]: d for d in _api(api, "/deployments/filter", {})}
     assert {"nightly", "promote"} <= set(deployments)
     nightly = deployments["nightly"]
@@ -93,8 +109,14 @@ def test_scheduled_deployment_run_completes_on_a_real_prefect_server(prefect_ser
     # `frugalml schedule` serves the pipeline every minute; wait for a scheduled run to complete.
     log = tmp_path / "schedule.log"
     with open(log, "w") as out:
-        served = subprocess.Popen(FRUGALML + ["schedule", "--cron", "* * * * *", "--name", "every-minute"],
-                                  cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        served = subprocess.Popen(
+            FRUGALML + ["schedule", "--cron", "* * * * *", "--name", "every-minute"],
+            cwd=repo,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 420
         done = None

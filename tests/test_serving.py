@@ -39,8 +39,14 @@ def _post(url: str, fields: dict[str, tuple[str, bytes, str]]) -> tuple[int, dic
     boundary = uuid.uuid4().hex
     body = b""
     for name, (filename, data, ctype) in fields.items():
-        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n"
-                 f"Content-Type: {ctype}\r\n\r\n").encode() + data + b"\r\n"
+        body += (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                f"Content-Type: {ctype}\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n"
+        )
     body += f"--{boundary}--\r\n".encode()
     req = urllib.request.Request(url, data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     try:
@@ -62,21 +68,32 @@ def ctx():
 
 @pytest.fixture(scope="module")
 def served(ctx, tmp_path_factory, s3_server):
-    from frugalml.config import StorageConfig
-    from frugalml.store import Store
 
     work = tmp_path_factory.mktemp("serve")
     src = make_dataset(work / "src", per_class=20)
     prefix = f"t-{uuid.uuid4().hex[:8]}/"
     name = f"srv-{uuid.uuid4().hex[:6]}"
     (work / "params.yaml").write_text("train:\n  epochs: 2\n")
-    config.write_overrides(work / "params.yaml", [
-        f"data.source={src}", "model.arch=resnet18", "model.image_size=16", f"model.name={name}",
-        f"storage.prefix={prefix}", "validate.min_images_per_class=3", "gates.min_accuracy=0.0",
-        "serving.max_image_bytes=20000", "serving.max_image_pixels=10000", "evaluate.latency_samples=10"])
+    config.write_overrides(
+        work / "params.yaml",
+        [
+            f"data.source={src}",
+            "model.arch=resnet18",
+            "model.image_size=16",
+            f"model.name={name}",
+            f"storage.prefix={prefix}",
+            "validate.min_images_per_class=3",
+            "gates.min_accuracy=0.0",
+            "serving.max_image_bytes=20000",
+            "serving.max_image_pixels=10000",
+            "evaluate.latency_samples=10",
+        ],
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for stage in ("ingest", "validate", "train", "evaluate", "gate", "package"):
-        res = subprocess.run([sys.executable, "-m", f"tasks.{stage}"], cwd=work, env=env, capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, "-m", f"tasks.{stage}"], cwd=work, env=env, capture_output=True, text=True
+        )
         assert res.returncode == 0, res.stderr[-3000:]
     version = json.loads((work / "metrics/package.json").read_text())["version"]
     cli = [sys.executable, "-m", "frugalml.cli"]
@@ -85,8 +102,14 @@ def served(ctx, tmp_path_factory, s3_server):
     env = {**env, "BENTOML_HOME": str(work / "fresh-bentoml-home")}
     port = free_port()
     log = open(work / "serve.log", "w")
-    proc = subprocess.Popen(cli + ["serve", "--alias", "production", "--port", str(port)], cwd=work, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cli + ["serve", "--alias", "production", "--port", str(port)],
+        cwd=work,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     _wait_ready(url, proc, work / "serve.log")
     ctx.work, ctx.env = work, env
@@ -140,11 +163,18 @@ def test_metadata_and_batch(served):
     boundary = uuid.uuid4().hex
     body = b""
     for i, p in enumerate([src / "red" / "red_001.png", src / "green" / "green_001.png"]):
-        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"{i}.png\"\r\n"
-                 "Content-Type: image/png\r\n\r\n").encode() + p.read_bytes() + b"\r\n"
+        body += (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{i}.png"\r\n'
+                "Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + p.read_bytes()
+            + b"\r\n"
+        )
     body += f"--{boundary}--\r\n".encode()
-    req = urllib.request.Request(url + "/classify_batch", data=body,
-                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    req = urllib.request.Request(
+        url + "/classify_batch", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         out = json.loads(r.read())
     assert len(out) == 2 and all(o["predictions"] for o in out)
@@ -162,8 +192,14 @@ def test_follow_switches_versions_without_failed_requests(served, ctx, monkeypat
     assert v2 != v1
     cli = [sys.executable, "-m", "frugalml.cli"]
     port = free_port()
-    proc = subprocess.Popen(cli + ["serve", "--follow", "--poll-s", "0.5", "--port", str(port)], cwd=work, env=env,
-                            stdout=open(work / "follow.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cli + ["serve", "--follow", "--poll-s", "0.5", "--port", str(port)],
+        cwd=work,
+        env=env,
+        stdout=open(work / "follow.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     furl = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(furl, proc, work / "follow.log")
@@ -199,8 +235,9 @@ def test_follow_switches_versions_without_failed_requests(served, ctx, monkeypat
         store.put_bytes(alias_key, b"{not json")
         time.sleep(2)
         record = Registry(store, cfg.model.name).get(v2)
-        store.put_json(f"registry/{cfg.model.name}/versions/v-broken.json",
-                       dict(record, version="v-broken", bento_sha256="0" * 64))
+        store.put_json(
+            f"registry/{cfg.model.name}/versions/v-broken.json", dict(record, version="v-broken", bento_sha256="0" * 64)
+        )
         store.put_json(alias_key, dict(json.loads(good_alias), version="v-broken"))
         time.sleep(3)
         store.put_bytes(alias_key, good_alias)
@@ -308,8 +345,13 @@ def test_item2_sigterm_stops_the_backend_and_exits_0(served, ctx):
     work, env = ctx.work, ctx.env
     port = free_port()
     cli = [sys.executable, "-m", "frugalml.cli"]
-    proc = subprocess.Popen(cli + ["serve", "--version", version, "--port", str(port)], cwd=work, env=env,
-                            stdout=open(work / "sigterm.log", "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cli + ["serve", "--version", version, "--port", str(port)],
+        cwd=work,
+        env=env,
+        stdout=open(work / "sigterm.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     surl = f"http://127.0.0.1:{port}"
     _wait_ready(surl, proc, work / "sigterm.log")
     tree = _descendants(proc.pid)
@@ -336,7 +378,7 @@ def test_item4_a_bad_upload_fails_only_its_own_request_in_a_batch(served):
         barrier = threading.Barrier(9)
         out: dict[int, tuple] = {}
 
-        def call(i):
+        def call(i, barrier=barrier, out=out):
             data = b"not an image at all" if i == 0 else png
             barrier.wait()
             out[i] = _post(url + "/classify_batch", {"images": (f"{i}.png", data, "image/png")})
@@ -387,25 +429,30 @@ def test_item13_non_file_fields_and_oversized_bodies_are_refused(served):
     try:
         target = f"http://127.0.0.1:{srv.server_address[1]}/x.png"
         boundary = uuid.uuid4().hex
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\n{target}\r\n"
-                f"--{boundary}--\r\n").encode()
-        req = urllib.request.Request(url + "/classify", data=body,
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        body = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"\r\n\r\n{target}\r\n--{boundary}--\r\n'
+        ).encode()
+        req = urllib.request.Request(
+            url + "/classify", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        )
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(req, timeout=30)
         assert e.value.code == 400 and b"not a file" in e.value.read()
-        req = urllib.request.Request(url + "/classify", data=json.dumps({"image": target}).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            url + "/classify", data=json.dumps({"image": target}).encode(), headers={"Content-Type": "application/json"}
+        )
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(req, timeout=30)
         assert e.value.code == 400
         assert hits == []
     finally:
         srv.shutdown()
-    host, port = url[len("http://"):].split(":")
+    host, port = url[len("http://") :].split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                  b"Content-Length: 999999999\r\n\r\n")  # and no body at all
+        s.sendall(
+            b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 999999999\r\n\r\n"
+        )  # and no body at all
         s.settimeout(10)
         head = s.recv(4096)
     assert head.startswith(b"HTTP/1.1 413"), head[:200]

@@ -23,9 +23,14 @@ def test_embedded_server_is_private_and_idempotent(s3_server):
 
 def test_auth_is_enforced(s3_server):
     _, info = s3_server
-    bad = boto3.client("s3", endpoint_url=info.endpoint_url, aws_access_key_id=info.access_key_id,
-                       aws_secret_access_key="wrong", region_name="us-east-1",
-                       config=Config(signature_version="s3v4", retries={"max_attempts": 1}))
+    bad = boto3.client(
+        "s3",
+        endpoint_url=info.endpoint_url,
+        aws_access_key_id=info.access_key_id,
+        aws_secret_access_key="wrong",
+        region_name="us-east-1",
+        config=Config(signature_version="s3v4", retries={"max_attempts": 1}),
+    )
     with pytest.raises(Exception) as e:
         bad.list_objects_v2(Bucket="frugalml")
     assert "403" in str(e.value) or "SignatureDoesNotMatch" in str(e.value) or "AccessDenied" in str(e.value)
@@ -44,8 +49,9 @@ def test_put_get_list_roundtrip_with_checksum(store, tmp_path):
 
 
 def test_corrupt_object_is_detected(store):
-    store.client.put_object(Bucket=store.bucket, Key=store.key("c.bin"), Body=b"tampered",
-                            Metadata={"sha256": "0" * 64})
+    store.client.put_object(
+        Bucket=store.bucket, Key=store.key("c.bin"), Body=b"tampered", Metadata={"sha256": "0" * 64}
+    )
     with pytest.raises(StorageError, match="checksum mismatch"):
         store.get_bytes("c.bin")
 
@@ -72,14 +78,24 @@ def test_unreachable_store_is_a_clear_transient_error(tmp_path):
 def test_down_stops_and_up_restarts_with_data(tmp_path):
     server = EmbeddedS3(tmp_path, bucket="frugalml")
     info = server.up()
-    s3 = boto3.client("s3", endpoint_url=info.endpoint_url, aws_access_key_id=info.access_key_id,
-                      aws_secret_access_key=info.secret_access_key, region_name="us-east-1")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=info.endpoint_url,
+        aws_access_key_id=info.access_key_id,
+        aws_secret_access_key=info.secret_access_key,
+        region_name="us-east-1",
+    )
     s3.put_object(Bucket="frugalml", Key="keep.txt", Body=b"kept")
     assert server.down() is True
     assert server.status()["running"] is False
     info2 = server.up()
-    s3 = boto3.client("s3", endpoint_url=info2.endpoint_url, aws_access_key_id=info2.access_key_id,
-                      aws_secret_access_key=info2.secret_access_key, region_name="us-east-1")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=info2.endpoint_url,
+        aws_access_key_id=info2.access_key_id,
+        aws_secret_access_key=info2.secret_access_key,
+        region_name="us-east-1",
+    )
     assert s3.get_object(Bucket="frugalml", Key="keep.txt")["Body"].read() == b"kept"
     assert info2.access_key_id == info.access_key_id  # the generated key survives restarts
     server.down()

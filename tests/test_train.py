@@ -15,8 +15,13 @@ from frugalml import config
 from frugalml.costs import CostMeter
 from tests.conftest import make_dataset
 
-BASE = ["model.arch=resnet18", "model.image_size=16", "train.batch_size=16", "validate.min_images_per_class=3",
-        "train.num_threads=2"]
+BASE = [
+    "model.arch=resnet18",
+    "model.image_size=16",
+    "train.batch_size=16",
+    "validate.min_images_per_class=3",
+    "train.num_threads=2",
+]
 
 
 def _workspace(path: Path, *overrides: str, per_class: int = 20) -> Path:
@@ -43,9 +48,14 @@ def _params(path: Path) -> Path:
 
 
 def _train(path: Path, env=None, check=True):
-    res = subprocess.run([sys.executable, "-m", "tasks.train"], cwd=path, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), **(env or {})},
-                         timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "tasks.train"],
+        cwd=path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), **(env or {})},
+        timeout=600,
+    )
     if check and res.returncode:
         raise AssertionError(res.stderr[-4000:])
     return res
@@ -79,8 +89,14 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, s3_server):
     work = _workspace(tmp_path / "work", "train.epochs=5", per_class=60)
     run_id = f"resume-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "FRUGALML_RUN_ID": run_id}
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.train"], cwd=work, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tasks.train"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     ckpts = work / ".frugalml" / "checkpoints"
     seen: set = set()
     deadline = time.time() + 300
@@ -138,8 +154,7 @@ def test_head_and_last_n_freeze_the_rest(tmp_path):
 
 
 def test_ddp_with_two_cpu_processes_produces_a_valid_model(tmp_path):
-    work = _workspace(tmp_path / "ddp", "train.epochs=2", "train.distributed.nproc_per_node=2",
-                      "train.num_threads=1")
+    work = _workspace(tmp_path / "ddp", "train.epochs=2", "train.distributed.nproc_per_node=2", "train.num_threads=1")
     res = _train(work)
     assert "launching 2 processes with torchrun" in res.stderr
     import json
@@ -157,9 +172,15 @@ def test_ddp_with_two_cpu_processes_produces_a_valid_model(tmp_path):
 def test_early_stopping_stops_when_validation_stalls(tmp_path):
     import json
 
-    work = _workspace(tmp_path / "es", "train.epochs=6", "train.lr=0.0000001", "train.schedule=constant",
-                      "train.early_stopping.patience=1", "train.early_stopping.metric=val_loss",
-                      "train.early_stopping.min_delta=0.5")
+    work = _workspace(
+        tmp_path / "es",
+        "train.epochs=6",
+        "train.lr=0.0000001",
+        "train.schedule=constant",
+        "train.early_stopping.patience=1",
+        "train.early_stopping.metric=val_loss",
+        "train.early_stopping.min_delta=0.5",
+    )
     res = _train(work)
     report = json.loads((work / "metrics/train.json").read_text())
     assert report["stopped_early"] is True and report["epochs_run"] == 2
@@ -167,10 +188,13 @@ def test_early_stopping_stops_when_validation_stalls(tmp_path):
 
 
 def test_class_weights_are_inverse_frequency():
-    from tasks.train import _class_weights
+    from frugalml.training import class_weights as _class_weights
 
-    rows = [{"split": "train", "label": "a"}] * 30 + [{"split": "train", "label": "b"}] * 10 + \
-        [{"split": "test", "label": "b"}] * 50
+    rows = (
+        [{"split": "train", "label": "a"}] * 30
+        + [{"split": "train", "label": "b"}] * 10
+        + [{"split": "test", "label": "b"}] * 50
+    )
     w = _class_weights(rows, ["a", "b"])
     assert w.tolist() == pytest.approx([40 / (2 * 30), 40 / (2 * 10)])
 

@@ -115,8 +115,9 @@ def test_item10_files_over_max_file_bytes_are_rejected_while_reading(tmp_path, m
         store.put_bytes(f"sources/cap/{p.relative_to(src).as_posix()}", p.read_bytes())
     store.put_bytes("sources/cap/green/huge.png", bytes(cap + 1))
     __import__("shutil").rmtree(tmp_path / "data")
-    report = _ingest(tmp_path, monkeypatch, store.uri("sources/cap"), f"data.max_file_bytes={cap}",
-                     f"storage.prefix={store.prefix}")
+    report = _ingest(
+        tmp_path, monkeypatch, store.uri("sources/cap"), f"data.max_file_bytes={cap}", f"storage.prefix={store.prefix}"
+    )
     reasons = {r["path"]: r["reason"] for r in report["rejected"]}
     assert reasons == {"green/huge.png": "too_large", "blue/zeros.png": "too_large"}
 
@@ -156,10 +157,10 @@ def test_item3_embedded_server_is_quiet_when_idle(tmp_path, monkeypatch):
 
     monkeypatch.delenv("GOMEMLIMIT", raising=False)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from storage_idle import activity
     from frugalml.embedded import GRPC_OFFSET, SERVICES, EmbeddedS3
     from frugalml.fsutil import read_json
     from frugalml.procs import idle_cpu_share
+    from storage_idle import activity
 
     server = EmbeddedS3(tmp_path, bucket="frugalml")
     info = server.up()
@@ -203,13 +204,20 @@ def test_item7_one_run_per_workspace(tmp_path):
     import sys
     import time
 
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, %r)\n"
-        "from frugalml.locks import workspace_lock\n"
-        "with workspace_lock(%r, 'x'):\n"
-        "    print('held', flush=True); time.sleep(1.5)\n") % (str(Path(__file__).resolve().parent.parent),
-                                                            str(tmp_path / "x.lock"))],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                f"import sys, time; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+                "from frugalml.locks import workspace_lock\n"
+                f"with workspace_lock({str(tmp_path / 'x.lock')!r}, 'x'):\n"
+                "    print('held', flush=True); time.sleep(1.5)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(WorkspaceBusy):
@@ -232,14 +240,21 @@ def test_item7_concurrent_storage_up_starts_one_server(tmp_path):
     import psutil
 
     (tmp_path / "params.yaml").write_text("storage: {bucket: frugalml}\n")
-    procs = [subprocess.Popen([FRUGALML, "storage", "up"], cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [FRUGALML, "storage", "up"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     try:
         outs = [p.communicate(timeout=120) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outs
         data_dir = str((tmp_path / ".frugalml" / "storage" / "data").resolve())
-        weeds = [p for p in psutil.process_iter(["name", "cmdline"])
-                 if p.info["name"] == "weed" and any(data_dir in a for a in p.info["cmdline"] or [])]
+        weeds = [
+            p
+            for p in psutil.process_iter(["name", "cmdline"])
+            if p.info["name"] == "weed" and any(data_dir in a for a in p.info["cmdline"] or [])
+        ]
         assert len(weeds) == 1, [p.info["cmdline"] for p in weeds]
     finally:
         subprocess.run([FRUGALML, "storage", "down"], cwd=tmp_path, capture_output=True, timeout=60)
@@ -266,17 +281,23 @@ def test_item8_stale_pid_is_never_signalled(tmp_path):
             time.sleep(0.02)  # until the child has exec'd
         for state in (
             {"pid": victim.pid, "endpoint_url": "http://127.0.0.1:1"},  # old format: not a weed process
-            {"pid": victim.pid, "endpoint_url": "http://127.0.0.1:1",   # same PID, another start time
-             "process": {**real.as_dict(), "start_ticks": real.start_ticks - 1}},
-            {"pid": victim.pid, "endpoint_url": "http://127.0.0.1:1",   # same PID, another boot
-             "process": {**real.as_dict(), "boot_id": "another-boot"}},
+            {
+                "pid": victim.pid,
+                "endpoint_url": "http://127.0.0.1:1",  # same PID, another start time
+                "process": {**real.as_dict(), "start_ticks": real.start_ticks - 1},
+            },
+            {
+                "pid": victim.pid,
+                "endpoint_url": "http://127.0.0.1:1",  # same PID, another boot
+                "process": {**real.as_dict(), "boot_id": "another-boot"},
+            },
         ):
             atomic_write_json(server.state_file, state)
             assert server.info() is None
             assert server.down() is False
             assert victim.poll() is None, "an unrelated process was signalled"
             assert not server.state_file.exists()
-        atomic_write_json(server.state_file, {"pid": 2 ** 22 + 7, "endpoint_url": "http://127.0.0.1:1"})
+        atomic_write_json(server.state_file, {"pid": 2**22 + 7, "endpoint_url": "http://127.0.0.1:1"})
         assert server.down() is False  # no ProcessLookupError
     finally:
         victim.kill()
@@ -285,9 +306,18 @@ def test_item8_stale_pid_is_never_signalled(tmp_path):
 
 # Modules that print, lock, meter or name errors: they cannot change what a stage writes to its
 # outputs, so they are not DVC deps (an edit to a message must not re-run training).
-PLUMBING = {"frugalml/console.py", "frugalml/errors.py", "frugalml/locks.py", "frugalml/procs.py",
-            "frugalml/embedded.py", "frugalml/costs.py", "tasks/_stage.py", "frugalml/__init__.py",
-            "tasks/__init__.py", "frugalml/serving/__init__.py"}
+PLUMBING = {
+    "frugalml/console.py",
+    "frugalml/errors.py",
+    "frugalml/locks.py",
+    "frugalml/procs.py",
+    "frugalml/embedded.py",
+    "frugalml/costs.py",
+    "tasks/_stage.py",
+    "frugalml/__init__.py",
+    "tasks/__init__.py",
+    "frugalml/serving/__init__.py",
+}
 
 
 def _module_file(root: Path, name: str) -> Path | None:
@@ -341,6 +371,16 @@ def test_item6_every_project_module_a_stage_imports_is_a_dvc_dep():
             missing[name] = sorted(files - deps)
     assert not missing, f"add these to the stages' deps in dvc.yaml: {missing}"
     assert "models/champion.json" in stages["evaluate"]["deps"]
+    # and no module it does not import: a needless dep re-runs the stage (and those after it) for nothing.
+    # The package stage also depends on the code it ships in the bento.
+    shipped = {"package": {"frugalml/serving/service.py", "frugalml/modeling.py"}}
+    extra = {}
+    for name, spec in stages.items():
+        files = _project_imports(root, spec["cmd"].split()[-1], PLUMBING) | shipped.get(name, set())
+        deps = {d for d in spec.get("deps", []) if isinstance(d, str) and d.endswith(".py")}
+        if deps - files:
+            extra[name] = sorted(deps - files)
+    assert not extra, f"these dvc.yaml deps are not imported by their stage: {extra}"
 
 
 class LossyProxy:
@@ -440,8 +480,13 @@ def lossy(store):
 
 
 def _record(version: str, run: str = "r1") -> dict:
-    return {"model": "m", "version": version, "run_id": run, "gate": {"decision": "accept", "failed": []},
-            "lineage": {"model_sha256": version * 4}}
+    return {
+        "model": "m",
+        "version": version,
+        "run_id": run,
+        "gate": {"decision": "accept", "failed": []},
+        "lineage": {"model_sha256": version * 4},
+    }
 
 
 def test_item5_register_is_idempotent_when_a_response_is_lost(store, lossy):
@@ -518,11 +563,15 @@ def test_item15_dvc_local_config_keeps_user_settings(tmp_path):
     cfg = config.validate(config.apply_overrides({}, ["data.source=s3://b/src"]))
     settings = S3Settings("frugalml", "", "http://127.0.0.1:9", "us-east-1", "key", "secret", embedded=True)
     write_local_config(cfg, settings, tmp_path)
-    for args in (["config", "--local", "cache.type", "symlink"], ["remote", "modify", "--local", "storage", "jobs", "3"],
-                 ["remote", "add", "--local", "mine", "s3://mine/x"]):
+    for args in (
+        ["config", "--local", "cache.type", "symlink"],
+        ["remote", "modify", "--local", "storage", "jobs", "3"],
+        ["remote", "add", "--local", "mine", "s3://mine/x"],
+    ):
         subprocess.run([dvc, *args], cwd=tmp_path, check=True)
-    write_local_config(cfg, S3Settings("frugalml", "p/", "http://127.0.0.1:10", "us-east-1", "k2", "s2",
-                                       embedded=True), tmp_path)
+    write_local_config(
+        cfg, S3Settings("frugalml", "p/", "http://127.0.0.1:10", "us-east-1", "k2", "s2", embedded=True), tmp_path
+    )
     out = subprocess.run([dvc, "config", "--local", "--list"], cwd=tmp_path, capture_output=True, text=True).stdout
     assert "cache.type=symlink" in out and "remote.storage.jobs=3" in out and "remote.mine.url=s3://mine/x" in out
     assert "remote.storage.url=s3://frugalml/p/dvc" in out and "remote.storage.endpointurl=http://127.0.0.1:10" in out
@@ -543,7 +592,8 @@ def test_item15_atomic_writes_keep_the_mode_and_use_unique_temp_names(tmp_path):
     assert f.stat().st_mode & 0o777 == 0o644 and f.read_text() == "y"
     new = atomic_write_text(tmp_path / "new.txt", "z")
     assert new.stat().st_mode & 0o777 == 0o666 & ~int(
-        next(line for line in open("/proc/self/status") if line.startswith("Umask:")).split()[1], 8)
+        next(line for line in open("/proc/self/status") if line.startswith("Umask:")).split()[1], 8
+    )
     # two writers of one shard name at once: each its own temp file, both shards whole
     errors = []
 

@@ -87,8 +87,9 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_download_then_mirror_then_cache_and_a_corrupt_mirror_is_not_loaded(weights_server, store, tmp_path,
-                                                                            monkeypatch, capsys):
+def test_download_then_mirror_then_cache_and_a_corrupt_mirror_is_not_loaded(
+    weights_server, store, tmp_path, monkeypatch, capsys
+):
     arch = "mobilenet_v3_small"
     name, data = weights_server.add(arch)
     url = weights_server.url(name)
@@ -160,8 +161,14 @@ def test_download_whose_bytes_fail_the_hash_check_is_refused(weights_server, sto
 def _stage_workspace(path: Path, *overrides: str) -> Path:
     from tests.test_train import _workspace
 
-    return _workspace(path, "model.arch=mobilenet_v3_small", "model.image_size=32", "train.epochs=1",
-                      "model.pretrained=torchvision", *overrides)
+    return _workspace(
+        path,
+        "model.arch=mobilenet_v3_small",
+        "model.image_size=32",
+        "train.epochs=1",
+        "model.pretrained=torchvision",
+        *overrides,
+    )
 
 
 def _train(work: Path, torch_home: Path, check=True):
@@ -173,15 +180,20 @@ def test_train_stage_records_lineage_and_the_transfer_in_its_cost_entry(weights_
     arch = "mobilenet_v3_small"
     name, data = weights_server.add(arch, seed=3)
     digest = hashlib.sha256(data).hexdigest()
-    common = [f"model.weights_url={weights_server.url(name)}", f"storage.prefix={store.prefix}",
-              "train.finetune=head"]
+    common = [f"model.weights_url={weights_server.url(name)}", f"storage.prefix={store.prefix}", "train.finetune=head"]
 
     first = _stage_workspace(tmp_path / "w1", *common)
     res = _train(first, tmp_path / "home1")
     assert f"weights: downloading {name}" in res.stderr
     report = json.loads((first / "metrics/train.json").read_text())
-    assert report["pretrained"] == {"kind": "torchvision", "arch": arch, "file": name, "sha256": digest,
-                                    "source": "download", "url": weights_server.url(name)}
+    assert report["pretrained"] == {
+        "kind": "torchvision",
+        "arch": arch,
+        "file": name,
+        "sha256": digest,
+        "source": "download",
+        "url": weights_server.url(name),
+    }
     cost = json.loads((first / "costs/train.json").read_text())
     assert cost["weights_from"] == "download" and cost["weights_download_bytes"] == len(data)
     # the head was fine-tuned on top of the served backbone: its weights are in the model, unchanged
@@ -201,15 +213,21 @@ def test_train_stage_records_lineage_and_the_transfer_in_its_cost_entry(weights_
 
 def test_no_network_no_cache_no_mirror_is_one_line_and_exit_2(store, tmp_path):
     port = _closed_port()
-    work = _stage_workspace(tmp_path / "w", f"model.weights_url=http://127.0.0.1:{port}/",
-                            f"storage.prefix={store.prefix}")
+    work = _stage_workspace(
+        tmp_path / "w", f"model.weights_url=http://127.0.0.1:{port}/", f"storage.prefix={store.prefix}"
+    )
     res = _train(work, tmp_path / "home", check=False)
     assert res.returncode == 2, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
     line = next(ln for ln in res.stderr.splitlines() if "ERROR" in ln)
     file = os.path.basename(weights.torchvision_url("mobilenet_v3_small"))
-    for part in (file, f"http://127.0.0.1:{port}/{file}", str(tmp_path / "home" / "hub" / "checkpoints" / file),
-                 store.uri(f"weights/mobilenet_v3_small/{file}"), "frugalml weights add"):
+    for part in (
+        file,
+        f"http://127.0.0.1:{port}/{file}",
+        str(tmp_path / "home" / "hub" / "checkpoints" / file),
+        store.uri(f"weights/mobilenet_v3_small/{file}"),
+        "frugalml weights add",
+    ):
         assert part in line, part
 
 
@@ -221,8 +239,9 @@ def test_weights_add_checks_the_published_prefix_and_the_architecture(weights_se
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCH_HOME": str(tmp_path / "home")}
     work = tmp_path / "ws"
     work.mkdir()
-    (work / "params.yaml").write_text(f"storage:\n  prefix: {store.prefix}\nmodel:\n  weights_url: "
-                                      f"{weights_server.url(name)}\n")
+    (work / "params.yaml").write_text(
+        f"storage:\n  prefix: {store.prefix}\nmodel:\n  weights_url: {weights_server.url(name)}\n"
+    )
 
     wrong = tmp_path / "other.pth"
     wrong.write_bytes(data + b"x")

@@ -26,8 +26,18 @@ from frugalml.console import info
 from frugalml.errors import FrugalError
 from frugalml.registry import Registry
 
-HOP_HEADERS = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-               "transfer-encoding", "upgrade", "host", "content-length"}
+HOP_HEADERS = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+}
 
 
 def ensure_bento(reg: Registry, version: str) -> str:
@@ -43,8 +53,9 @@ def ensure_bento(reg: Registry, version: str) -> str:
     record = reg.get(version)
     tag, want = record["bento_tag"], record.get("bento_sha256")
     if not want:
-        raise FrugalError(f"the registry record of {reg.model} {version} has no bento_sha256; refusing to serve "
-                          "an unverifiable bento")
+        raise FrugalError(
+            f"the registry record of {reg.model} {version} has no bento_sha256; refusing to serve an unverifiable bento"
+        )
     archive = Path(".frugalml/bentos") / f"{reg.model}-{version}.bento"
     if archive.exists() and file_sha256(archive) != want:
         info(f"serve: the cached {archive} does not match the registry's sha256; fetching it again")
@@ -54,8 +65,10 @@ def ensure_bento(reg: Registry, version: str) -> str:
         reg.store.download(f"bentos/{reg.model}/{version}.bento", archive)
         if file_sha256(archive) != want:
             archive.unlink()
-            raise FrugalError(f"the bento of {reg.model} {version} in the store does not match the sha256 in its "
-                              "registry record; refusing to serve it")
+            raise FrugalError(
+                f"the bento of {reg.model} {version} in the store does not match the sha256 in its "
+                "registry record; refusing to serve it"
+            )
     if bento.has_bento(tag):
         if bento.matches_archive(tag, archive):
             return tag
@@ -65,8 +78,11 @@ def ensure_bento(reg: Registry, version: str) -> str:
 
 
 def start_backend(tag: str, host: str, port: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--host", host, "--port", str(port)],
-                            env=dict(os.environ), start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", tag, "--host", host, "--port", str(port)],
+        env=dict(os.environ),
+        start_new_session=True,
+    )
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
@@ -205,11 +221,15 @@ class Follower:
         try:
             body = await request.read()
             headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-            async with self.session.request(request.method, backend.url + request.path_qs, data=body,
-                                            headers=headers) as resp:
+            async with self.session.request(
+                request.method, backend.url + request.path_qs, data=body, headers=headers
+            ) as resp:
                 payload = await resp.read()
-                out = {k: v for k, v in resp.headers.items()
-                       if k.lower() not in HOP_HEADERS and k.lower() != "content-encoding"}
+                out = {
+                    k: v
+                    for k, v in resp.headers.items()
+                    if k.lower() not in HOP_HEADERS and k.lower() != "content-encoding"
+                }
                 out["x-frugalml-version"] = backend.version
                 return web.Response(status=resp.status, body=payload, headers=out)
         except aiohttp.ClientError as exc:
@@ -237,8 +257,10 @@ class Follower:
             try:
                 new = await loop.run_in_executor(None, self._launch, version)
             except Exception as exc:  # noqa: BLE001 - see above
-                info(f"serve: {version} did not start ({_why(exc)}); still serving {self.backend.version}; "
-                     f"will try it again in {RETRY_FAILED_S:.0f} s")
+                info(
+                    f"serve: {version} did not start ({_why(exc)}); still serving {self.backend.version}; "
+                    f"will try it again in {RETRY_FAILED_S:.0f} s"
+                )
                 self.failed[version] = loop.call_later(RETRY_FAILED_S, self.failed.pop, version, None)
                 continue
             old, self.backend = self.backend, new  # new requests go to the new version from here on
@@ -246,7 +268,7 @@ class Follower:
                 old.drained.clear()
                 try:
                     await asyncio.wait_for(old.drained.wait(), timeout=60)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             await loop.run_in_executor(None, self._stop, old.proc)
             info(f"serve: now serving {version}")
@@ -269,8 +291,10 @@ class Follower:
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, self.host, self.port).start()
-            info(f"serve: {self.reg.model} {version} ({self.alias}, followed every {self.poll_s:g} s) "
-                 f"at http://{self.host}:{self.port}")
+            info(
+                f"serve: {self.reg.model} {version} ({self.alias}, followed every {self.poll_s:g} s) "
+                f"at http://{self.host}:{self.port}"
+            )
             await self.watch()
         except asyncio.CancelledError:
             info("serve: stopping (finishing in-flight requests)")

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import bentoml
 from typing import Annotated
 
+import bentoml
 from pydantic import AfterValidator, BaseModel
 
 
@@ -109,9 +108,14 @@ class Classifier:
             probs = torch.softmax(self.model(x), dim=1)
         k = min(ARGS.top_k, len(self.classes))
         top = torch.topk(probs, k, dim=1)
-        return [{"predictions": [{"label": self.classes[int(i)], "probability": round(float(p), 6)}
-                                 for p, i in zip(ps, idx)]}
-                for ps, idx in zip(top.values, top.indices)]
+        return [
+            {
+                "predictions": [
+                    {"label": self.classes[int(i)], "probability": round(float(p), 6)} for p, i in zip(ps, idx)
+                ]
+            }
+            for ps, idx in zip(top.values, top.indices)
+        ]
 
     @bentoml.api
     def classify(self, image: Upload) -> dict:
@@ -134,11 +138,19 @@ class Classifier:
 
 def _json_response(status: int, message: str):
     body = json.dumps({"error": message}).encode()
-    return [{"type": "http.response.start", "status": status,
-             # the body may be unread: the connection cannot carry another request
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                         (b"connection", b"close")]},
-            {"type": "http.response.body", "body": body}]
+    return [
+        {
+            "type": "http.response.start",
+            "status": status,
+            # the body may be unread: the connection cannot carry another request
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        },
+        {"type": "http.response.body", "body": body},
+    ]
 
 
 class UploadGuard:
@@ -206,8 +218,14 @@ class UploadGuard:
     @staticmethod
     def _check_parts(headers: dict, body: bytes) -> tuple[int, str] | None:
         ctype = headers.get(b"content-type", b"").decode("latin-1")
-        boundary = next((p.split("=", 1)[1].strip().strip('"') for p in ctype.split(";")
-                         if p.strip().lower().startswith("boundary=")), "")
+        boundary = next(
+            (
+                p.split("=", 1)[1].strip().strip('"')
+                for p in ctype.split(";")
+                if p.strip().lower().startswith("boundary=")
+            ),
+            "",
+        )
         if not boundary:
             return 400, "multipart request without a boundary"
         for part in body.split(b"--" + boundary.encode("latin-1"))[1:]:
@@ -215,12 +233,17 @@ class UploadGuard:
                 break  # the closing delimiter
             head = part.split(b"\r\n\r\n", 1)[0].lower()
             if b"filename=" not in head:
-                name = head.split(b'name="', 1)[1].split(b'"', 1)[0].decode(errors="replace") if b'name="' in head else "?"
+                name = (
+                    head.split(b'name="', 1)[1].split(b'"', 1)[0].decode(errors="replace") if b'name="' in head else "?"
+                )
                 return 400, f"form field {name!r} is not a file; send images as files"
         return None
 
 
-Classifier.add_asgi_middleware(UploadGuard, limits={
-    "/classify": ARGS.max_image_bytes + (64 << 10),
-    "/classify_batch": ARGS.max_images_per_request * ARGS.max_image_bytes + (256 << 10),
-})
+Classifier.add_asgi_middleware(
+    UploadGuard,
+    limits={
+        "/classify": ARGS.max_image_bytes + (64 << 10),
+        "/classify_batch": ARGS.max_images_per_request * ARGS.max_image_bytes + (256 << 10),
+    },
+)

@@ -1,0 +1,228 @@
+"""Files that cross a process boundary: where each lives, and (for the JSON ones) its typed model.
+
+Stages write them; the flow, the CLI and other stages read them through this module only, so a
+renamed field is one change here and a validation error, not a silent ``KeyError`` elsewhere.
+Stages import paths from here, never from each other (``tasks/package.py`` importing
+``tasks/train.py`` would load torch for nothing).
+
+Models of files this version writes forbid unknown fields.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from operator import itemgetter
+from pathlib import Path
+from typing import ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from frugalml.errors import DataError
+
+# -- where things are ---------------------------------------------------------------------------
+STAGES = ("ingest", "validate", "train", "evaluate", "gate", "package")  # the order of dvc.yaml
+PREPARED = Path("data/prepared")
+MANIFEST = Path("data/manifest.csv")
+INGEST_REPORT = Path("metrics/ingest.json")
+VALIDATION_REPORT = Path("metrics/validation.json")
+VALIDATION_HTML = Path("reports/validation")
+MODEL = Path("models/model.pt")
+TRAIN_REPORT = Path("metrics/train.json")
+TRAIN_CURVES = Path("plots/train.csv")
+EVAL_REPORT = Path("metrics/eval.json")
+CONFUSION_CSV = Path("plots/confusion.csv")
+CONFUSION_PNG = Path("plots/confusion.png")
+GATE_REPORT = Path("metrics/gate.json")
+PACKAGE_REPORT = Path("metrics/package.json")
+COSTS_DIR = Path("costs")
+STATUS_DIR = Path(".frugalml") / "status"
+
+
+def cost_file(stage: str) -> Path:
+    return COSTS_DIR / f"{stage}.json"
+
+
+def status_file(stage: str) -> Path:
+    return STATUS_DIR / f"{stage}.json"
+
+
+# -- the manifest (CSV) -------------------------------------------------------------------------
+MANIFEST_COLUMNS = [
+    "path",
+    "label",
+    "split",
+    "sha256",
+    "width",
+    "height",
+    "mode",
+    "format",
+    "bytes",
+    "source_path",
+    "source_stamp",
+    "shard",
+    "offset",
+    "length",
+]
+
+
+def read_manifest(path: Path = MANIFEST) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def write_manifest(rows: list[dict], path: Path = MANIFEST) -> None:
+    from frugalml.fsutil import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(MANIFEST_COLUMNS)
+    w.writerows([r.get(k, "") for k in MANIFEST_COLUMNS] for r in sorted(rows, key=itemgetter("label", "sha256")))
+    atomic_write_text(path, buf.getvalue())
+
+
+# -- JSON contracts -----------------------------------------------------------------------------
+M = TypeVar("M", bound="Contract")
+
+
+class Contract(BaseModel):
+    """A JSON file with a fixed place: ``Model.read()`` / ``model.write()`` (atomic)."""
+
+    model_config = ConfigDict(extra="forbid")
+    PATH: ClassVar[Path]
+
+    @classmethod
+    def read(cls: type[M], path: Path | None = None) -> M:
+        path = path or cls.PATH
+        try:
+            return cls.model_validate(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise DataError(f"{path} is missing: run the stage that writes it first") from None
+        except (ValueError, ValidationError) as exc:
+            raise DataError(f"{path} is not a valid {cls.__name__}: {str(exc).splitlines()[0]}") from None
+
+    @classmethod
+    def read_if_exists(cls: type[M], path: Path | None = None) -> M | None:
+        return cls.read(path) if Path(path or cls.PATH).exists() else None
+
+    def write(self, path: Path | None = None) -> Path:
+        from frugalml.fsutil import atomic_write_json
+
+        path = Path(path or self.PATH)
+        atomic_write_json(path, self.model_dump(mode="json"))
+        return path
+
+
+class CostEntry(Contract):
+    """``costs/<stage>.json``: what a stage used, metered by ``CostMeter``, priced by ``costs.price``."""
+
+    PATH: ClassVar[Path] = COSTS_DIR / "stage.json"
+    stage: str
+    run_id: str
+    wall_s: float
+    startup_s: float = 0.0
+    cpu_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    s3_requests_put: int = 0
+    s3_requests_get: int = 0
+    s3_bytes_up: int = 0
+    s3_bytes_down: int = 0
+    labeled_images: int = 0
+    stored_bytes: int = 0
+    gpu_s: float = 0.0
+    gpu_energy_j: float | None = None
+    weights_from: Literal["cache", "mirror", "download"] | None = None
+    weights_download_bytes: int = 0
+    compute_usd: float = 0.0
+    gpu_usd: float = 0.0
+    s3_requests_usd: float = 0.0
+    labeling_usd: float = 0.0
+    storage_usd_per_month: float = 0.0
+    total_usd: float = 0.0
+    exit_code: int = 0
+
+    @classmethod
+    def for_stage(cls, stage: str) -> CostEntry | None:
+        return cls.read_if_exists(cost_file(stage))
+
+
+class StageStatus(Contract):
+    """``.frugalml/status/<stage>.json``, written when a stage fails: how the flow tells a
+    rejection (exit 3) and a transient fault (retried) from other failures."""
+
+    PATH: ClassVar[Path] = STATUS_DIR / "stage.json"
+    stage: str
+    exit_code: int
+    message: str
+    transient: bool = False
+
+
+class GateCheck(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    value: float
+    op: Literal[">=", "<="]
+    threshold: float
+    passed: bool
+    note: str | None = None
+
+
+class GateDecision(Contract):
+    PATH: ClassVar[Path] = GATE_REPORT
+    decision: Literal["accept", "reject"]
+    failed: list[str]
+    checks: list[GateCheck]
+    serving_usd_per_1k: float
+    train_usd: float
+    champion: str | None = None
+
+
+class PackageReport(Contract):
+    PATH: ClassVar[Path] = PACKAGE_REPORT
+    model: str
+    version: str
+    bento_tag: str
+    bento_uri: str
+    bento_bytes: int
+    registry_uri: str
+
+
+class Pretrained(BaseModel):
+    """What a model was fine-tuned from (``model.pretrained``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["none", "torchvision", "registry"]
+    arch: str | None = None
+    file: str | None = None
+    sha256: str | None = None
+    source: str | None = None
+    url: str | None = None
+    fine_tuned_from: dict | None = None
+
+
+class TrainReport(Contract):
+    PATH: ClassVar[Path] = TRAIN_REPORT
+    arch: str
+    device: str
+    precision: str
+    processes: int
+    start: str
+    pretrained: Pretrained
+    finetune: str
+    epochs: int
+    epochs_run: int
+    stopped_early: bool
+    classes: int
+    train_images: int
+    loader_workers: int = 0
+    final_train_loss: float
+    final_train_acc: float
+    final_val_acc: float
+    images_per_s: float
+    train_wall_s: float
+    gpu_s: float
+    parameters: int
+    trainable_parameters: int

@@ -1,0 +1,524 @@
+"""The training loop in parts, in the shape of timm's ``train.py``.
+
+``create_loaders``, ``create_optimizer``, ``create_scheduler``, ``Precision`` (the autocast and
+grad-scaler choice, made once), ``train_one_epoch``, ``validate``, ``TrainState`` (what a
+checkpoint holds) and ``Checkpointer`` (where it is kept); ``fit`` runs the epochs with them.
+The stage adapter ``tasks/train.py`` reads the manifest, builds the model and writes the report.
+
+GPU-ready by construction: no host synchronisation per step. Loss and correct counts are
+accumulated on the device and read once per epoch; the progress line reads only wall time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from frugalml.config import Params, TrainConfig, dump
+from frugalml.console import info
+from frugalml.errors import ConfigError, DataError, StorageError
+from frugalml.fsutil import atomic_write_bytes
+from frugalml.modeling import ManifestDataset, eval_transform, train_transform
+
+CHECKPOINTS = Path(".frugalml") / "checkpoints"
+LOG_EVERY_S = 15.0
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+# -- the starting point ---------------------------------------------------------------------------
+def effective_train(cfg: Params) -> TrainConfig:
+    """``train`` with ``train.warm_start`` applied when starting from a registry model."""
+    t = cfg.train
+    if not cfg.model.pretrained.startswith("registry:"):
+        return t
+    return t.model_copy(update={"epochs": t.warm_start.epochs or t.epochs, "lr": t.lr * t.warm_start.lr_mult})
+
+
+def resolve_pretrained(cfg: Params, meter=None):
+    """``model.pretrained: torchvision``: the weights file (cache, mirror or download), its
+    transfer counted in the stage's cost entry. None for the other kinds of start."""
+    if cfg.model.pretrained != "torchvision":
+        return None
+    from frugalml import weights
+
+    found = weights.resolve(
+        cfg.model.arch, store=store_or_none(cfg), url_override=cfg.model.weights_url, progress=is_main()
+    )
+    if meter is not None:
+        meter.add(weights_download_bytes=found.download_bytes)
+        meter.extra["weights_from"] = found.source
+    return found
+
+
+def initial_model(cfg: Params, classes: list[str], meter=None) -> tuple[nn.Module, str, dict]:
+    """The model to fine-tune, a one-line description of its start and its lineage."""
+    from frugalml.modeling import build_model, warm_start
+
+    m = cfg.model
+    if m.pretrained == "none":
+        return build_model(m.arch, len(classes)), "none", {"kind": "none"}
+    if m.pretrained == "torchvision":
+        found = resolve_pretrained(cfg, meter)
+        return (
+            build_model(m.arch, len(classes), found.state_dict()),
+            f"torchvision {found.file} ({found.source})",
+            found.lineage(),
+        )
+    name, _, alias = m.pretrained[len("registry:") :].partition("@")
+    if not name or not alias:
+        raise ConfigError("model.pretrained must look like registry:<model>@<alias or version>")
+    from frugalml.registry import Registry, fetch_model_blob
+    from frugalml.store import Store
+
+    store = Store.from_config(cfg.storage)
+    version, blob = fetch_model_blob(store, name, alias)
+    if blob["arch"] != m.arch:
+        raise ConfigError(f"model.pretrained {m.pretrained} is a {blob['arch']}, but model.arch is {m.arch}")
+    model = build_model(m.arch, len(classes))
+    how = warm_start(model, blob, classes)
+    lineage = Registry(store, name).get(version).get("lineage", {})
+    return (
+        model,
+        f"registry:{name}@{version} ({how})",
+        {
+            "kind": "registry",
+            "arch": m.arch,
+            "file": f"{name}@{version}",
+            "sha256": lineage.get("model_sha256", ""),
+            "source": "registry",
+            "fine_tuned_from": lineage.get("pretrained"),
+        },
+    )
+
+
+# -- data -----------------------------------------------------------------------------------------
+def num_workers(setting: int | str, device: torch.device) -> int:
+    """``train.num_workers``: ``auto`` = cores - 1 on CUDA (decoding must keep the GPU fed), 0 on
+    CPU, where worker processes only compete with the compute for the same cores (measured slower)."""
+    if setting != "auto":
+        return int(setting)
+    if device.type == "cuda":
+        return max(1, (os.cpu_count() or 2) - 1)
+    return 0
+
+
+def create_loaders(cfg: Params, rows: list[dict], classes: list[str], root: Path, device: torch.device):
+    """Train and validation loaders (a DistributedSampler under DDP) and the shuffling generator."""
+    m, t = cfg.model, cfg.train
+    train_rows = [r for r in rows if r["split"] == "train"]
+    val_rows = [r for r in rows if r["split"] == "val"]
+    if not train_rows:
+        raise DataError("the train split is empty: add images or change data.splits")
+    gen = torch.Generator().manual_seed(t.seed)
+    workers = num_workers(t.num_workers, device)
+    cuda = device.type == "cuda"
+    common = dict(
+        num_workers=workers,
+        pin_memory=cuda,
+        persistent_workers=workers > 0,
+        **({"prefetch_factor": 4} if workers > 0 and cuda else {}),
+    )
+    train_ds = ManifestDataset(train_rows, root, classes, train_transform(m.image_size, m.mean, m.std, t.augment))
+    sampler = None
+    if world() > 1:
+        sampler = torch.utils.data.distributed.DistributedSampler(train_ds, shuffle=True, seed=t.seed)
+    train = torch.utils.data.DataLoader(
+        train_ds, batch_size=t.batch_size, shuffle=sampler is None, sampler=sampler, generator=gen, **common
+    )
+    val = (
+        torch.utils.data.DataLoader(
+            ManifestDataset(val_rows, root, classes, eval_transform(m.image_size, m.mean, m.std)),
+            batch_size=t.batch_size,
+            shuffle=False,
+            **common,
+        )
+        if val_rows
+        else None
+    )
+    return train, val, gen
+
+
+def class_weights(rows: list[dict], classes: list[str]) -> torch.Tensor:
+    counts = torch.zeros(len(classes))
+    index = {c: i for i, c in enumerate(classes)}
+    for r in rows:
+        if r["split"] == "train":
+            counts[index[r["label"]]] += 1
+    return counts.sum() / (len(classes) * counts.clamp(min=1))
+
+
+# -- optimisation ---------------------------------------------------------------------------------
+def create_optimizer(groups: list[dict], t: TrainConfig) -> torch.optim.Optimizer:
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def create_scheduler(opt: torch.optim.Optimizer, t: TrainConfig, steps: int):
+    """One step per batch. OneCycle warms up over 20 % of the steps (at least 2: it divides by
+    the warm-up length); runs too short for that use cosine."""
+    if t.schedule == "onecycle" and steps >= 4:
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=[g["lr"] for g in opt.param_groups],
+            total_steps=steps,
+            pct_start=min(0.5, max(0.2, 2.0 / steps)),
+        )
+    if t.schedule in ("cosine", "onecycle"):
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+@dataclass
+class Precision:
+    """The numeric format, chosen once: autocast dtype and (fp16 only) the grad scaler."""
+
+    name: str
+    dtype: torch.dtype | None = None
+    scaler: object | None = None
+
+    @classmethod
+    def choose(cls, pref: str, device: torch.device) -> Precision:
+        name = pref if pref != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+        if name in ("bf16", "fp16") and device.type != "cuda":
+            raise ConfigError(f"train.precision={name} needs a CUDA device; use auto or fp32 here")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
+        return cls(name, dtype, torch.amp.GradScaler("cuda") if name == "fp16" else None)
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=self.dtype) if self.dtype is not None else nullcontext()
+
+    def backward_step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+
+
+def _accumulator(device: torch.device) -> torch.Tensor:
+    """A device-side running sum (float64 where the device has it)."""
+    return torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+
+
+# -- one epoch, one validation --------------------------------------------------------------------
+@dataclass
+class EpochResult:
+    loss: float
+    acc: float
+    seen: int
+    seconds: float
+    steps: int
+
+
+def train_one_epoch(
+    net: nn.Module,
+    loader,
+    opt,
+    sched,
+    loss_fn,
+    device: torch.device,
+    precision: Precision,
+    *,
+    channels_last: bool = False,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> EpochResult:
+    """One pass over ``loader``. ``progress(step, steps, seconds)`` is called about every 15 s."""
+    net.train()
+    loss_sum, correct = _accumulator(device), _accumulator(device)
+    seen = steps = 0
+    t0 = last_log = time.perf_counter()
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        opt.zero_grad(set_to_none=True)
+        with precision.autocast():
+            out = net(x)
+            loss = loss_fn(out.float(), y)
+        precision.backward_step(loss, opt)
+        sched.step()
+        steps += 1
+        seen += len(y)
+        loss_sum += loss.detach() * len(y)  # stays on the device: no sync per step
+        correct += (out.argmax(1) == y).sum()
+        now = time.perf_counter()
+        if progress is not None and now - last_log > LOG_EVERY_S:
+            progress(steps, len(loader), now - t0)
+            last_log = now
+    seconds = time.perf_counter() - t0
+    return EpochResult(float(loss_sum) / max(seen, 1), float(correct) / max(seen, 1), seen, seconds, steps)
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader, device: torch.device, precision: Precision) -> tuple[float, float]:
+    """(accuracy, mean loss) over ``loader``; read from the device once, at the end."""
+    model.eval()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    loss, correct = _accumulator(device), _accumulator(device)
+    total = 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with precision.autocast():
+            out = model(x)
+        loss += loss_fn(out.float(), y)
+        correct += (out.argmax(1) == y).sum()
+        total += len(y)
+    return float(correct) / max(total, 1), float(loss) / max(total, 1)
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """Where training stands after an epoch: what a checkpoint holds besides the tensors."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    curves: list[str] = field(default_factory=list)
+    best: float | None = None
+    since_best: int = 0
+
+    def improved(self, metric: float, min_delta: float) -> None:
+        if self.best is None or metric > self.best + min_delta:
+            self.best, self.since_best = metric, 0
+        else:
+            self.since_best += 1
+
+    def checkpoint(self, model, opt, sched, gen, precision: Precision) -> dict:
+        """Tensors and primitives only: it loads with ``torch.load(..., weights_only=True)``."""
+        scaler = {"scaler": precision.scaler.state_dict()} if precision.scaler is not None else {}
+        return {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+            "rng_loader": gen.get_state(),
+            **scaler,
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": json.dumps(self.history),
+            "curves": json.dumps(self.curves),
+            "best": self.best,
+            "since_best": self.since_best,
+        }
+
+    @classmethod
+    def restore(cls, blob: dict, model, opt, sched, gen, precision: Precision) -> TrainState:
+        model.load_state_dict(blob["model"])
+        opt.load_state_dict(blob["optimizer"])
+        sched.load_state_dict(blob["scheduler"])
+        torch.set_rng_state(blob["rng_torch"])
+        gen.set_state(blob["rng_loader"])
+        if precision.scaler is not None and "scaler" in blob:
+            precision.scaler.load_state_dict(blob["scaler"])
+        return cls(
+            blob["epoch"],
+            blob["step"],
+            json.loads(blob["history"]),
+            json.loads(blob["curves"]),
+            blob["best"],
+            blob["since_best"],
+        )
+
+
+def fingerprint(cfg: Params, manifest_sha256: str) -> str:
+    """Same inputs -> same fingerprint: a checkpoint is only resumed for the training it belongs to."""
+    p = dump(cfg)
+    ignored = ("num_workers", "num_threads", "checkpoint_to_s3", "keep_checkpoints")
+    key = {
+        "manifest": manifest_sha256,
+        "model": p["model"],
+        "train": {k: v for k, v in p["train"].items() if k not in ignored},
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def store_or_none(cfg: Params):
+    """The object store when one is configured, else None (local checkpoints only)."""
+    from frugalml.store import Store
+
+    try:
+        return Store.from_config(cfg.storage)
+    except StorageError:
+        return None
+
+
+class Checkpointer:
+    """The resume point: locally after every epoch, and under ``checkpoints/<run_id>/`` in S3
+    (only the newest epoch is kept there; all of it is deleted when training ends unless
+    ``train.keep_checkpoints``: storage is billed per GB-month for as long as it stays)."""
+
+    def __init__(self, cfg: Params, fp: str, run_id: str):
+        self.cfg, self.fp, self.run_id = cfg, fp, run_id
+        self.local = CHECKPOINTS / fp / "last.pt"
+        self.store = store_or_none(cfg) if cfg.train.checkpoint_to_s3 else None
+
+    def load(self) -> dict | None:
+        if self.local.exists():
+            return torch.load(self.local, map_location="cpu", weights_only=True)
+        if self.store is None:
+            return None
+        try:
+            latest = self.store.get_json(f"checkpoints/{self.run_id}/latest.json")
+        except StorageError:
+            return None
+        if latest.get("fingerprint") != self.fp:
+            return None
+        self.store.download(latest["key"], self.local)
+        return torch.load(self.local, map_location="cpu", weights_only=True)
+
+    def save(self, state: dict, epoch: int) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.local, buf.getvalue())
+        if self.store is None:
+            return
+        key = f"checkpoints/{self.run_id}/epoch-{epoch:04d}.pt"
+        try:
+            self.store.put_file(key, self.local)
+            self.store.put_json(
+                f"checkpoints/{self.run_id}/latest.json", {"fingerprint": self.fp, "epoch": epoch, "key": key}
+            )
+            for o in self.store.list(f"checkpoints/{self.run_id}/epoch-"):  # older epochs are no resume point
+                if o["key"] != key:
+                    self.store.delete(o["key"])
+        except StorageError as exc:  # a lost upload must not cost the epoch: the local copy stays
+            info(f"train: warning: checkpoint upload failed ({exc}); kept locally at {self.local}")
+
+    def done(self) -> None:
+        self.local.unlink(missing_ok=True)
+        if self.store is None or self.cfg.train.keep_checkpoints:
+            return
+        try:
+            for o in self.store.list(f"checkpoints/{self.run_id}/"):
+                self.store.delete(o["key"])
+        except StorageError as exc:
+            info(f"train: warning: could not delete the checkpoints of run {self.run_id} ({exc})")
+
+
+# -- the epochs -----------------------------------------------------------------------------------
+CURVE_COLUMNS = "epoch,step,train_loss,train_acc,val_loss,val_acc,lr,images_per_s"
+
+
+@dataclass
+class Trainer:
+    """Everything ``fit`` needs, built once by the stage."""
+
+    model: nn.Module
+    net: nn.Module  # the model as trained: DDP-wrapped and/or compiled
+    train_loader: object
+    val_loader: object | None
+    gen: torch.Generator
+    opt: torch.optim.Optimizer
+    sched: object
+    loss_fn: nn.Module
+    device: torch.device
+    precision: Precision
+    t: TrainConfig
+    channels_last: bool = False
+
+    def progress(self, epoch: int) -> Callable[[int, int, float], None] | None:
+        if not is_main():
+            return None
+
+        def log(step: int, steps: int, seconds: float) -> None:
+            rate = step * self.t.batch_size * world() / seconds
+            info(
+                f"train: epoch {epoch}/{self.t.epochs} step {step}/{steps} | {rate:.0f} img/s, "
+                f"epoch ETA {(steps - step) * seconds / step:.0f} s"
+            )
+
+        return log
+
+    def shared_validation(self) -> tuple[float, float]:
+        """Validation on rank 0, broadcast so that every rank takes the same early-stopping decision."""
+        acc, loss = float("nan"), float("nan")
+        if self.val_loader is not None and is_main():
+            acc, loss = validate(self.model, self.val_loader, self.device, self.precision)
+        if world() > 1:
+            import torch.distributed as dist
+
+            shared = torch.tensor([acc, loss], dtype=torch.float64, device=self.device)
+            dist.broadcast(shared, src=0)
+            acc, loss = float(shared[0]), float(shared[1])
+        return acc, loss
+
+    def record(self, state: TrainState, epoch: int, res: EpochResult, val_acc: float, val_loss: float) -> dict:
+        ips = res.seen * world() / res.seconds if res.seconds > 0 else 0.0
+        rec = {
+            "epoch": epoch,
+            "train_loss": res.loss,
+            "train_acc": res.acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "images_per_s": ips,
+        }
+        state.epoch, state.step = epoch, state.step + res.steps
+        state.history.append(rec)
+        state.curves.append(
+            f"{epoch},{state.step},{res.loss:.6f},{res.acc:.6f},{val_loss:.6f},"
+            f"{val_acc:.6f},{self.sched.get_last_lr()[0]:.6g},{ips:.1f}"
+        )
+        es = self.t.early_stopping
+        state.improved(val_acc if es.metric == "val_acc" else -val_loss, es.min_delta)
+        return rec
+
+
+def fit(tr: Trainer, state: TrainState, ckpt: Checkpointer) -> tuple[TrainState, bool, float]:
+    """Epochs ``state.epoch + 1 .. t.epochs``: train, validate, checkpoint, early stop.
+    Returns the final state, whether it stopped early and the wall seconds."""
+    t, first = tr.t, state.epoch + 1
+    t_start = time.perf_counter()
+    for epoch in range(first, t.epochs + 1):
+        if world() > 1:
+            tr.train_loader.sampler.set_epoch(epoch)
+        res = train_one_epoch(
+            tr.net,
+            tr.train_loader,
+            tr.opt,
+            tr.sched,
+            tr.loss_fn,
+            tr.device,
+            tr.precision,
+            channels_last=tr.channels_last,
+            progress=tr.progress(epoch),
+        )
+        val_acc, val_loss = tr.shared_validation()
+        rec = tr.record(state, epoch, res, val_acc, val_loss)
+        if is_main():
+            eta = (time.perf_counter() - t_start) / (epoch - first + 1) * (t.epochs - epoch)
+            info(
+                f"train: epoch {epoch}/{t.epochs} loss {rec['train_loss']:.4f} acc {rec['train_acc']:.3f} "
+                f"val_acc {val_acc:.3f} | {rec['images_per_s']:.0f} img/s, ETA {eta:.0f} s"
+            )
+            ckpt.save(state.checkpoint(tr.model, tr.opt, tr.sched, tr.gen, tr.precision), epoch)
+        es = t.early_stopping
+        if es.patience and state.since_best >= es.patience and tr.val_loader is not None:
+            if is_main():
+                info(f"train: early stop after epoch {epoch}: no {es.metric} gain for {es.patience} epochs")
+            return state, True, time.perf_counter() - t_start
+    return state, False, time.perf_counter() - t_start
