@@ -112,7 +112,7 @@ class Contract(BaseModel):
         from frugalml.fsutil import atomic_write_json
 
         path = Path(path or self.PATH)
-        atomic_write_json(path, self.model_dump(mode="json"))
+        atomic_write_json(path, self.model_dump(mode="json", exclude_none=True))  # absent = None on read
         return path
 
 
