@@ -22,11 +22,20 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from frugalml import config
-from frugalml.contracts import CostEntry, GateDecision, PackageReport, StageStatus, status_file
+from frugalml.contracts import (
+    CostEntry,
+    EvalReport,
+    GateDecision,
+    IngestReport,
+    PackageReport,
+    StageStatus,
+    ValidationReport,
+    status_file,
+)
 from frugalml.costs import price
 from frugalml.dvcconf import write_local_config
 from frugalml.errors import FrugalError, Rejected, TransientStorageError
-from frugalml.fsutil import atomic_write_json, read_json
+from frugalml.fsutil import atomic_write_json
 from frugalml.lineage import git_commit, git_dirty
 from frugalml.runs import STAGES, new_run_id, write_record
 from frugalml.store import Store, resolve_settings
@@ -329,22 +338,26 @@ def write_cost_metrics(record: dict, path: Path = Path("metrics") / "costs.json"
 
 def _artifacts(run_id: str, rows: list[dict], gate: dict | None) -> None:
     """Prefect artifacts: data summary, validation result, metrics, gate decision, cost table."""
-    ingest = Path("metrics/ingest.json")
-    if ingest.exists():
-        m = read_json(ingest)
-        table = [{"key": k, "value": v} for k, v in m.items() if not isinstance(v, (dict, list))]
-        table += [{"key": f"class {c}", "value": n} for c, n in (m.get("per_class") or {}).items()]
+    ingest = IngestReport.read_if_exists()
+    if ingest is not None:
+        c = ingest.counts
+        table = [{"key": "source", "value": ingest.source}, {"key": "source kind", "value": ingest.source_kind}]
+        table += [{"key": k, "value": v} for k, v in c.model_dump().items() if not isinstance(v, dict)]
+        table += [{"key": f"class {name}", "value": n} for name, n in c.per_class.items()]
         create_table_artifact(key="data-summary", table=table, description=f"Prepared dataset, run {run_id}")
-    validation = Path("metrics/validation.json")
-    if validation.exists():
-        v = read_json(validation)
-        lines = [f"**Validation: {'passed' if v.get('success', True) else 'FAILED'}**", ""]
-        lines += [f"- {k}: {val}" for k, val in v.items() if not isinstance(val, (dict, list))]
+    validation = ValidationReport.read_if_exists()
+    if validation is not None:
+        lines = [f"**Validation: {'passed' if validation.success else 'FAILED'}**", ""]
+        lines += [
+            f"- images: {validation.images}",
+            f"- failed: {', '.join(validation.failed) or 'none'}",
+            f"- warnings: {', '.join(validation.warnings) or 'none'}",
+            f"- report: {validation.html_report}",
+        ]
         create_markdown_artifact(key="validation-result", markdown="\n".join(lines))
-    ev = Path("metrics/eval.json")
-    if ev.exists():
-        e = read_json(ev)
-        table = [{"metric": k, "value": v} for k, v in e.items() if isinstance(v, (int, float))]
+    ev = EvalReport.read_if_exists()
+    if ev is not None:
+        table = [{"metric": k, "value": v} for k, v in ev.model_dump().items() if isinstance(v, (int, float))]
         create_table_artifact(key="metrics", table=table, description=f"Evaluation on the test split, run {run_id}")
     create_table_artifact(key="cost-table", table=rows, description=f"Per-stage cost of run {run_id}")
     if gate:

@@ -101,7 +101,10 @@ class Contract(BaseModel):
             return cls.model_validate(json.loads(Path(path).read_text()))
         except FileNotFoundError:
             raise DataError(f"{path} is missing: run the stage that writes it first") from None
-        except (ValueError, ValidationError) as exc:
+        except ValidationError as exc:
+            fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+            raise DataError(f"{path} is not a valid {cls.__name__} ({fields})") from None
+        except ValueError as exc:
             raise DataError(f"{path} is not a valid {cls.__name__}: {str(exc).splitlines()[0]}") from None
 
     @classmethod
@@ -226,3 +229,104 @@ class TrainReport(Contract):
     gpu_s: float
     parameters: int
     trainable_parameters: int
+
+
+class Rejection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    reason: str
+    detail: str | None = None
+
+
+class Duplicate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    duplicate_of: str
+
+
+class IngestCounts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    images: int
+    classes: int
+    per_class: dict[str, int]
+    per_split: dict[str, int]
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    duplicates: int
+    hidden_skipped: int
+    new: int
+    removed: int
+    reject_ratio: float
+    decoded: int = 0
+    reused_unchanged: int = 0
+
+
+class ShardStats(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    shards: int
+    deleted: int
+    rewritten: int
+
+
+class IngestReport(Contract):
+    """``metrics/ingest.json``: what the prepared dataset holds, and every file left out with its reason."""
+
+    PATH: ClassVar[Path] = INGEST_REPORT
+    source: str
+    source_kind: str
+    counts: IngestCounts
+    rejected: list[Rejection]
+    duplicates: list[Duplicate]
+    shards: ShardStats | None = None
+
+
+class ValidationReport(Contract):
+    PATH: ClassVar[Path] = VALIDATION_REPORT
+    success: bool
+    images: int
+    expectations: list[dict]  # one per GX expectation: name, asset, expectation, observed, threshold, success
+    failed: list[str]
+    warnings: list[str]
+    label_distribution: dict[str, float]
+    drift_reference: dict | None = None
+    html_report: str
+
+
+class ClassScores(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class ChampionScores(BaseModel):
+    """The production model scored on the same test images (``comparable`` when its classes match)."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: str
+    comparable: bool
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    top3_accuracy: float | None = None
+    ece: float | None = None
+    per_class_recall: dict[str, float] | None = None
+
+
+class EvalReport(Contract):
+    PATH: ClassVar[Path] = EVAL_REPORT
+    test_images: int
+    accuracy: float
+    macro_f1: float
+    top3_accuracy: float
+    ece: float
+    per_class: dict[str, ClassScores]
+    device: str
+    model_size_bytes: int
+    parameters: int
+    latency_ms_p50: float
+    latency_ms_p95: float
+    throughput_images_per_s: float
+    throughput_batch_size: int
+    champion: ChampionScores | None = None
+    delta_vs_champion: dict[str, float] | None = None

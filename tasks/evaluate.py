@@ -16,10 +16,10 @@ import torch
 
 from frugalml.config import Params
 from frugalml.console import info
-from frugalml.contracts import CONFUSION_CSV, CONFUSION_PNG, EVAL_REPORT, MODEL, PREPARED, read_manifest
+from frugalml.contracts import CONFUSION_CSV, CONFUSION_PNG, EVAL_REPORT, MODEL, PREPARED, EvalReport, read_manifest
 from frugalml.costs import CostMeter
 from frugalml.errors import DataError
-from frugalml.fsutil import atomic_write_json, atomic_write_text
+from frugalml.fsutil import atomic_write_text
 from frugalml.modeling import ManifestDataset, eval_transform, load_model, select_device
 
 REPORT = EVAL_REPORT
@@ -215,7 +215,7 @@ def run(cfg: Params, meter: CostMeter) -> dict:
         report["delta_vs_champion"] = {
             k: round(report[k] - champ[k], 6) for k in ("accuracy", "macro_f1", "top3_accuracy", "ece")
         }
-    atomic_write_json(REPORT, report)
+    EvalReport.model_validate(report).write()
     y_pred = probs.argmax(1).tolist()
     write_confusion_csv(CONFUSION, classes, y_true, y_pred)
     confusion_png(y_true, y_pred, classes, CONFUSION_PNG)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from frugalml.config import Params
 from frugalml.console import info
-from frugalml.contracts import EVAL_REPORT, GATE_REPORT, CostEntry, GateDecision
+from frugalml.contracts import GATE_REPORT, CostEntry, EvalReport, GateDecision
 from frugalml.costs import CostMeter
-from frugalml.fsutil import read_json
 
 REPORT = GATE_REPORT
 
@@ -71,9 +70,8 @@ def decide(cfg: Params, ev: dict, train_usd: float = 0.0) -> dict:
 
 def run(cfg: Params, meter: CostMeter) -> GateDecision:
     train_cost = CostEntry.for_stage("train")
-    result = GateDecision.model_validate(
-        decide(cfg, read_json(EVAL_REPORT), train_cost.total_usd if train_cost else 0.0)
-    )
+    ev = EvalReport.read().model_dump(mode="json")  # decide() takes a dict: tests give it partial reports
+    result = GateDecision.model_validate(decide(cfg, ev, train_cost.total_usd if train_cost else 0.0))
     result.write()
     for c in result.checks:
         note = f" ({c.note})" if c.note else ""

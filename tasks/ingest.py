@@ -21,10 +21,9 @@ from pathlib import Path
 from frugalml.builtin import materialize
 from frugalml.config import Params
 from frugalml.console import Progress, info
-from frugalml.contracts import INGEST_REPORT, PREPARED, read_manifest, write_manifest
+from frugalml.contracts import INGEST_REPORT, PREPARED, IngestReport, read_manifest, write_manifest
 from frugalml.costs import CostMeter
 from frugalml.errors import DataError, TransientStorageError
-from frugalml.fsutil import atomic_write_json
 from frugalml.images import ImageRejected, cap_side, decode, png_bytes
 from frugalml.shards import ShardReader, ShardWriter
 from frugalml.sources import Entry, FileTooLarge, describe, is_hidden, iter_archive, iter_folder, iter_s3
@@ -300,7 +299,7 @@ def run(cfg: Params, meter: CostMeter) -> IngestResult:
     report["counts"]["decoded"] = scan.submitted
     report["counts"]["reused_unchanged"] = scan.reused
     report["shards"] = shard_stats
-    atomic_write_json(REPORT, report)
+    IngestReport.model_validate(report).write()
     _log_summary(report, scan.hidden, scan.reused)
     c = report["counts"]
     return IngestResult(c["images"], c["classes"], c["rejected"], new, gone)

@@ -16,10 +16,10 @@ from pathlib import Path
 from frugalml import bento
 from frugalml.config import Params, dump
 from frugalml.console import info
-from frugalml.contracts import EVAL_REPORT, MANIFEST, MODEL, STAGES, CostEntry, GateDecision, PackageReport, TrainReport
+from frugalml.contracts import MANIFEST, MODEL, STAGES, CostEntry, EvalReport, GateDecision, PackageReport, TrainReport
 from frugalml.costs import CostMeter
 from frugalml.errors import Rejected
-from frugalml.fsutil import read_json, to_json
+from frugalml.fsutil import to_json
 from frugalml.lineage import file_hash, git_commit
 from frugalml.registry import Registry
 from frugalml.store import Store
@@ -59,7 +59,7 @@ METRICS_KEPT = (
 
 def version_record(cfg: Params, version: str, model_sha: str, gate: GateDecision) -> dict:
     """The registry's record of a version (also the BentoML model's metadata), without the bento fields."""
-    ev, tr = read_json(EVAL_REPORT), TrainReport.read()
+    ev, tr = EvalReport.read(), TrainReport.read()
     params_text = to_json(dump(cfg))
     m = cfg.model
     return {
@@ -71,8 +71,8 @@ def version_record(cfg: Params, version: str, model_sha: str, gate: GateDecision
         "image_size": m.image_size,
         "mean": list(m.mean),
         "std": list(m.std),
-        "classes": sorted(ev["per_class"]),
-        "metrics": {k: ev[k] for k in METRICS_KEPT},
+        "classes": sorted(ev.per_class),
+        "metrics": ev.model_dump(include=set(METRICS_KEPT)),
         "train": {
             "epochs": tr.epochs,
             "device": tr.device,

@@ -11,10 +11,17 @@ import shutil
 
 from frugalml.config import Params
 from frugalml.console import Progress, info
-from frugalml.contracts import INGEST_REPORT, MANIFEST, PREPARED, VALIDATION_HTML, VALIDATION_REPORT, read_manifest
+from frugalml.contracts import (
+    MANIFEST,
+    PREPARED,
+    VALIDATION_HTML,
+    VALIDATION_REPORT,
+    IngestReport,
+    ValidationReport,
+    read_manifest,
+)
 from frugalml.costs import CostMeter
 from frugalml.errors import DataError, Rejected
-from frugalml.fsutil import atomic_write_json, read_json
 
 REPORT = VALIDATION_REPORT
 HTML_DIR = VALIDATION_HTML
@@ -51,7 +58,7 @@ def _frames(cfg: Params):
     counts = images.groupby("label").size()
     classes = pd.DataFrame({"label": counts.index.astype(str), "count": counts.values.astype(int)})
     hashes = images.groupby("sha256")["split"].nunique().reset_index(name="n_splits")
-    ingest = read_json(INGEST_REPORT) if INGEST_REPORT.exists() else {"counts": {"reject_ratio": 0.0}}
+    ingest = IngestReport.read_if_exists()
     reference = load_reference(cfg)
     shares = {str(k): float(v) / float(counts.sum()) for k, v in counts.items()}
     drift = label_drift(shares, reference["shares"]) if reference else 0.0
@@ -59,7 +66,7 @@ def _frames(cfg: Params):
         [
             {
                 "imbalance_ratio": float(counts.max() / counts.min()),
-                "reject_ratio": float(ingest["counts"]["reject_ratio"]),
+                "reject_ratio": ingest.counts.reject_ratio if ingest else 0.0,
                 "n_classes": int(len(counts)),
                 "label_drift": drift,
             }
@@ -264,7 +271,7 @@ def run(cfg: Params, meter: CostMeter) -> dict:
         "drift_reference": {"run_id": ref.get("run_id"), "images": ref.get("images")} if ref else None,
         "html_report": str(HTML_DIR / "index.html"),
     }
-    atomic_write_json(REPORT, report)
+    ValidationReport.model_validate(report).write()
     info(f"validate: {len(checks) - len(failed)}/{len(checks)} expectations passed (report: {HTML_DIR / 'index.html'})")
     for c in warnings:
         info(f"validate: WARNING {c['name']}: observed {c['observed']}, expected {c['threshold']}")

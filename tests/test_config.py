@@ -110,3 +110,24 @@ def test_the_stage_list_is_the_order_of_dvc_yaml():
 
     dvc = yaml.safe_load((Path(__file__).resolve().parent.parent / "dvc.yaml").read_text())
     assert tuple(dvc["stages"]) == STAGES
+
+
+def test_a_contract_file_with_a_renamed_field_is_a_clear_error(tmp_path):
+    """What stages pass each other is validated on read: a renamed field fails there, by name."""
+    import json
+
+    from frugalml.contracts import GateDecision
+    from frugalml.errors import DataError
+
+    good = {"decision": "accept", "failed": [], "checks": [], "serving_usd_per_1k": 0.1, "train_usd": 0.01}
+    path = tmp_path / "gate.json"
+    GateDecision.model_validate(good).write(path)
+    assert GateDecision.read(path).decision == "accept"
+    renamed = {**{k: v for k, v in good.items() if k != "decision"}, "verdict": "accept"}
+    path.write_text(json.dumps(renamed))
+    with pytest.raises(DataError) as e:
+        GateDecision.read(path)
+    assert str(path) in str(e.value) and "GateDecision" in str(e.value) and "\n" not in str(e.value)
+    assert "decision: Field required" in str(e.value) and "verdict" in str(e.value)
+    with pytest.raises(DataError, match="missing"):
+        GateDecision.read(tmp_path / "absent.json")
