@@ -30,8 +30,8 @@ def bare_loop(work: Path, arch: str, image_size: int, batch: int, epochs: int, t
     import torch
     from torch import nn
 
-    from frugalml.modeling import ManifestDataset, build_model, train_transform
     from frugalml.contracts import read_manifest
+    from frugalml.modeling import ManifestDataset, build_model, train_transform
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
