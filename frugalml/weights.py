@@ -132,16 +132,17 @@ def _from_cache(arch: str, name: str, url: str) -> Resolved | None:
     return Resolved(arch, name, path, digest, "cache", url)
 
 
-def _from_mirror(store, arch: str, name: str, url: str) -> Resolved | None:
+def _from_mirror(store, arch: str, name: str, url: str) -> tuple[Resolved | None, bool]:
+    """(the weights from the mirror or None, whether the mirror holds an object under that key)."""
     key = mirror_key(arch, name)
     if store.head(key) is None:
-        return None
+        return None, False
     dest = hub_checkpoints() / name
     try:
         store.download(key, dest)  # atomic, and checks the sha256 recorded at upload
     except StorageError as exc:
         info(f"weights: the mirror copy {store.uri(key)} is not usable ({exc}); not loaded, looking further")
-        return None
+        return None, True
     ok, digest = _matches(dest, name)
     if not ok:
         dest.unlink(missing_ok=True)
@@ -149,12 +150,12 @@ def _from_mirror(store, arch: str, name: str, url: str) -> Resolved | None:
             f"weights: the mirror copy {store.uri(key)} does not match its hash prefix {hash_prefix(name)} "
             f"(sha256 {digest[:12]}); not loaded, looking further"
         )
-        return None
+        return None, True
     info(
         f"weights: {name} from the team mirror {store.uri(key)} ({dest.stat().st_size / 1e6:.1f} MB, "
         f"sha256 {digest[:12]} checked)"
     )
-    return Resolved(arch, name, dest, digest, "mirror", url, mirror_uri=store.uri(key))
+    return Resolved(arch, name, dest, digest, "mirror", url, mirror_uri=store.uri(key)), True
 
 
 @contextmanager
@@ -219,8 +220,8 @@ def resolve(arch: str, *, store=None, url_override: str | None = None, progress:
     found = _from_cache(arch, name, url)
     mirror_bad = False
     if found is None and store is not None:
-        found = _from_mirror(store, arch, name, url)
-        mirror_bad = found is None and store.head(mirror_key(arch, name)) is not None
+        found, present = _from_mirror(store, arch, name, url)
+        mirror_bad = found is None and present  # there, but not usable: replaced after the download
     if found is not None:
         return found
     found, reason = _download(arch, name, url, progress)
