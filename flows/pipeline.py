@@ -24,11 +24,16 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from frugalml import config
 from frugalml.contracts import (
     CostEntry,
+    DvcPush,
     EvalReport,
     GateDecision,
     IngestReport,
     PackageReport,
+    Promotion,
+    RunRecord,
+    StageRow,
     StageStatus,
+    StorageUse,
     ValidationReport,
     status_file,
 )
@@ -37,6 +42,8 @@ from frugalml.dvcconf import write_local_config
 from frugalml.errors import FrugalError, Rejected, TransientStorageError
 from frugalml.fsutil import atomic_write_json
 from frugalml.lineage import git_commit, git_dirty
+from frugalml.locks import RUN_LOCK, workspace_lock
+from frugalml.registry import Registry, write_champion
 from frugalml.runs import STAGES, new_run_id, write_record
 from frugalml.store import Store, resolve_settings
 
@@ -168,7 +175,7 @@ def _remote_objects(store: Store) -> dict[str, int]:
 
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient)
-def dvc_push(cfg_storage, run_id: str) -> dict:
+def dvc_push(cfg_storage, run_id: str) -> DvcPush:
     """``dvc push``, with what it added to the remote (a listing before and after, by our client)."""
     store = Store.from_config(cfg_storage)
     t0 = time.perf_counter()
@@ -180,17 +187,17 @@ def dvc_push(cfg_storage, run_id: str) -> dict:
         raise StageFailed(f"dvc push failed (not retried: not a transient fault):\n{tail}")
     after = _remote_objects(store)
     new = {k: v for k, v in after.items() if k not in before}
-    return {
-        "wall_s": round(time.perf_counter() - t0, 3),
-        "objects": len(new),
-        "bytes": sum(new.values()),
-        "remote_objects": len(after),
-        "remote_bytes": sum(after.values()),
-    }
+    return DvcPush(
+        wall_s=round(time.perf_counter() - t0, 3),
+        objects=len(new),
+        bytes=sum(new.values()),
+        remote_objects=len(after),
+        remote_bytes=sum(after.values()),
+    )
 
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient)
-def record_run(cfg_storage, run_id: str, record: dict) -> str:
+def record_run(cfg_storage, run_id: str, record: RunRecord) -> str:
     return write_record(Store.from_config(cfg_storage), run_id, record, record_files())
 
 
@@ -203,12 +210,12 @@ def record_files() -> list[Path]:
     return [f for f in files if f.is_file()]
 
 
-def stored_by_run(cfg, run_id: str, outcomes: list[StageOutcome], push: dict) -> dict:
+def stored_by_run(cfg, run_id: str, outcomes: list[StageOutcome], push: DvcPush) -> dict[str, int]:
     """Bytes of every object this run leaves in the bucket, by kind: what DVC pushed, the
     checkpoints still kept, the bento, and the run record's own files. Listed, not estimated
     from uploads: deleted checkpoints cost nothing per month."""
     kinds = {
-        "dvc": push.get("bytes", 0),
+        "dvc": push.bytes,
         "checkpoints": 0,
         "bento": 0,
         "run_record": sum(f.stat().st_size for f in record_files()),
@@ -223,14 +230,13 @@ def stored_by_run(cfg, run_id: str, outcomes: list[StageOutcome], push: dict) ->
 
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient)
-def auto_promote(cfg, version: str, alias: str) -> dict:
+def auto_promote(cfg, version: str, alias: str) -> Promotion:
     """``promotion.auto``: point the alias at the version this run packaged (gate accepted)."""
-    from frugalml.registry import Registry
 
     Registry(Store.from_config(cfg.storage), cfg.model.name).promote(
         version, alias, reason="promotion.auto", write_id=f"auto-{alias}-{version}"
     )
-    return {"alias": alias, "version": version}
+    return Promotion(alias=alias, version=version)
 
 
 def _failed_outcome(stage: str, run_id: str) -> StageOutcome:
@@ -240,59 +246,32 @@ def _failed_outcome(stage: str, run_id: str) -> StageOutcome:
     return StageOutcome(stage, ran, cost.wall_s if ran else 0.0, cost if ran else None, failed=True)
 
 
-def _row(
-    stage: str,
-    status: str,
-    wall_s: float,
-    usd: float,
-    *,
-    check_wall_s: float | None = None,
-    cpu_s: float = 0.0,
-    peak_rss_mb: float = 0,
-    labeling_usd: float = 0.0,
-    labeled_images: int = 0,
-    **extra,
-) -> dict:
-    """One row of the run's cost table (stages, the DVC push, orchestration)."""
-    return {
-        "stage": stage,
-        "status": status,
-        "wall_s": round(wall_s, 2),
-        "cpu_s": round(cpu_s, 2),
-        "peak_rss_mb": peak_rss_mb,
-        "usd": usd,
-        "labeling_usd": labeling_usd,
-        "labeled_images": labeled_images,
-        "check_wall_s": round(wall_s if check_wall_s is None else check_wall_s, 2),
-        **extra,
-    }
-
-
-def push_row(push: dict, costs) -> dict:
+def push_row(push: DvcPush, costs) -> StageRow:
     """The DVC push as a row of the cost table: its wall time and one PUT per object it added."""
-    wall = push.get("wall_s", 0.0)
-    usd = price({"wall_s": wall, "s3_requests_put": push.get("objects", 0)}, costs)["total_usd"]
-    return _row("dvc push", "ran" if push.get("objects") else "nothing new", wall, usd, bytes=push.get("bytes", 0))
+    usd = price({"wall_s": push.wall_s, "s3_requests_put": push.objects}, costs)["total_usd"]
+    status = "ran" if push.objects else "nothing new"
+    return StageRow(stage="dvc push", status=status, wall_s=round(push.wall_s, 2), usd=usd, bytes=push.bytes)
 
 
-def orchestration_row(wall_s: float, costs) -> dict:
+def orchestration_row(wall_s: float, costs) -> StageRow:
     """The flow's own time (Prefect, ``dvc status``/``repro`` checks, process starts): a real cost too."""
-    return _row("orchestration", "ran", wall_s, price({"wall_s": wall_s}, costs)["total_usd"])
+    return StageRow(
+        stage="orchestration", status="ran", wall_s=round(wall_s, 2), usd=price({"wall_s": wall_s}, costs)["total_usd"]
+    )
 
 
-def cost_rows(outcomes: list[StageOutcome]) -> list[dict]:
+def cost_rows(outcomes: list[StageOutcome]) -> list[StageRow]:
     rows = []
     for o in outcomes:
         c = o.cost or CostEntry(stage=o.stage, run_id="", wall_s=0.0)
-        status = "failed" if o.failed else "ran" if o.ran else "up to date"
         rows.append(
-            _row(
-                o.stage,
-                status,
-                c.wall_s,
-                c.total_usd,
-                check_wall_s=o.wall_s,
-                cpu_s=c.cpu_s,
+            StageRow(
+                stage=o.stage,
+                status="failed" if o.failed else "ran" if o.ran else "up to date",
+                wall_s=round(c.wall_s, 2),
+                usd=c.total_usd,
+                check_wall_s=round(o.wall_s, 2),
+                cpu_s=round(c.cpu_s, 2),
                 peak_rss_mb=c.peak_rss_mb,
                 labeling_usd=c.labeling_usd,
                 labeled_images=c.labeled_images,
@@ -300,14 +279,8 @@ def cost_rows(outcomes: list[StageOutcome]) -> list[dict]:
                 s3_bytes_down=c.s3_bytes_down,
                 gpu_s=c.gpu_s,
                 gpu_energy_j=c.gpu_energy_j,
-                **(
-                    {
-                        "weights_from": c.weights_from,  # pretrained weights: cache, mirror or download
-                        "weights_download_bytes": c.weights_download_bytes,
-                    }
-                    if c.weights_from
-                    else {}
-                ),
+                weights_from=c.weights_from,  # pretrained weights: cache, mirror or download
+                weights_download_bytes=c.weights_download_bytes if c.weights_from else None,
             )
         )
     return rows
@@ -321,22 +294,21 @@ def _gate_rejection() -> str | None:
     return f"gate rejected the model (failed: {', '.join(gate.failed)})"
 
 
-def write_cost_metrics(record: dict, path: Path = Path("metrics") / "costs.json") -> dict:
+def write_cost_metrics(record: RunRecord, path: Path = Path("metrics") / "costs.json") -> dict:
     """``metrics/costs.json``: what ``dvc metrics diff`` compares between two runs."""
-    by_stage = {r["stage"]: {"usd": r["usd"], "wall_s": r["wall_s"]} for r in record["stages"]}
     metrics = {
-        "run_id": record["run_id"],
-        "total_usd": record["total_usd"],
-        "wall_s": record["wall_s"],
-        "stored_bytes": record["storage"]["stored_bytes"],
-        "storage_usd_per_month": record["storage"]["usd_per_month"],
-        "stages": by_stage,
+        "run_id": record.run_id,
+        "total_usd": record.total_usd,
+        "wall_s": record.wall_s,
+        "stored_bytes": record.storage.stored_bytes,
+        "storage_usd_per_month": record.storage.usd_per_month,
+        "stages": {r.stage: {"usd": r.usd, "wall_s": r.wall_s} for r in record.stages},
     }
     atomic_write_json(path, metrics)
     return metrics
 
 
-def _artifacts(run_id: str, rows: list[dict], gate: dict | None) -> None:
+def _artifacts(run_id: str, rows: list[StageRow], gate: GateDecision | None) -> None:
     """Prefect artifacts: data summary, validation result, metrics, gate decision, cost table."""
     ingest = IngestReport.read_if_exists()
     if ingest is not None:
@@ -359,18 +331,16 @@ def _artifacts(run_id: str, rows: list[dict], gate: dict | None) -> None:
     if ev is not None:
         table = [{"metric": k, "value": v} for k, v in ev.model_dump().items() if isinstance(v, (int, float))]
         create_table_artifact(key="metrics", table=table, description=f"Evaluation on the test split, run {run_id}")
-    create_table_artifact(key="cost-table", table=rows, description=f"Per-stage cost of run {run_id}")
+    table = [r.model_dump(mode="json", exclude_none=True) for r in rows]
+    create_table_artifact(key="cost-table", table=table, description=f"Per-stage cost of run {run_id}")
     if gate:
-        lines = [f"**Decision: {gate['decision']}**", "", "| check | value | threshold | passed |", "|---|---|---|---|"]
-        lines += [
-            f"| {c['name']} | {c['value']} | {c['op']} {c['threshold']} | {c['passed']} |" for c in gate["checks"]
-        ]
+        lines = [f"**Decision: {gate.decision}**", "", "| check | value | threshold | passed |", "|---|---|---|---|"]
+        lines += [f"| {c.name} | {c.value} | {c.op} {c.threshold} | {c.passed} |" for c in gate.checks]
         create_markdown_artifact(key="gate-decision", markdown="\n".join(lines))
 
 
 def _track_champion(cfg) -> None:
     """models/champion.json names the production version evaluate compares with (a DVC dep)."""
-    from frugalml.registry import Registry, write_champion
 
     try:
         write_champion(Registry(Store.from_config(cfg.storage), cfg.model.name))
@@ -398,55 +368,49 @@ def _build_record(
     outcomes: list[StageOutcome],
     status: str,
     message: str,
-    push: dict,
-    promoted,
+    push: DvcPush,
+    promoted: Promotion | None,
     t0: float,
     flow_run_id: str,
-) -> dict:
-    rows = cost_rows(outcomes) + ([push_row(push, cfg.costs)] if push else [])
-    own = time.perf_counter() - t0 - sum(r["wall_s"] for r in rows)
+) -> RunRecord:
+    rows = cost_rows(outcomes) + ([push_row(push, cfg.costs)] if push.wall_s else [])
+    own = time.perf_counter() - t0 - sum(r.wall_s for r in rows)
     rows.append(orchestration_row(max(0.0, own), cfg.costs))
-    gate = (
-        GateDecision.read().model_dump(mode="json", exclude_none=True)
-        if GateDecision.PATH.exists() and any(o.stage == "gate" for o in outcomes)
-        else None
-    )
-    changed = any(o.ran for o in outcomes)
+    ran = {o.stage for o in outcomes}
     # What this run added to the bucket (stage uploads: checkpoints, bento, registry; DVC push),
     # priced per month at costs.prices.usd_per_gb_month for as long as it is kept.
     by_kind = stored_by_run(cfg, run_id, outcomes, push)
     stored = sum(by_kind.values())
-    record = {
-        "run_id": run_id,
-        "status": status,
-        "message": message,
-        "no_change": not changed and status == "succeeded",
-        "flow_run_id": flow_run_id,
-        "git_commit": git_commit(),
-        "git_dirty": git_dirty(),
-        "overrides": overrides or [],
-        "until": until,
-        "params": config.dump(cfg),
-        "stages": rows,
-        "total_usd": round(sum(r["usd"] for r in rows), 6),
-        "dvc_push": push,
-        "storage": {
-            "stored_bytes": stored,
-            "by_kind": by_kind,
-            "usd_per_month": round(stored / 1e9 * cfg.costs.prices.usd_per_gb_month, 6),
-        },
-        "wall_s": round(time.perf_counter() - t0, 2),
-        "gate": gate,
-        "promoted": promoted,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if PackageReport.PATH.exists() and any(o.stage == "package" for o in outcomes):
-        record["package"] = PackageReport.read().model_dump(mode="json")
+    record = RunRecord(
+        run_id=run_id,
+        status=status,
+        message=message,
+        no_change=not any(o.ran for o in outcomes) and status == "succeeded",
+        flow_run_id=flow_run_id,
+        git_commit=git_commit(),
+        git_dirty=git_dirty(),
+        overrides=overrides or [],
+        until=until,
+        params=config.dump(cfg),
+        stages=rows,
+        total_usd=round(sum(r.usd for r in rows), 6),
+        dvc_push=push,
+        storage=StorageUse(
+            stored_bytes=stored,
+            by_kind=by_kind,
+            usd_per_month=round(stored / 1e9 * cfg.costs.prices.usd_per_gb_month, 6),
+        ),
+        wall_s=round(time.perf_counter() - t0, 2),
+        gate=GateDecision.read() if "gate" in ran and GateDecision.PATH.exists() else None,
+        package=PackageReport.read() if "package" in ran and PackageReport.PATH.exists() else None,
+        promoted=promoted,
+        finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
     write_cost_metrics(record)
     return record
 
 
-def run_if_unchanged(run_id: str, overrides: list[str] | None = None, until: str | None = None) -> dict | None:
+def run_if_unchanged(run_id: str, overrides: list[str] | None = None, until: str | None = None) -> RunRecord | None:
     """Outside Prefect: when one ``dvc status`` says nothing changed, record "no change" and return it.
 
     ``frugalml run`` calls this first, so a run over unchanged data and params costs one
@@ -457,9 +421,9 @@ def run_if_unchanged(run_id: str, overrides: list[str] | None = None, until: str
     if not nothing_changed.fn(stages, run_id):
         return None
     outcomes = [StageOutcome(stage, False, 0.0) for stage in stages]
-    record = _build_record(cfg, run_id, overrides, until, outcomes, "succeeded", "", {}, None, t0, "")
-    record["orchestrator"] = "none: dvc status found nothing to run"
-    record["record_uri"] = record_run.fn(cfg.storage, run_id, record)
+    record = _build_record(cfg, run_id, overrides, until, outcomes, "succeeded", "", DvcPush(), None, t0, "")
+    record.orchestrator = "none: dvc status found nothing to run"
+    record.record_uri = record_run.fn(cfg.storage, run_id, record)
     return record
 
 
@@ -469,13 +433,12 @@ def training_pipeline(
     overrides: list[str] | None = None,
     until: str | None = None,
     checked_changed: bool = False,
-) -> dict:
+) -> RunRecord:
     """Run the stages in order; returns the run record (status: succeeded, rejected or failed).
 
     ``overrides`` (KEY=VALUE) are written to params.yaml first, as ``frugalml run --set`` does.
     ``checked_changed``: the caller's own ``dvc status`` just found work (skip the check).
     """
-    from frugalml.locks import RUN_LOCK, workspace_lock
 
     # A scheduled run queues behind a manual one in the same workspace (and vice versa).
     with workspace_lock(
@@ -487,8 +450,8 @@ def training_pipeline(
         return _pipeline(run_id, overrides, until, checked_changed)
 
 
-def _pipeline(run_id: str | None, overrides: list[str] | None, until: str | None, checked_changed: bool) -> dict:
-    from prefect.runtime import flow_run
+def _pipeline(run_id: str | None, overrides: list[str] | None, until: str | None, checked_changed: bool) -> RunRecord:
+    from prefect.runtime import flow_run  # lazy: Prefect: ~2 s to import; only orchestration pays for it
 
     logger = get_run_logger()
     t0 = time.perf_counter()
@@ -517,7 +480,7 @@ def _pipeline(run_id: str | None, overrides: list[str] | None, until: str | None
         if rejection := _gate_rejection():  # --until gate: the decision is the outcome
             status, message = "rejected", rejection
     promoted = None
-    push = {}
+    push = DvcPush()
     # A failure after the stages (the DVC push, the auto-promotion) still gets a run record:
     # a model may already be registered, and the record says what was done.
     try:
@@ -542,8 +505,8 @@ def _pipeline(run_id: str | None, overrides: list[str] | None, until: str | None
         t0,
         str(flow_run.id) if flow_run.id else "",
     )
-    record["orchestrator"] = "prefect"
-    record["record_uri"] = record_run(cfg.storage, run_id, record)
-    _artifacts(run_id, record["stages"], record["gate"])
-    logger.info("run %s %s; record at %s", run_id, status, record["record_uri"])
+    record.orchestrator = "prefect"
+    record.record_uri = record_run(cfg.storage, run_id, record)
+    _artifacts(run_id, record.stages, record.gate)
+    logger.info("run %s %s; record at %s", run_id, status, record.record_uri)
     return record

@@ -6,9 +6,12 @@ The BentoML home (model and bento store) is ``.frugalml/bentoml`` in the workspa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import tarfile
+import uuid
 from pathlib import Path
 
 SERVICE = "frugalml.serving.service:Classifier"
@@ -36,7 +39,7 @@ def package_root() -> Path:
 
 
 def save_model(name: str, version: str, model_file: Path, info: dict) -> str:
-    import bentoml
+    import bentoml  # lazy: BentoML: its submodules load the serving stack
 
     tag = f"{name}:{version}"
     try:
@@ -60,7 +63,7 @@ def _metadata(value):
 
 
 def build_bento(name: str, version: str, model_tag: str, serving) -> str:
-    import bentoml
+    import bentoml  # lazy: BentoML: its submodules load the serving stack
 
     tag = f"{name}:{version}"
     try:
@@ -87,11 +90,10 @@ def build_bento(name: str, version: str, model_tag: str, serving) -> str:
 
 
 def export_bento(tag: str, dest: Path) -> Path:
-    import bentoml
+    import bentoml  # lazy: BentoML: its submodules load the serving stack
 
     dest = dest.resolve()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    import uuid
 
     tmp = dest.with_name(f".{dest.stem}.{uuid.uuid4().hex[:12]}.part.bento")  # unique: concurrent exports
     try:
@@ -103,13 +105,13 @@ def export_bento(tag: str, dest: Path) -> Path:
 
 
 def import_bento(path: Path) -> str:
-    import bentoml
+    import bentoml  # lazy: BentoML: its submodules load the serving stack
 
     return str(bentoml.import_bento(str(Path(path).resolve())).tag)  # fsspec needs absolute paths
 
 
 def has_bento(tag: str) -> bool:
-    import bentoml
+    import bentoml  # lazy: BentoML: its submodules load the serving stack
 
     try:
         bentoml.bentos.get(tag)
@@ -120,10 +122,8 @@ def has_bento(tag: str) -> bool:
 
 def matches_archive(tag: str, archive: Path) -> bool:
     """True when every file of the exported ``archive`` is in the local store's bento, byte for byte."""
-    import hashlib
-    import tarfile
 
-    import bentoml
+    import bentoml  # lazy: BentoML: its submodules load the serving stack
 
     root = Path(bentoml.bentos.get(tag).path)
     with tarfile.open(archive, "r:*") as tf:
@@ -140,6 +140,6 @@ def matches_archive(tag: str, archive: Path) -> bool:
 
 
 def delete_bento(tag: str) -> None:
-    import bentoml
+    import bentoml  # lazy: BentoML: its submodules load the serving stack
 
     bentoml.bentos.delete(tag)

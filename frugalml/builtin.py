@@ -19,8 +19,14 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
 from frugalml.config import BUILTIN_NAMES as NAMES
+from frugalml.console import Progress
 from frugalml.errors import ConfigError
+from frugalml.fsutil import atomic_write_bytes, atomic_write_text
+from frugalml.images import png_bytes
 
 SHAPES = ("circle", "ring", "crescent", "triangle", "square", "pentagon", "hexagon", "star", "cross", "arrow")
 SHAPES_PER_CLASS = 300
@@ -60,12 +66,7 @@ def _complete(dest: Path, stamp: str) -> bool:
 
 def write_digits(dest: str | os.PathLike) -> Path:
     """scikit-learn's bundled handwritten digits as ``<class>/<name>.png`` (8x8 grayscale)."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    from frugalml.fsutil import atomic_write_bytes, atomic_write_text
-    from frugalml.images import png_bytes
+    from sklearn.datasets import load_digits  # lazy: scikit-learn: ~2 s to import
 
     dest = Path(dest)
     stamp = "scikit-learn load_digits"
@@ -127,8 +128,6 @@ def _draw_shape(d, kind: str, cx: float, cy: float, r: float, rot: float, fill, 
 
 def shape_image(kind: str, index: int, seed: int = SHAPES_SEED, size: int = SHAPES_SIZE):
     """One image of ``kind``: a PIL RGB image, a pure function of (seed, kind, index)."""
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFilter
 
     rng = np.random.default_rng([seed, SHAPES.index(kind), index])
     big = size * 2  # drawn at 2x, then reduced: anti-aliased edges
@@ -171,9 +170,6 @@ def shape_image(kind: str, index: int, seed: int = SHAPES_SEED, size: int = SHAP
 
 
 def write_shapes(dest: str | os.PathLike, per_class: int = SHAPES_PER_CLASS) -> Path:
-    from frugalml.console import Progress
-    from frugalml.fsutil import atomic_write_bytes, atomic_write_text
-    from frugalml.images import png_bytes
 
     dest = Path(dest)
     stamp = _SHAPES_VERSION if per_class == SHAPES_PER_CLASS else f"{_SHAPES_VERSION} per_class={per_class}"

@@ -7,15 +7,33 @@ message; ``--debug`` shows the traceback too.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
+from rich.table import Table
 
-from frugalml.console import err, fast_exit
+from frugalml import bento, config, weights
+from frugalml.builtin import materialize
+from frugalml.charts import plot_cost_per_run
+from frugalml.console import Progress, err, fast_exit
 from frugalml.contracts import STAGES as STAGE_NAMES
+from frugalml.contracts import RunRecord
+from frugalml.dvcconf import write_local_config
+from frugalml.embedded import EmbeddedS3
+from frugalml.errors import ConfigError, FrugalError, StorageError
+from frugalml.locks import RUN_LOCK, workspace_lock
+from frugalml.registry import Registry, write_champion
+from frugalml.reproduce import reproduce
+from frugalml.runs import get_record, list_runs, new_run_id
+from frugalml.sources import is_hidden, iter_folder
+from frugalml.store import Store, resolve_settings, split_s3_uri
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Cost-aware MLOps pipeline for image classification."
@@ -40,13 +58,11 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."))
 
 
 def _cfg(overrides: list[str] | None = None):
-    from frugalml import config
 
     return config.load(overrides=overrides)
 
 
 def _store(cfg=None):
-    from frugalml.store import Store
 
     cfg = cfg or _cfg()
     return Store.from_config(cfg.storage)
@@ -56,9 +72,6 @@ def _store(cfg=None):
 @storage_app.command("up")
 def storage_up() -> None:
     """Start the embedded S3 server on 127.0.0.1 (idempotent) and point DVC at it."""
-    from frugalml.dvcconf import write_local_config
-    from frugalml.embedded import EmbeddedS3
-    from frugalml.store import resolve_settings
 
     cfg = _cfg()
     info = EmbeddedS3(".", cfg.storage.bucket).up()
@@ -71,7 +84,6 @@ def storage_up() -> None:
 @storage_app.command("down")
 def storage_down() -> None:
     """Stop the embedded S3 server (its data stays under .frugalml/storage)."""
-    from frugalml.embedded import EmbeddedS3
 
     err.print("stopped" if EmbeddedS3(".").down() else "not running")
 
@@ -79,7 +91,6 @@ def storage_down() -> None:
 @storage_app.command("status")
 def storage_status() -> None:
     """Show whether the embedded S3 server runs and answers."""
-    from frugalml.embedded import EmbeddedS3
 
     cfg = _cfg()
     st = EmbeddedS3(".", cfg.storage.bucket).status()
@@ -91,10 +102,6 @@ def storage_status() -> None:
 @storage_app.command("env")
 def storage_env() -> None:
     """Print shell exports for the embedded server, for the AWS CLI: eval "$(frugalml storage env)"."""
-    import shlex
-
-    from frugalml.embedded import EmbeddedS3
-    from frugalml.errors import StorageError
 
     info = EmbeddedS3(".").info()
     if info is None:
@@ -111,8 +118,6 @@ def storage_env() -> None:
 @storage_app.command("configure")
 def storage_configure() -> None:
     """Write DVC's local remote settings (.dvc/config.local) from params.yaml and the store in use."""
-    from frugalml.dvcconf import write_local_config
-    from frugalml.store import resolve_settings
 
     cfg = _cfg()
     settings = resolve_settings(cfg.storage)
@@ -130,11 +135,6 @@ def data_upload(
     dest: Optional[str] = typer.Argument(None, help="s3://bucket/prefix (default: data.source)"),
 ) -> None:
     """Upload labeled images to an S3 prefix (skips objects already there with the same content)."""
-    from frugalml.builtin import materialize
-    from frugalml.console import Progress
-    from frugalml.errors import ConfigError
-    from frugalml.sources import is_hidden, iter_folder
-    from frugalml.store import split_s3_uri
 
     cfg = _cfg()
     dest = dest or cfg.data.source
@@ -148,7 +148,6 @@ def data_upload(
     entries = [e for e in iter_folder(root) if not is_hidden(e.path) and not e.problem]
     progress = Progress("upload", len(entries), "files")
     sent = 0
-    import hashlib
 
     for e in entries:
         key = prefix + e.path
@@ -181,8 +180,6 @@ def run(
     length; a run over unchanged data and params is recorded as "no change" after one
     `dvc status`, without waiting for it.
     """
-    from frugalml.errors import ConfigError
-    from frugalml.locks import RUN_LOCK, workspace_lock
 
     if until and until not in STAGE_NAMES:
         raise ConfigError(f"--until must be one of {', '.join(STAGE_NAMES)}")
@@ -194,10 +191,6 @@ def run(
 
 
 def _run_locked(set_: list[str], until: str | None, always_flow: bool) -> None:
-    import os
-
-    from frugalml import config
-    from frugalml.runs import new_run_id
 
     if set_:
         config.write_overrides("params.yaml", set_)
@@ -206,11 +199,11 @@ def _run_locked(set_: list[str], until: str | None, always_flow: bool) -> None:
     server = None
     if ephemeral:
         # Prefect's API for this run, starting while the checks below run (see flows/local_server.py).
-        from flows.local_server import LocalPrefectServer
+        from flows.local_server import LocalPrefectServer  # lazy: flows import Prefect (~2 s)
 
         server = LocalPrefectServer(Path(".frugalml") / "prefect-server.log")
         os.environ["PREFECT_API_URL"] = server.api_url  # before Prefect is imported
-    from flows.pipeline import run_if_unchanged, training_pipeline
+    from flows.pipeline import run_if_unchanged, training_pipeline  # lazy: flows import Prefect (~2 s)
 
     run_id = new_run_id()
     record = run_if_unchanged(run_id, set_, until) if ephemeral and not always_flow else None
@@ -222,9 +215,9 @@ def _run_locked(set_: list[str], until: str | None, always_flow: bool) -> None:
             run_id=run_id, overrides=set_, until=until, checked_changed=ephemeral and not always_flow
         )
     print_summary(record)
-    if record["status"] == "rejected":
+    if record.status == "rejected":
         raise typer.Exit(3)
-    if record["status"] == "failed":
+    if record.status == "failed":
         raise typer.Exit(1)
 
 
@@ -241,14 +234,12 @@ def schedule(
     Runs go to the Prefect server at $PREFECT_API_URL (see infra/). Scheduled runs never
     overlap: the deployment's concurrency limit is 1, later runs wait their turn.
     """
-    import os
-
-    from frugalml import config
-    from frugalml.errors import ConfigError
 
     if until and until not in STAGE_NAMES:
         raise ConfigError(f"--until must be one of {', '.join(STAGE_NAMES)}")
-    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.client.schemas.schedules import (
+        CronSchedule,  # lazy: Prefect: ~2 s to import; only orchestration pays for it
+    )
 
     try:
         CronSchedule(cron=cron, timezone=timezone)
@@ -262,10 +253,10 @@ def schedule(
             "stops with this process. Point it at a Prefect server to see runs in its UI.[/yellow]"
         )
         _quiet_ephemeral_prefect()
-    from prefect import serve
+    from prefect import serve  # lazy: Prefect: ~2 s to import; only orchestration pays for it
 
-    from flows.pipeline import training_pipeline
-    from flows.promote import promotion_flow
+    from flows.pipeline import training_pipeline  # lazy: flows import Prefect (~2 s)
+    from flows.promote import promotion_flow  # lazy: flows import Prefect (~2 s)
 
     train = training_pipeline.to_deployment(
         name=name,
@@ -290,7 +281,6 @@ def _quiet_ephemeral_prefect() -> None:
     Its internal "database is locked" retries are logged with tracebacks although the run goes
     on; they are not the user's concern, so that server only reports critical errors.
     """
-    import os
 
     if not os.environ.get("PREFECT_API_URL"):
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
@@ -298,54 +288,42 @@ def _quiet_ephemeral_prefect() -> None:
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def print_summary(record: dict) -> None:
-    from rich.table import Table
+def print_summary(record: RunRecord) -> None:
 
-    t = Table(title=f"Cost per stage, run {record['run_id']}")
+    t = Table(title=f"Cost per stage, run {record.run_id}")
     for col in ("stage", "status", "wall s", "CPU s", "peak RSS MB", "labeling USD", "compute+S3 USD", "total USD"):
         t.add_column(col, justify="left" if col in ("stage", "status") else "right")
-    for r in record["stages"]:
-        lab = r.get("labeling_usd", 0.0)
+    for r in record.stages:
         t.add_row(
-            r["stage"],
-            r["status"],
-            f"{r['wall_s']:.1f}",
-            f"{r['cpu_s']:.1f}",
-            f"{r['peak_rss_mb']:.0f}",
-            f"{lab:.2f}",
-            f"{r['usd'] - lab:.5f}",
-            f"{r['usd']:.5f}",
+            r.stage,
+            r.status,
+            f"{r.wall_s:.1f}",
+            f"{r.cpu_s:.1f}",
+            f"{r.peak_rss_mb:.0f}",
+            f"{r.labeling_usd:.2f}",
+            f"{r.usd - r.labeling_usd:.5f}",
+            f"{r.usd:.5f}",
         )
-    lab_total = sum(r.get("labeling_usd", 0.0) for r in record["stages"])
-    t.add_row(
-        "total",
-        "",
-        "",
-        "",
-        "",
-        f"{lab_total:.2f}",
-        f"{record['total_usd'] - lab_total:.5f}",
-        f"{record['total_usd']:.5f}",
-    )
+    lab = record.labeling_usd
+    t.add_row("total", "", "", "", "", f"{lab:.2f}", f"{record.total_usd - lab:.5f}", f"{record.total_usd:.5f}")
     err.print(t)
-    gate = record.get("gate")
-    if gate:
+    if record.gate:
         parts = [
-            f"{c['name']} {c['value']:.4f} {c['op']} {c['threshold']} ({'pass' if c['passed'] else 'FAIL'})"
-            for c in gate["checks"]
+            f"{c.name} {c.value:.4f} {c.op} {c.threshold} ({'pass' if c.passed else 'FAIL'})"
+            for c in record.gate.checks
         ]
-        color = "green" if gate["decision"] == "accept" else "red"
-        err.print(f"gate: [bold {color}]{gate['decision'].upper()}[/bold {color}] - " + "; ".join(parts))
-    if record.get("package"):
-        p = record["package"]
-        err.print(f"packaged {p['model']} {p['version']} -> {p['bento_uri']}")
-    if record.get("promoted"):
-        err.print(f"promoted: {record['promoted']['alias']} -> {record['promoted']['version']} (promotion.auto)")
-    if record.get("no_change"):
+        color = "green" if record.gate.decision == "accept" else "red"
+        err.print(f"gate: [bold {color}]{record.gate.decision.upper()}[/bold {color}] - " + "; ".join(parts))
+    if record.package:
+        p = record.package
+        err.print(f"packaged {p.model} {p.version} -> {p.bento_uri}")
+    if record.promoted:
+        err.print(f"promoted: {record.promoted.alias} -> {record.promoted.version} (promotion.auto)")
+    if record.no_change:
         err.print("no change: every stage was up to date")
-    if record["status"] != "succeeded":
-        err.print(f"[bold red]run {record['status']}[/bold red]: {record['message']}")
-    err.print(f"run record: {record.get('record_uri', '')}")
+    if record.status != "succeeded":
+        err.print(f"[bold red]run {record.status}[/bold red]: {record.message}")
+    err.print(f"run record: {record.record_uri}")
 
 
 # -- runs / models --------------------------------------------------------------------------------
@@ -361,7 +339,6 @@ def costs(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a cost-per-run chart (PNG)."),
 ) -> None:
     """Per-stage cost of a run, and the cost trend across recent runs (from the run records in S3)."""
-    from frugalml.runs import get_record, list_runs
 
     store = _store()
     ids = [run_id] if run_id else list_runs(store)[-last:]
@@ -370,23 +347,19 @@ def costs(
         return
     records = [get_record(store, r) for r in ids]
     if plot:
-        from frugalml.costs import plot_cost_per_run
-
         plot_cost_per_run(records, plot)
         err.print(f"cost-per-run chart written to {plot}")
     if as_json:
-        keys = ("run_id", "status", "no_change", "total_usd", "wall_s", "stages", "gate", "finished")
-        print(json.dumps([{k: r.get(k) for k in keys} for r in records], indent=2))
+        keys = {"run_id", "status", "no_change", "total_usd", "wall_s", "stages", "gate", "finished"}
+        print(json.dumps([r.model_dump(mode="json", include=keys, exclude_none=True) for r in records], indent=2))
     elif run_id:
         print_summary(records[0])
     else:
         err.print(_trend_table(records))
 
 
-def _trend_table(records: list[dict]):
+def _trend_table(records: list[RunRecord]):
     """Runs as rows, stages as columns: USD per stage, labeling, total, wall, accuracy."""
-    from rich import box
-    from rich.table import Table
 
     t = Table(
         title=f"Cost trend, last {len(records)} runs (USD per stage; - = up to date; other = dvc push + orchestration)",
@@ -397,23 +370,20 @@ def _trend_table(records: list[dict]):
     for col in ("run", "status", *STAGE_NAMES, "other", "labeling", "total USD", "wall s", "accuracy"):
         t.add_column(col, justify="left" if col in ("run", "status") else "right", no_wrap=True)
     for r in records:
-        by_stage = {s["stage"]: s for s in r["stages"]}
         cells = []
         for name in STAGE_NAMES:
-            s = by_stage.get(name)
-            cells.append("-" if s is None or s["status"] == "up to date" else _usd(s["usd"]))
-        other = sum(s["usd"] for s in r["stages"] if s["stage"] not in STAGE_NAMES)
-        lab = sum(s.get("labeling_usd", 0.0) for s in r["stages"])
-        acc = next((c["value"] for c in (r.get("gate") or {}).get("checks", []) if c["name"] == "min_accuracy"), None)
-        status = "no change" if r.get("no_change") else r["status"]
+            s = r.stage(name)
+            cells.append("-" if s is None or s.status == "up to date" else _usd(s.usd))
+        other = sum(s.usd for s in r.stages if s.stage not in STAGE_NAMES)
+        acc = r.accuracy()
         t.add_row(
-            r["run_id"],
-            status,
+            r.run_id,
+            "no change" if r.no_change else r.status,
             *cells,
             _usd(other),
-            f"{lab:.2f}",
-            _usd(r["total_usd"]),
-            f"{r.get('wall_s', 0):.1f}",
+            f"{r.labeling_usd:.2f}",
+            _usd(r.total_usd),
+            f"{r.wall_s:.1f}",
             "" if acc is None else f"{acc:.4f}",
         )
     return t
@@ -425,7 +395,6 @@ def reproduce_cmd(
     keep: bool = typer.Option(False, "--keep", help="Keep the temporary worktree."),
 ) -> None:
     """Re-run a recorded run from its commit, params and dvc.lock, and compare the metrics."""
-    from frugalml.reproduce import reproduce
 
     differences = reproduce(_store(), run_id, keep=keep)
     if differences:
@@ -439,21 +408,22 @@ def reproduce_cmd(
 @runs_app.command("list")
 def runs_list() -> None:
     """List run records."""
-    from frugalml.runs import get_record, list_runs
 
     store = _store()
     for rid in list_runs(store):
         r = get_record(store, rid)
-        acc = (r.get("gate") or {}).get("checks", [{}])[0].get("value", "")
-        print(f"{rid}  {r['status']:<9}  ${r['total_usd']:.5f}  {'no change' if r.get('no_change') else ''}{acc}")
+        acc = r.accuracy()
+        print(
+            f"{rid}  {r.status:<9}  ${r.total_usd:.5f}  {'no change' if r.no_change else ''}"
+            f"{'' if acc is None else f'{acc:.4f}'}"
+        )
 
 
 @runs_app.command("show")
 def runs_show(run_id: str) -> None:
     """Print one run record as JSON."""
-    from frugalml.runs import get_record
 
-    print(json.dumps(get_record(_store(), run_id), indent=2))
+    print(get_record(_store(), run_id).model_dump_json(indent=2, exclude_none=True))
 
 
 @weights_app.command("add")
@@ -463,7 +433,6 @@ def weights_add(
 ) -> None:
     """Put a weights file into the team mirror (weights/<arch>/<file>), checked against the
     published hash prefix and the architecture first."""
-    from frugalml import weights
 
     cfg = _cfg()
     uri, digest = weights.add_to_mirror(_store(cfg), arch, file, cfg.model.weights_url)
@@ -474,7 +443,6 @@ def weights_add(
 def weights_fetch(arch: Optional[str] = typer.Option(None, "--arch", help="Default: model.arch.")) -> None:
     """Resolve the weights as a training run would (cache, mirror, download) and mirror them:
     run once where the network allows, and every worker reads them from the store."""
-    from frugalml import weights
 
     cfg = _cfg()
     found = weights.resolve(arch or cfg.model.arch, store=_store(cfg), url_override=cfg.model.weights_url)
@@ -484,7 +452,6 @@ def weights_fetch(arch: Optional[str] = typer.Option(None, "--arch", help="Defau
 @weights_app.command("list")
 def weights_list() -> None:
     """The weights files in the team mirror, and whether this machine's cache has each."""
-    from frugalml import weights
 
     rows = weights.listing(_store())
     if not rows:
@@ -499,7 +466,6 @@ def weights_list() -> None:
 @models_app.command("list")
 def models_list() -> None:
     """List registered versions of the configured model, with their aliases."""
-    from frugalml.registry import Registry
 
     cfg = _cfg()
     reg = Registry(_store(cfg), cfg.model.name)
@@ -526,7 +492,6 @@ def promote(
     reason: str = typer.Option("", "--reason", help="Why (required with --force; recorded)."),
 ) -> None:
     """Point an alias at a version (a conditional write: concurrent promotions never lose an update)."""
-    from frugalml.registry import Registry
 
     cfg = _cfg()
     reg = Registry(_store(cfg), cfg.model.name)
@@ -539,15 +504,12 @@ def promote(
 def _track_champion(reg) -> None:
     """In a pipeline workspace, keep models/champion.json (evaluate's DVC dep) in step."""
     if Path("dvc.yaml").exists():
-        from frugalml.registry import write_champion
-
         write_champion(reg)
 
 
 @app.command("rollback")
 def rollback(alias: str = typer.Argument(..., help="staging or production")) -> None:
     """Point an alias back at the version it had before its last change."""
-    from frugalml.registry import Registry
 
     cfg = _cfg()
     reg = Registry(_store(cfg), cfg.model.name)
@@ -559,7 +521,6 @@ def rollback(alias: str = typer.Argument(..., help="staging or production")) -> 
 @models_app.command("show")
 def models_show(version: str) -> None:
     """Print one version record as JSON."""
-    from frugalml.registry import Registry
 
     cfg = _cfg()
     print(json.dumps(Registry(_store(cfg), cfg.model.name).get(version), indent=2))
@@ -575,10 +536,7 @@ def serve(
     poll_s: float = typer.Option(10.0, "--poll-s", help="With --follow: how often to read the alias."),
 ) -> None:
     """Serve a registered model: resolve the alias, fetch its bento from S3 if needed, run `bentoml serve`."""
-    from frugalml import bento
-    from frugalml.errors import ConfigError
-    from frugalml.registry import Registry
-    from frugalml.serving import runner
+    from frugalml.serving import runner  # lazy: the serving modules import BentoML
 
     if follow and version:
         raise ConfigError("--follow follows an alias; it cannot be combined with --version")
@@ -601,7 +559,6 @@ def _is_click_error(exc: Exception) -> bool:
 
 
 def main() -> None:
-    from frugalml.errors import FrugalError
 
     try:
         rv = app(standalone_mode=False)

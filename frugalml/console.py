@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 import time
 
@@ -22,8 +24,6 @@ def fast_exit(code: int) -> None:
     and atexit handlers (temporary directories, Prefect's log and event workers, the local
     Prefect server) still run.
     """
-    import atexit
-    import os
 
     sys.stdout.flush()
     sys.stderr.flush()

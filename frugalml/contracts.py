@@ -15,11 +15,12 @@ import io
 import json
 from operator import itemgetter
 from pathlib import Path
-from typing import ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from frugalml.errors import DataError
+from frugalml.fsutil import atomic_write_json, atomic_write_text
 
 # -- where things are ---------------------------------------------------------------------------
 STAGES = ("ingest", "validate", "train", "evaluate", "gate", "package")  # the order of dvc.yaml
@@ -75,7 +76,6 @@ def read_manifest(path: Path = MANIFEST) -> list[dict]:
 
 
 def write_manifest(rows: list[dict], path: Path = MANIFEST) -> None:
-    from frugalml.fsutil import atomic_write_text
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -112,7 +112,6 @@ class Contract(BaseModel):
         return cls.read(path) if Path(path or cls.PATH).exists() else None
 
     def write(self, path: Path | None = None) -> Path:
-        from frugalml.fsutil import atomic_write_json
 
         path = Path(path or self.PATH)
         atomic_write_json(path, self.model_dump(mode="json", exclude_none=True))  # absent = None on read
@@ -280,11 +279,25 @@ class IngestReport(Contract):
     shards: ShardStats | None = None
 
 
+class Expectation(BaseModel):
+    """One Great Expectations check as the report shows it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    asset: str
+    expectation: str
+    column: str | None = None
+    observed: Any = None  # a number, a set of values, or {unexpected_count, examples}
+    threshold: str
+    success: bool
+    severity: Literal["fail", "warn"] = "fail"
+
+
 class ValidationReport(Contract):
     PATH: ClassVar[Path] = VALIDATION_REPORT
     success: bool
     images: int
-    expectations: list[dict]  # one per GX expectation: name, asset, expectation, observed, threshold, success
+    expectations: list[Expectation]
     failed: list[str]
     warnings: list[str]
     label_distribution: dict[str, float]
@@ -330,3 +343,93 @@ class EvalReport(Contract):
     throughput_batch_size: int
     champion: ChampionScores | None = None
     delta_vs_champion: dict[str, float] | None = None
+
+
+class StageRow(BaseModel):
+    """One row of a run's cost table: a stage, the DVC push, or the orchestration itself."""
+
+    model_config = ConfigDict(extra="forbid")
+    stage: str
+    status: str  # ran | up to date | failed | nothing new
+    wall_s: float
+    usd: float
+    check_wall_s: float | None = None  # the flow's time on the stage, DVC's checks included
+    cpu_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    labeling_usd: float = 0.0
+    labeled_images: int = 0
+    s3_bytes_up: int = 0
+    s3_bytes_down: int = 0
+    gpu_s: float = 0.0
+    gpu_energy_j: float | None = None
+    weights_from: Literal["cache", "mirror", "download"] | None = None
+    weights_download_bytes: int | None = None
+    bytes: int | None = None  # dvc push: bytes added to the remote
+
+
+class DvcPush(BaseModel):
+    """What ``dvc push`` added to the remote (a listing before and after)."""
+
+    model_config = ConfigDict(extra="forbid")
+    objects: int = 0
+    bytes: int = 0
+    wall_s: float = 0.0
+    remote_objects: int = 0
+    remote_bytes: int = 0
+
+
+class StorageUse(BaseModel):
+    """What a run leaves in the bucket, by kind, priced per month."""
+
+    model_config = ConfigDict(extra="forbid")
+    stored_bytes: int = 0
+    by_kind: dict[str, int] = {}
+    usd_per_month: float = 0.0
+
+
+class Promotion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    alias: str
+    version: str
+
+
+class RunRecord(BaseModel):
+    """``runs/<run_id>/record.json`` in the bucket: one pipeline run, written last (the commit point).
+
+    Read by ``frugalml costs``, ``runs``, ``reproduce`` and ``estimate``. Records written by older
+    versions load too: fields added since then take their defaults, unknown ones are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    run_id: str
+    status: Literal["succeeded", "rejected", "failed"]
+    message: str = ""
+    no_change: bool = False
+    flow_run_id: str = ""
+    orchestrator: str = ""
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+    overrides: list[str] = []
+    until: str | None = None
+    params: dict = {}
+    stages: list[StageRow] = []
+    total_usd: float = 0.0
+    dvc_push: DvcPush = DvcPush()
+    storage: StorageUse = StorageUse()
+    wall_s: float = 0.0
+    gate: GateDecision | None = None
+    package: PackageReport | None = None
+    promoted: Promotion | None = None
+    finished: str = ""
+    record_uri: str = ""
+    files: list[str] = []
+
+    @property
+    def labeling_usd(self) -> float:
+        return sum(s.labeling_usd for s in self.stages)
+
+    def stage(self, name: str) -> StageRow | None:
+        return next((s for s in self.stages if s.stage == name), None)
+
+    def accuracy(self) -> float | None:
+        """The test accuracy the gate saw (None when the run did not reach the gate)."""
+        return next((c.value for c in (self.gate.checks if self.gate else []) if c.name == "min_accuracy"), None)

@@ -15,7 +15,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from frugalml.config import CostsConfig
+from frugalml.procs import start_ticks
+from frugalml.store import TRAFFIC
 
 
 def _cpu_s() -> float:
@@ -29,7 +33,6 @@ def _process_age_s() -> float:
     On Linux: /proc/self/stat's start time (clock ticks since boot) against CLOCK_BOOTTIME,
     10 ms resolution. (psutil's create_time adds whole-second boot-time rounding.)
     """
-    from frugalml.procs import start_ticks
 
     try:
         ticks = start_ticks()
@@ -38,8 +41,6 @@ def _process_age_s() -> float:
     except (OSError, ValueError, AttributeError):
         pass
     try:
-        import psutil
-
         return max(0.0, time.time() - psutil.Process().create_time())
     except Exception:
         return 0.0
@@ -66,7 +67,7 @@ class _Nvml:
     def __init__(self) -> None:
         self.handles: list = []
         try:
-            import pynvml
+            import pynvml  # lazy: pynvml: optional, absent on machines without NVIDIA drivers
 
             pynvml.nvmlInit()
             self._nvml = pynvml
@@ -94,7 +95,6 @@ class CostMeter:
     entry: dict = field(default_factory=dict)
 
     def __enter__(self) -> CostMeter:
-        from frugalml.store import TRAFFIC
 
         self._traffic0 = TRAFFIC.as_dict()
         self._startup_s = _process_age_s() if self.count_startup else 0.0
@@ -110,7 +110,6 @@ class CostMeter:
             self.extra[k] = self.extra.get(k, 0) + v
 
     def __exit__(self, *exc) -> None:
-        from frugalml.store import TRAFFIC
 
         wall_s = time.perf_counter() - self._t0 + self._startup_s
         cpu_s = _cpu_s() - self._cpu0
@@ -157,55 +156,3 @@ def price(entry: dict, costs: CostsConfig) -> dict:
         "storage_usd_per_month": round(storage_month, 6),
         "total_usd": round(total, 6),
     }
-
-
-def plot_cost_per_run(records: list[dict], path) -> None:
-    """A bar chart (PNG, drawn with PIL) of USD per run on a log scale: compute+S3 and labeling.
-
-    Costs span orders of magnitude (labeling a new dataset vs a "no change" check), hence
-    the log scale; each bar is annotated with its dollars and the run's wall seconds.
-    """
-    import io
-    import math
-
-    from PIL import Image, ImageDraw
-
-    from frugalml.fsutil import atomic_write_bytes
-
-    floor = 1e-5
-    top = max([r["total_usd"] for r in records] + [floor * 10])
-    decades = max(1, math.ceil(math.log10(top / floor)))
-    bar, gap, left, height, bottom = 46, 18, 70, 300, 90
-    width = left + len(records) * (bar + gap) + 20
-    img = Image.new("RGB", (max(width, 360), height + bottom + 40), "white")
-    d = ImageDraw.Draw(img)
-    d.text((left, 4), "USD per run (log scale)", fill="black")
-    d.text((left, 16), "blue: compute + S3, orange: labeling", fill="black")
-
-    def y(usd: float) -> float:
-        return 30 + height - height * max(0.0, math.log10(max(usd, floor) / floor)) / decades
-
-    for k in range(decades + 1):
-        v = floor * 10**k
-        d.line([(left - 4, y(v)), (width - 10, y(v))], fill=(225, 225, 225))
-        d.text((4, y(v) - 6), f"${v:g}", fill="black")
-    for i, r in enumerate(records):
-        x0 = left + i * (bar + gap)
-        labeling = sum(s.get("labeling_usd", 0.0) for s in r["stages"])
-        total = r["total_usd"]
-        if total > floor:
-            d.rectangle([x0, y(total), x0 + bar, y(floor)], fill=(76, 114, 176))
-            if labeling > 0:  # the labeling share of the bar, drawn on top in proportion
-                d.rectangle(
-                    [x0, y(total), x0 + bar, y(total) + (y(floor) - y(total)) * labeling / total], fill=(221, 132, 82)
-                )
-        d.text((x0, y(total) - 14), f"${total:.4g}", fill="black")
-        d.text((x0, 34 + height), r["run_id"][4:8] + " " + r["run_id"][9:13], fill="black")
-        d.text((x0, 48 + height), f"{r.get('wall_s', 0):.0f} s", fill="black")
-        if r.get("no_change"):
-            d.text((x0, 62 + height), "no change", fill="black")
-        elif r.get("status") != "succeeded":
-            d.text((x0, 62 + height), r.get("status", ""), fill="red")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())

@@ -13,9 +13,13 @@ environment like boto3 does.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
+from configobj import ConfigObj
+
+from frugalml.builtin import builtin_dir, materialize, name_of
 from frugalml.config import Params
 from frugalml.errors import ConfigError
 from frugalml.fsutil import atomic_write_text
@@ -31,8 +35,6 @@ def source_url(cfg: Params, root: Path) -> str:
     if kind == "s3":
         return src.rstrip("/")
     if kind == "builtin":
-        from frugalml.builtin import builtin_dir, name_of
-
         return str(builtin_dir(name_of(src), root).resolve())
     return str((root / Path(src).expanduser()).resolve())
 
@@ -42,8 +44,6 @@ def write_local_config(cfg: Params, settings: S3Settings, root: str | os.PathLik
     if not (root / ".dvc").is_dir():
         raise ConfigError(f"{root.resolve()} is not a DVC repository (no .dvc/ folder): run `dvc init` there")
     if describe(cfg.data.source) == "builtin":
-        from frugalml.builtin import materialize
-
         materialize(cfg.data.source, root)
     managed: dict[str, dict[str, str]] = {"core": {"remote": "storage"}}
     storage = {"url": f"s3://{settings.bucket}/{settings.prefix}dvc"}
@@ -77,9 +77,6 @@ MANAGED_KEYS = {
 def _merge_local_config(path: Path, managed: dict[str, dict[str, str]], embedded: bool) -> Path:
     """Update only frugalml's keys in .dvc/config.local (DVC's own format, read and written
     with configobj as DVC does), atomically, mode 0600 (it may hold the embedded server's keys)."""
-    import io
-
-    from configobj import ConfigObj
 
     conf = ConfigObj(str(path), encoding="utf-8", write_empty_values=True) if path.exists() else ConfigObj()
     for section, values in managed.items():

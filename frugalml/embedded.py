@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -58,7 +59,6 @@ def _weed_binary() -> str:
 
 def _free_port_pairs(n: int) -> list[int]:
     """``n`` HTTP ports p in [20000, 55535] with p and p + GRPC_OFFSET both free on 127.0.0.1."""
-    import random
 
     found: list[int] = []
     rng = random.SystemRandom()
@@ -182,8 +182,8 @@ class EmbeddedS3:
 
     # -- lifecycle -----------------------------------------------------------------------
     def _healthy(self, info: ServerInfo) -> bool:
-        import boto3
-        from botocore.config import Config
+        import boto3  # lazy: boto3: only a client that talks to S3 pays for it
+        from botocore.config import Config  # lazy: botocore: only a client that talks to S3 pays for it
 
         client = boto3.client(
             "s3",

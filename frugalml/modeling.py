@@ -6,13 +6,20 @@ arch, image size, normalisation), so it loads with ``torch.load(..., weights_onl
 
 from __future__ import annotations
 
+import io
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
+from frugalml.config import AugmentConfig
 from frugalml.errors import ConfigError
+from frugalml.fsutil import atomic_write_bytes
+from frugalml.shards import ShardReader
 
 ARCHS = {
     "resnet18": "ResNet18_Weights",
@@ -52,7 +59,7 @@ def head_module(model: nn.Module) -> tuple[str, nn.Module]:
 
 def bare_backbone(arch: str) -> nn.Module:
     """``arch`` as torchvision builds it (ImageNet head), randomly initialised."""
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # lazy: torchvision: seconds to import (pulls in torch)
 
     if arch not in ARCHS:
         raise ConfigError(f"model.arch {arch!r} is not supported; choose one of {sorted(ARCHS)}")
@@ -82,7 +89,6 @@ class ManifestDataset(torch.utils.data.Dataset):
     """Prepared images listed in the manifest (read from their tar shards), for one split."""
 
     def __init__(self, rows: list[dict], root: Path, classes: list[str], transform):
-        from frugalml.shards import ShardReader
 
         self.rows = rows
         self.reader = ShardReader(root)
@@ -93,9 +99,6 @@ class ManifestDataset(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int):
-        import io
-
-        from PIL import Image
 
         r = self.rows[i]
         with Image.open(io.BytesIO(self.reader.read_row(r))) as im:
@@ -104,16 +107,14 @@ class ManifestDataset(torch.utils.data.Dataset):
 
 
 def eval_transform(image_size: int, mean, std):
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # lazy: torchvision: seconds to import (pulls in torch)
 
     return T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(mean, std)])
 
 
 def train_transform(image_size: int, mean, std, aug=None):
     """Resize, then the configured augmentations (``train.augment``), then normalise."""
-    from torchvision import transforms as T
-
-    from frugalml.config import AugmentConfig
+    from torchvision import transforms as T  # lazy: torchvision: seconds to import (pulls in torch)
 
     aug = aug or AugmentConfig()
     steps = [T.Resize((image_size, image_size))]
@@ -185,9 +186,6 @@ def save_model(
     std,
     extra: dict | None = None,
 ) -> None:
-    import io
-
-    from frugalml.fsutil import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.save(
@@ -215,9 +213,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
 
     random.seed(seed)
     np.random.seed(seed)

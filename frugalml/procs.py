@@ -12,6 +12,8 @@ import os
 import time
 from dataclasses import asdict, dataclass
 
+import psutil
+
 
 def _boot_id() -> str:
     try:
@@ -77,7 +79,6 @@ class ProcessRecord:
 
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process and its live descendants."""
-    import psutil
 
     try:
         root = psutil.Process(pid)

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import io
 import json
 import socket
+import tarfile
 import time
 import uuid
+from pathlib import Path
 
 from frugalml.errors import FrugalError, NotFound, PreconditionFailed
+from frugalml.fsutil import atomic_write_json, read_json
 from frugalml.store import Store
 
 ALIASES = ("staging", "production")
@@ -232,9 +236,6 @@ def write_champion(reg: Registry, root=".") -> dict:
     """Write which version ``production`` points at to models/champion.json (a DVC dep of
     evaluate): after a promotion DVC sees evaluate and gate as changed, and evaluate scores
     exactly the version named there. Rewritten only when it changes."""
-    from pathlib import Path
-
-    from frugalml.fsutil import atomic_write_json, read_json
 
     pointer, _ = reg.alias("production")
     want = {"alias": "production", "model": reg.model, "version": pointer["version"] if pointer else None}
@@ -251,9 +252,6 @@ def write_champion(reg: Registry, root=".") -> dict:
 def read_champion(model: str, root=".") -> tuple[bool, str | None]:
     """(known, version) from models/champion.json; known is False when the file does not name
     this model (then the caller resolves the alias itself)."""
-    from pathlib import Path
-
-    from frugalml.fsutil import read_json
 
     try:
         c = read_json(Path(root) / CHAMPION_FILE)
@@ -270,11 +268,8 @@ def fetch_model_blob(store: Store, model: str, ref: str, cache_dir=".frugalml/ca
     Downloads the version's bento once into a local cache (sha256 checked) and reads
     ``model.pt`` out of the archive in memory: nothing from the archive is extracted to disk.
     """
-    import io
-    import tarfile
-    from pathlib import Path
 
-    import torch
+    import torch  # lazy: torch: seconds to import; only the paths that run a model pay for it
 
     reg = Registry(store, model)
     version = reg.resolve(ref)

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from frugalml.console import info
 from frugalml.errors import FrugalError
@@ -46,7 +46,6 @@ def _diff(label: str, old: dict, new: dict, keys) -> list[str]:
 def safe_relpath(name: str) -> str:
     """A file name from a run record, checked before it becomes a path: relative, no '..',
     no backslash or control characters. A record is data from the bucket, not trusted code."""
-    from pathlib import PurePosixPath
 
     p = PurePosixPath(str(name))
     if not name or p.is_absolute() or ".." in p.parts or "\\" in name or any(ord(c) < 32 for c in name):
@@ -57,13 +56,13 @@ def safe_relpath(name: str) -> str:
 def reproduce(store: Store, run_id: str, root: Path = Path("."), keep: bool = False) -> list[str]:
     """Returns the list of differences (empty when the run reproduced exactly)."""
     record = get_record(store, run_id)
-    commit = record.get("git_commit")
+    commit = record.git_commit
     if not commit:
         raise FrugalError(f"run {run_id} has no git commit in its record: it cannot be checked out")
-    if record.get("git_dirty"):
+    if record.git_dirty:
         info(f"reproduce: warning: run {run_id} ran with uncommitted changes; the code at {commit[:10]} may differ")
     names = ["params.yaml", "dvc.lock"] + [
-        safe_relpath(f) for f in record.get("files", []) if str(f).startswith(("metrics/", "costs/"))
+        safe_relpath(f) for f in record.files if str(f).startswith(("metrics/", "costs/"))
     ]
     work = (root / ".frugalml" / "reproduce" / f"{run_id}-{uuid.uuid4().hex[:6]}").resolve()
     work.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,10 @@ import time
 import uuid
 from pathlib import Path
 
-from frugalml.contracts import STAGES  # noqa: F401 (re-exported for the flow)
+from pydantic import ValidationError
+
+from frugalml.contracts import STAGES, RunRecord  # noqa: F401 (STAGES re-exported for the flow)
+from frugalml.errors import DataError
 from frugalml.store import Store
 
 
@@ -19,7 +22,7 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 
-def write_record(store: Store, run_id: str, record: dict, files: list[Path], root: Path = Path(".")) -> str:
+def write_record(store: Store, run_id: str, record: RunRecord, files: list[Path], root: Path = Path(".")) -> str:
     """Upload the run's files, then ``record.json`` (the commit point)."""
     base = f"runs/{run_id}/"
     uploaded = []
@@ -29,7 +32,8 @@ def write_record(store: Store, run_id: str, record: dict, files: list[Path], roo
             store.put_file(base + f.as_posix(), p)
             uploaded.append(f.as_posix())
     # create-only and idempotent: a resent PUT or a retried task finds its own record
-    store.put_json_once(base + "record.json", {**record, "files": uploaded}, write_id=f"record-{run_id}")
+    body = record.model_copy(update={"files": uploaded}).model_dump(mode="json", exclude_none=True)
+    store.put_json_once(base + "record.json", body, write_id=f"record-{run_id}")
     return store.uri(base + "record.json")
 
 
@@ -37,5 +41,9 @@ def list_runs(store: Store) -> list[str]:
     return sorted({o["key"].split("/")[1] for o in store.list("runs/") if o["key"].endswith("/record.json")})
 
 
-def get_record(store: Store, run_id: str) -> dict:
-    return store.get_json(f"runs/{run_id}/record.json")
+def get_record(store: Store, run_id: str) -> RunRecord:
+    try:
+        return RunRecord.model_validate(store.get_json(f"runs/{run_id}/record.json"))
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise DataError(f"run record {run_id} is not a valid RunRecord ({fields})") from None

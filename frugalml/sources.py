@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 
 from frugalml.errors import DataError
+from frugalml.store import split_s3_uri
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 DEFAULT_MAX_FILE_BYTES = 100_000_000
@@ -224,7 +225,6 @@ def _read_s3(store, bucket: str, key: str, max_bytes: int) -> bytes:
 # -- S3 ---------------------------------------------------------------------------------------
 def iter_s3(uri: str, store, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Iterator[Entry]:
     """``store`` is a frugalml.store.Store on the same endpoint; the URI's bucket is used as is."""
-    from frugalml.store import split_s3_uri
 
     bucket, prefix = split_s3_uri(uri)
     prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""

@@ -12,6 +12,7 @@ Where the endpoint and credentials come from (first match wins):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import uuid
@@ -20,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from frugalml.config import StorageConfig
+from frugalml.embedded import embedded_info
 from frugalml.errors import NotFound, PreconditionFailed, StorageError, TransientStorageError
+from frugalml.fsutil import to_json
 
 CHUNK = 1 << 20
 
@@ -52,7 +55,6 @@ def source_settings(data_endpoint: str | None, storage: StorageConfig, root: str
 
 
 def resolve_settings(cfg: StorageConfig, root: str | os.PathLike = ".") -> S3Settings:
-    from frugalml.embedded import embedded_info
 
     endpoint = cfg.endpoint_url or os.environ.get("FRUGALML_S3_ENDPOINT") or None
     if endpoint is None:
@@ -175,8 +177,8 @@ class Store:
     """Keys given to the methods are relative to ``storage.prefix``."""
 
     def __init__(self, settings: S3Settings):
-        import boto3
-        from botocore.config import Config
+        import boto3  # lazy: boto3: only a client that talks to S3 pays for it
+        from botocore.config import Config  # lazy: botocore: only a client that talks to S3 pays for it
 
         self.settings = settings
         self.bucket = settings.bucket
@@ -200,6 +202,21 @@ class Store:
     @classmethod
     def from_config(cls, cfg: StorageConfig, root: str | os.PathLike = ".") -> Store:
         return cls(resolve_settings(cfg, root))
+
+    @classmethod
+    def optional(cls, cfg: StorageConfig, *, tolerate_transient: bool = False) -> Store | None:
+        """The store when one is configured, else None (the feature that needs it is skipped).
+
+        A transient failure (the endpoint is configured but did not answer) is raised, so the
+        stage is retried, unless ``tolerate_transient`` (a best-effort use such as checkpoints)."""
+        try:
+            return cls.from_config(cfg)
+        except TransientStorageError:
+            if tolerate_transient:
+                return None
+            raise
+        except StorageError:
+            return None
 
     def key(self, rel: str) -> str:
         return self.prefix + rel.lstrip("/")
@@ -235,7 +252,6 @@ class Store:
             raise _translate(exc, f"writing {self.uri(rel)}") from None
 
     def put_json(self, rel: str, obj, **kw) -> str:
-        from frugalml.fsutil import to_json
 
         return self.put_bytes(rel, to_json(obj).encode(), content_type="application/json", **kw)
 
@@ -254,7 +270,6 @@ class Store:
         except PreconditionFailed:
             try:
                 current, etag = self.get_bytes(rel)
-                import json
 
                 if json.loads(current).get("write_id") == write_id:
                     return etag
@@ -267,7 +282,7 @@ class Store:
 
         A multipart upload becomes visible only at CompleteMultipartUpload, so it is atomic too.
         """
-        from boto3.s3.transfer import TransferConfig
+        from boto3.s3.transfer import TransferConfig  # lazy: boto3: only a client that talks to S3 pays for it
 
         digest = file_sha256(path)
         extra = {"Metadata": {"sha256": digest}}
@@ -308,7 +323,6 @@ class Store:
         return data, resp["ETag"]
 
     def get_json(self, rel: str):
-        import json
 
         return json.loads(self.get_bytes(rel)[0])
 
@@ -335,7 +349,7 @@ class Store:
         return self.head(rel) is not None
 
     def head(self, rel: str) -> dict | None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # lazy: botocore: only a client that talks to S3 pays for it
 
         try:
             return self.client.head_object(Bucket=self.bucket, Key=self.key(rel))

@@ -22,13 +22,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from frugalml import weights
 from frugalml.config import Params, TrainConfig, dump
 from frugalml.console import info
+from frugalml.contracts import MANIFEST, MODEL, PREPARED, TRAIN_CURVES, TrainReport, read_manifest
+from frugalml.costs import CostMeter
 from frugalml.errors import ConfigError, DataError, StorageError
-from frugalml.fsutil import atomic_write_bytes
-from frugalml.modeling import ManifestDataset, eval_transform, train_transform
+from frugalml.fsutil import atomic_write_bytes, atomic_write_text
+from frugalml.lineage import file_hash
+from frugalml.modeling import (
+    ManifestDataset,
+    build_model,
+    eval_transform,
+    param_groups,
+    save_model,
+    seed_everything,
+    select_device,
+    train_transform,
+    warm_start,
+)
+from frugalml.registry import Registry, fetch_model_blob
+from frugalml.store import Store
 
 CHECKPOINTS = Path(".frugalml") / "checkpoints"
 LOG_EVERY_S = 15.0
@@ -60,10 +77,11 @@ def resolve_pretrained(cfg: Params, meter=None):
     transfer counted in the stage's cost entry. None for the other kinds of start."""
     if cfg.model.pretrained != "torchvision":
         return None
-    from frugalml import weights
-
     found = weights.resolve(
-        cfg.model.arch, store=store_or_none(cfg), url_override=cfg.model.weights_url, progress=is_main()
+        cfg.model.arch,
+        store=Store.optional(cfg.storage, tolerate_transient=True),
+        url_override=cfg.model.weights_url,
+        progress=is_main(),
     )
     if meter is not None:
         meter.add(weights_download_bytes=found.download_bytes)
@@ -73,8 +91,6 @@ def resolve_pretrained(cfg: Params, meter=None):
 
 def initial_model(cfg: Params, classes: list[str], meter=None) -> tuple[nn.Module, str, dict]:
     """The model to fine-tune, a one-line description of its start and its lineage."""
-    from frugalml.modeling import build_model, warm_start
-
     m = cfg.model
     if m.pretrained == "none":
         return build_model(m.arch, len(classes)), "none", {"kind": "none"}
@@ -88,9 +104,6 @@ def initial_model(cfg: Params, classes: list[str], meter=None) -> tuple[nn.Modul
     name, _, alias = m.pretrained[len("registry:") :].partition("@")
     if not name or not alias:
         raise ConfigError("model.pretrained must look like registry:<model>@<alias or version>")
-    from frugalml.registry import Registry, fetch_model_blob
-    from frugalml.store import Store
-
     store = Store.from_config(cfg.storage)
     version, blob = fetch_model_blob(store, name, alias)
     if blob["arch"] != m.arch:
@@ -357,16 +370,6 @@ def fingerprint(cfg: Params, manifest_sha256: str) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def store_or_none(cfg: Params):
-    """The object store when one is configured, else None (local checkpoints only)."""
-    from frugalml.store import Store
-
-    try:
-        return Store.from_config(cfg.storage)
-    except StorageError:
-        return None
-
-
 class Checkpointer:
     """The resume point: locally after every epoch, and under ``checkpoints/<run_id>/`` in S3
     (only the newest epoch is kept there; all of it is deleted when training ends unless
@@ -375,7 +378,7 @@ class Checkpointer:
     def __init__(self, cfg: Params, fp: str, run_id: str):
         self.cfg, self.fp, self.run_id = cfg, fp, run_id
         self.local = CHECKPOINTS / fp / "last.pt"
-        self.store = store_or_none(cfg) if cfg.train.checkpoint_to_s3 else None
+        self.store = Store.optional(cfg.storage, tolerate_transient=True) if cfg.train.checkpoint_to_s3 else None
 
     def load(self) -> dict | None:
         if self.local.exists():
@@ -460,8 +463,6 @@ class Trainer:
         if self.val_loader is not None and is_main():
             acc, loss = validate(self.model, self.val_loader, self.device, self.precision)
         if world() > 1:
-            import torch.distributed as dist
-
             shared = torch.tensor([acc, loss], dtype=torch.float64, device=self.device)
             dist.broadcast(shared, src=0)
             acc, loss = float(shared[0]), float(shared[1])
@@ -522,3 +523,143 @@ def fit(tr: Trainer, state: TrainState, ckpt: Checkpointer) -> tuple[TrainState,
                 info(f"train: early stop after epoch {epoch}: no {es.metric} gain for {es.patience} epochs")
             return state, True, time.perf_counter() - t_start
     return state, False, time.perf_counter() - t_start
+
+
+def _device(t: TrainConfig) -> torch.device:
+    device = select_device(t.device)
+    if world() > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+    return device
+
+
+def build_trainer(
+    cfg: Params, rows: list[dict], classes: list[str], device: torch.device, meter
+) -> tuple[Trainer, str, dict]:
+    """The model, loaders, optimizer, schedule, loss and precision, in the order that keeps
+    CPU training bitwise reproducible (the head's initialisation draws from the seeded RNG)."""
+    t = effective_train(cfg)
+    train_loader, val_loader, gen = create_loaders(cfg, rows, classes, PREPARED, device)
+    model, start, pretrained = initial_model(cfg, classes, meter)
+    groups = param_groups(model, t.finetune, t.finetune_last_n, t.lr, t.backbone_lr_mult)
+    model.to(device)
+    channels_last = device.type == "cuda" and t.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = create_optimizer(groups, t)
+    sched = create_scheduler(opt, t, t.epochs * len(train_loader))
+    weights = class_weights(rows, classes).to(device) if t.class_weights else None
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=t.label_smoothing)
+    net = model
+    if world() > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile:
+        net = torch.compile(net)
+    tr = Trainer(
+        model,
+        net,
+        train_loader,
+        val_loader,
+        gen,
+        opt,
+        sched,
+        loss_fn,
+        device,
+        Precision.choose(t.precision, device),
+        t,
+        channels_last,
+    )
+    return tr, start, pretrained
+
+
+def _report(
+    tr: Trainer,
+    state: TrainState,
+    *,
+    arch: str,
+    start: str,
+    pretrained: dict,
+    stopped_early: bool,
+    wall: float,
+    gpu_s: float,
+    classes: int,
+) -> TrainReport:
+    last, t = state.history[-1], tr.t
+    return TrainReport(
+        arch=arch,
+        device=tr.device.type,
+        precision=tr.precision.name,
+        processes=world(),
+        start=start,
+        pretrained=pretrained,
+        finetune=t.finetune,
+        epochs=t.epochs,
+        epochs_run=len(state.history),
+        stopped_early=stopped_early,
+        classes=classes,
+        train_images=len(tr.train_loader.dataset),
+        loader_workers=tr.train_loader.num_workers,
+        final_train_loss=round(last["train_loss"], 6),
+        final_train_acc=round(last["train_acc"], 6),
+        final_val_acc=round(last["val_acc"], 6),
+        images_per_s=round(sum(h["images_per_s"] for h in state.history) / len(state.history), 1),
+        train_wall_s=round(wall, 2),
+        gpu_s=round(gpu_s, 2),
+        parameters=sum(p.numel() for p in tr.model.parameters()),
+        trainable_parameters=sum(p.numel() for p in tr.model.parameters() if p.requires_grad),
+    )
+
+
+def train(cfg: Params, meter: CostMeter | None, run_id: str) -> TrainReport | None:
+    """Fine-tune, resuming from a checkpoint of the same inputs; write the model and the curves.
+
+    Returns the report on rank 0 (None on the other DDP ranks); the caller writes it."""
+    m, t = cfg.model, effective_train(cfg)
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    device = _device(t)
+    seed_everything(t.seed)
+    rows = read_manifest()
+    if not rows:
+        raise DataError("data/manifest.csv is missing or empty: run the ingest stage first")
+    classes = sorted({r["label"] for r in rows})
+    tr, start, pretrained = build_trainer(cfg, rows, classes, device, meter)
+    ckpt = Checkpointer(cfg, fingerprint(cfg, file_hash(MANIFEST)), run_id)
+    state, blob = TrainState(), ckpt.load()
+    if blob is not None:
+        state = TrainState.restore(blob, tr.model, tr.opt, tr.sched, tr.gen, tr.precision)
+        if is_main():
+            info(f"train: resuming after epoch {state.epoch} from checkpoint {ckpt.local}")
+    if is_main():
+        info(
+            f"train: {m.arch} on {device.type} ({tr.precision.name}), {len(classes)} classes, "
+            f"{len(tr.train_loader.dataset)} train images, {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g}, "
+            f"finetune={t.finetune}, start={start}" + (f", {world()} processes" if world() > 1 else "")
+        )
+    state, stopped_early, wall = fit(tr, state, ckpt)
+    if world() > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    if not is_main():
+        return None
+    gpu_s = wall * world() if device.type == "cuda" else 0.0
+    if meter is not None:
+        meter.add(gpu_s=gpu_s)
+    model = tr.model.to("cpu").to(memory_format=torch.contiguous_format)
+    save_model(MODEL, model, classes=classes, arch=m.arch, image_size=m.image_size, mean=m.mean, std=m.std)
+    atomic_write_text(TRAIN_CURVES, "\n".join([CURVE_COLUMNS, *state.curves]) + "\n")
+    report = _report(
+        tr,
+        state,
+        arch=m.arch,
+        start=start,
+        pretrained=pretrained,
+        stopped_early=stopped_early,
+        wall=wall,
+        gpu_s=gpu_s,
+        classes=len(classes),
+    )
+    ckpt.done()
+    return report

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from frugalml.console import info
-from frugalml.errors import ConfigError, StorageError
+from frugalml.errors import ConfigError, PreconditionFailed, StorageError
+from frugalml.store import file_sha256
 
 HASH_PREFIX = re.compile(r"-([a-f0-9]+)\.")  # torch.hub.HASH_REGEX
 SAFE_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,200}")
@@ -31,9 +32,9 @@ DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation: a black-holed network fails i
 
 def torchvision_url(arch: str) -> str:
     """The URL torchvision publishes for ``arch``'s default ImageNet weights."""
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # lazy: torchvision: seconds to import (pulls in torch)
 
-    from frugalml.modeling import ARCHS
+    from frugalml.modeling import ARCHS  # lazy: modeling imports torch; `frugalml --help` should not
 
     if arch not in ARCHS:
         raise ConfigError(f"model.arch {arch!r} is not supported; choose one of {sorted(ARCHS)}")
@@ -70,13 +71,12 @@ def mirror_key(arch: str, name: str) -> str:
 
 
 def hub_checkpoints() -> Path:
-    import torch
+    import torch  # lazy: torch: seconds to import; only the paths that run a model pay for it
 
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def sha256_of(path: str | os.PathLike) -> str:
-    from frugalml.store import file_sha256
 
     return file_sha256(path)
 
@@ -105,7 +105,7 @@ class Resolved:
         }
 
     def state_dict(self) -> dict:
-        import torch
+        import torch  # lazy: torch: seconds to import; only the paths that run a model pay for it
 
         return torch.load(self.path, map_location="cpu", weights_only=True)
 
@@ -170,7 +170,7 @@ def _socket_timeout(seconds: float):
 
 def _download(arch: str, name: str, url: str, progress: bool) -> tuple[Resolved | None, str]:
     """torchvision's own download path, unchanged: ``load_state_dict_from_url`` with ``check_hash``."""
-    import torch
+    import torch  # lazy: torch: seconds to import; only the paths that run a model pay for it
 
     info(f"weights: downloading {name} from {url}")
     try:
@@ -197,7 +197,6 @@ def _download(arch: str, name: str, url: str, progress: bool) -> tuple[Resolved 
 def mirror_upload(store, arch: str, path: Path, name: str, *, replace: bool = False) -> str | None:
     """Put a verified file in the mirror. Create-only unless ``replace`` (the copy there was found
     corrupt): a copy with other bytes is replaced. Returns the object's URI, None when it failed."""
-    from frugalml.errors import PreconditionFailed
 
     key = mirror_key(arch, name)
     try:
@@ -246,9 +245,7 @@ def resolve(arch: str, *, store=None, url_override: str | None = None, progress:
 def add_to_mirror(store, arch: str, path: Path, url_override: str | None = None) -> tuple[str, str]:
     """``frugalml weights add``: check a file the user has against the published hash prefix and
     the architecture, then put it in the mirror under torchvision's file name. -> (uri, sha256)."""
-    import torch
-
-    from frugalml.modeling import bare_backbone
+    import torch  # lazy: torch: seconds to import; only the paths that run a model pay for it
 
     name = file_name(weights_url(arch, url_override))
     if not path.is_file():
@@ -261,6 +258,8 @@ def add_to_mirror(store, arch: str, path: Path, url_override: str | None = None)
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+        from frugalml.modeling import bare_backbone  # lazy: imports torch
+
         bare_backbone(arch).load_state_dict(state)
     except Exception as exc:
         raise ConfigError(

@@ -1,153 +1,28 @@
 """Stage package: a BentoML model and bento for an accepted model, uploaded and registered.
 
-Refuses a model the gate rejected (exit 3). Otherwise saves the BentoML model (with classes,
+Refuses a model the gate rejected (exit 3). Otherwise saves the BentoML model (classes,
 architecture, image size, normalisation, metrics, gate, costs and lineage in its metadata),
-builds the bento from ``frugalml/serving/``, exports it, uploads it to
-``bentos/<model>/<version>.bento`` and then, last, writes the immutable version record
-``registry/<model>/versions/<version>.json``. Writes ``metrics/package.json``.
+builds the bento from ``frugalml/serving/``, uploads it to ``bentos/<model>/<version>.bento``
+and then, last, writes the version record ``registry/<model>/versions/<version>.json``.
+Writes ``metrics/package.json``. The work is ``frugalml.packaging``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import time
-from pathlib import Path
-
-from frugalml import bento
-from frugalml.config import Params, dump
-from frugalml.console import info
-from frugalml.contracts import MANIFEST, MODEL, STAGES, CostEntry, EvalReport, GateDecision, PackageReport, TrainReport
+from frugalml import packaging
+from frugalml.config import Params
+from frugalml.contracts import PackageReport
 from frugalml.costs import CostMeter
-from frugalml.errors import Rejected
-from frugalml.fsutil import to_json
-from frugalml.lineage import file_hash, git_commit
-from frugalml.registry import Registry
-from frugalml.store import Store
-from tasks._stage import run_id
-
-EXPORT_DIR = Path(".frugalml") / "bentos"
-
-
-def _costs_so_far() -> dict:
-    """USD of the stages before this one (those that have a cost entry)."""
-    entries = {s: CostEntry.for_stage(s) for s in STAGES[: STAGES.index("package")]}
-    return {s: e.total_usd for s, e in sorted(entries.items()) if e is not None}
-
-
-def version_for(run: str, model_sha: str) -> str:
-    """The registry version of a run's model: a replay of the same run and model is the same
-    version. ``v<run's UTC date>-<time>-<model sha256[:8]>``; a run id without a timestamp
-    (a manual stage run) uses the current time."""
-    import re
-
-    m = re.search(r"(\d{8})T(\d{6})Z", run)
-    stamp = f"{m.group(1)}-{m.group(2)}" if m else time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    suffix = hashlib.sha256(run.encode()).hexdigest()[:4]
-    return f"v{stamp}-{model_sha[:8]}-{suffix}"
-
-
-METRICS_KEPT = (
-    "accuracy",
-    "macro_f1",
-    "latency_ms_p50",
-    "latency_ms_p95",
-    "throughput_images_per_s",
-    "model_size_bytes",
-    "parameters",
-)
-
-
-def version_record(cfg: Params, version: str, model_sha: str, gate: GateDecision) -> dict:
-    """The registry's record of a version (also the BentoML model's metadata), without the bento fields."""
-    ev, tr = EvalReport.read(), TrainReport.read()
-    params_text = to_json(dump(cfg))
-    m = cfg.model
-    return {
-        "model": m.name,
-        "version": version,
-        "run_id": run_id(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "arch": m.arch,
-        "image_size": m.image_size,
-        "mean": list(m.mean),
-        "std": list(m.std),
-        "classes": sorted(ev.per_class),
-        "metrics": ev.model_dump(include=set(METRICS_KEPT)),
-        "train": {
-            "epochs": tr.epochs,
-            "device": tr.device,
-            "train_images": tr.train_images,
-            "final_val_acc": tr.final_val_acc,
-        },
-        "gate": gate.model_dump(mode="json", exclude_none=True),
-        "costs_usd": _costs_so_far(),
-        "lineage": {
-            "git_commit": git_commit(),
-            "params_sha256": file_hash("params.yaml"),
-            "params_resolved_sha256": hashlib.sha256(params_text.encode()).hexdigest(),
-            "manifest_sha256": file_hash(MANIFEST),
-            "model_sha256": model_sha,
-            "pretrained": tr.pretrained.model_dump(mode="json", exclude_none=True),
-        },
-    }
-
-
-def _report(store: Store, record: dict) -> PackageReport:
-    name, version = record["model"], record["version"]
-    result = PackageReport(
-        model=name,
-        version=version,
-        bento_tag=record["bento_tag"],
-        bento_uri=record["bento_uri"],
-        bento_bytes=record["bento_bytes"],
-        registry_uri=store.uri(f"registry/{name}/versions/{version}.json"),
-    )
-    result.write()
-    return result
+from tasks._stage import stage_main
 
 
 def run(cfg: Params, meter: CostMeter) -> PackageReport:
-    gate = GateDecision.read()
-    if gate.decision != "accept":
-        raise Rejected(
-            f"the gate rejected this model (failed: {', '.join(gate.failed)}); nothing is packaged. "
-            f"See {GateDecision.PATH}."
-        )
-    bento.use_workspace_home()
-    name = cfg.model.name
-    model_sha = file_hash(MODEL)
-    version = version_for(run_id(), model_sha)
-    store = Store.from_config(cfg.storage)
-    reg = Registry(store, name)
-    done = reg.find(version)
-    if done and done.get("lineage", {}).get("model_sha256") == model_sha and done.get("run_id") == run_id():
-        info(f"package: {name} {version} is already registered by this run (a replay); nothing to do")
-        return _report(store, done)
-    record = version_record(cfg, version, model_sha, gate)
-    model_tag = bento.save_model(name, version, MODEL, record)
-    info(f"package: BentoML model {model_tag}; building the bento")
-    bento_tag = bento.build_bento(name, version, model_tag, cfg.serving)
-    archive = bento.export_bento(bento_tag, EXPORT_DIR / f"{name}-{version}.bento")
-    key = f"bentos/{name}/{version}.bento"
-    info(f"package: uploading {archive.stat().st_size / 1e6:.1f} MB to {store.uri(key)}")
-    digest = store.put_file(key, archive)
-    record.update(
-        {
-            "bento_tag": bento_tag,
-            "bento_uri": store.uri(key),
-            "bento_sha256": digest,
-            "bento_bytes": archive.stat().st_size,
-        }
-    )
-    reg.register(version, record)  # written last: it points at the bento
-    meter.add(stored_bytes=archive.stat().st_size)
-    info(f"package: registered {name} {version}")
-    return _report(store, record)
+    report = packaging.package(cfg, meter, meter.run_id)
+    report.write()
+    return report
 
 
 def main() -> None:
-    from tasks._stage import stage_main
-
     stage_main("package", run)
 
 

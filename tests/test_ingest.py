@@ -71,7 +71,7 @@ def test_modes_are_normalised_to_rgb_and_originals_kept(tmp_path, monkeypatch):
     Image.new("I;16", (8, 8), 40000).save(src / "a" / "sixteen.png")
     Image.new("RGBA", (8, 8), (1, 2, 3, 0)).save(src / "a" / "alpha.png")
     _ingest(tmp_path, monkeypatch, src)
-    from tasks.ingest import read_manifest
+    from frugalml.contracts import read_manifest
 
     rows = {r["source_path"]: r for r in read_manifest()}
     assert {r["mode"] for r in rows.values()} >= {"P", "LA", "CMYK", "RGBA"}
@@ -107,7 +107,7 @@ def test_reingest_keeps_splits_and_counts_new_images_for_labeling(tmp_path, monk
     src = make_dataset(tmp_path / "src", per_class=10)
     _, first, meter = _ingest(tmp_path, monkeypatch, src)
     assert first["counts"]["new"] == 30 and meter.extra["labeled_images"] == 30
-    from tasks.ingest import read_manifest
+    from frugalml.contracts import read_manifest
 
     before = {r["sha256"]: r["split"] for r in read_manifest()}
     make_dataset(tmp_path / "more", per_class=2, seed=99)
@@ -173,8 +173,8 @@ def test_validation_failure_lists_failed_expectations(tmp_path, monkeypatch, no_
 
 
 def test_validation_catches_leakage(tmp_path, monkeypatch, no_store):
+    from frugalml.contracts import read_manifest, write_manifest
     from tasks import validate
-    from tasks.ingest import read_manifest, write_manifest
 
     src = make_dataset(tmp_path / "src", per_class=12)
     cfg, _, _ = _ingest(tmp_path, monkeypatch, src)
@@ -197,7 +197,7 @@ def test_label_drift_against_last_validated_dataset(tmp_path, monkeypatch, store
     cfg, _, _ = _ingest(tmp_path, monkeypatch, src, *common)
     with CostMeter("validate", "t") as m:
         first = validate.run(cfg, m)
-    assert first["drift_reference"] is None  # nothing validated before: no drift check
+    assert first.drift_reference is None  # nothing validated before: no drift check
     assert store.exists(f"validation/{name}/last.json")
 
     for p in sorted((src / "red").glob("*.png"))[4:]:  # red drops from 1/3 to 4/44 of the data
@@ -205,9 +205,9 @@ def test_label_drift_against_last_validated_dataset(tmp_path, monkeypatch, store
     cfg, _, _ = _ingest(tmp_path, monkeypatch, src, *common)
     with CostMeter("validate", "t") as m:
         warned = validate.run(cfg, m)  # drift_action=warn: reported, not fatal
-    assert warned["success"] and warned["warnings"] == ["label-distribution drift"]
-    drift = next(c for c in warned["expectations"] if c["name"] == "label-distribution drift")
-    assert abs(drift["observed"] - (1 / 3 - 4 / 44)) < 1e-3
+    assert warned.success and warned.warnings == ["label-distribution drift"]
+    drift = next(c for c in warned.expectations if c.name == "label-distribution drift")
+    assert abs(drift.observed - (1 / 3 - 4 / 44)) < 1e-3
 
     for p in sorted((src / "green").glob("*.png"))[5:]:
         p.unlink()
@@ -235,8 +235,8 @@ def test_split_folders_exif_orientation_and_max_side(tmp_path, monkeypatch):
     exif[0x0112] = 6  # "rotate 90 CW to display": the upright image is 20 wide, 60 high
     img.save(src / "train" / "red" / "rotated.jpg", exif=exif.tobytes())
     _, report, _ = _ingest(tmp_path, monkeypatch, src, "data.max_side=30")
+    from frugalml.contracts import read_manifest
     from frugalml.shards import ShardReader
-    from tasks.ingest import read_manifest
 
     rows = read_manifest()
     assert report["counts"]["per_split"] == {"test": 6, "train": 7, "val": 6}

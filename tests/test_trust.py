@@ -56,7 +56,7 @@ def test_item1_every_archive_member_ingested_once_with_its_own_bytes(tmp_path, m
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
     report = _ingest(tmp_path, monkeypatch, arc, "data.workers=4")
-    from tasks.ingest import read_manifest
+    from frugalml.contracts import read_manifest
 
     rows = read_manifest()
     assert report["counts"]["rejected"] == 0, report["rejected"][:5]
@@ -125,8 +125,8 @@ def test_item10_files_over_max_file_bytes_are_rejected_while_reading(tmp_path, m
 def test_item9_unsafe_class_names_from_source_keys_are_rejected():
     """Item 9: keys of an S3 source are untrusted (AWS accepts '..' in a key; SeaweedFS refuses
     to store one, so the listing is given here): such a name never becomes a class or a path."""
+    from frugalml.ingestion import classify_entry
     from frugalml.sources import Entry
-    from tasks.ingest import classify_entry
 
     exts = [".png"]
     for key in ("../evil.png", "red/../../up.png", "./dot/x.png", "red/./x.png", "re\\d/x.png", "r\x01/x.png"):
@@ -142,7 +142,9 @@ def test_item9_reproduce_refuses_record_file_names_that_leave_the_work_dir(tmp_p
     from frugalml.reproduce import reproduce
 
     for bad in ("metrics/../../../escaped.json", "costs/../../x", "metrics/a\\..\\b"):
-        store.put_json("runs/evil/record.json", {"run_id": "evil", "git_commit": "0" * 40, "files": [bad]})
+        store.put_json(
+            "runs/evil/record.json", {"run_id": "evil", "status": "succeeded", "git_commit": "0" * 40, "files": [bad]}
+        )
         with pytest.raises(FrugalError, match="unsafe file"):
             reproduce(store, "evil", root=tmp_path)
     assert not (tmp_path / ".frugalml").exists()  # refused before any worktree or download
@@ -536,14 +538,16 @@ def test_item5_promote_and_rollback_apply_once_when_a_response_is_lost(store, lo
 
 
 def test_item5_run_record_and_events_survive_a_lost_response(store, lossy, tmp_path):
+    from frugalml.contracts import RunRecord
+    from frugalml.packaging import version_for
     from frugalml.runs import get_record, write_record
-    from tasks.package import version_for
 
     proxy, via = lossy(b"/record.json")
     (tmp_path / "params.yaml").write_text("x: 1\n")
-    write_record(via, "run-1", {"run_id": "run-1", "status": "succeeded"}, [Path("params.yaml")], root=tmp_path)
-    assert proxy.lost == 1 and get_record(store, "run-1")["status"] == "succeeded"
-    write_record(store, "run-1", {"run_id": "run-1", "status": "succeeded"}, [], root=tmp_path)  # a retried task
+    record = RunRecord(run_id="run-1", status="succeeded")
+    write_record(via, "run-1", record, [Path("params.yaml")], root=tmp_path)
+    assert proxy.lost == 1 and get_record(store, "run-1").status == "succeeded"
+    write_record(store, "run-1", record, [], root=tmp_path)  # a retried task
     sha = "ab" * 32
     assert version_for("20261129T010203Z-abc123", sha) == version_for("20261129T010203Z-abc123", sha)
     assert version_for("20261129T010203Z-abc123", sha) != version_for("20261129T010203Z-abc124", sha)
@@ -662,7 +666,7 @@ def test_item15_confusion_csv_quotes_class_names(tmp_path):
     """Class names come from folder names: 'a,b' and 'say "hi"' survive the CSV round trip."""
     import csv
 
-    from tasks.evaluate import write_confusion_csv
+    from frugalml.evaluation import write_confusion_csv
 
     classes = ["a,b", 'say "hi"', "plain"]
     write_confusion_csv(tmp_path / "c.csv", classes, [0, 1, 2], [1, 1, 0])

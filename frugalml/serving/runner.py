@@ -25,6 +25,7 @@ from frugalml import bento
 from frugalml.console import info
 from frugalml.errors import FrugalError
 from frugalml.registry import Registry
+from frugalml.store import file_sha256
 
 HOP_HEADERS = {
     "connection",
@@ -48,7 +49,6 @@ def ensure_bento(reg: Registry, version: str) -> str:
     bento in the local BentoML store must hold the archive's files byte for byte; one that
     does not is replaced from the verified archive.
     """
-    from frugalml.store import file_sha256
 
     record = reg.get(version)
     tag, want = record["bento_tag"], record.get("bento_sha256")
@@ -213,8 +213,8 @@ class Follower:
             self._stop(p)
 
     async def handle(self, request):
-        import aiohttp
-        from aiohttp import web
+        import aiohttp  # lazy: aiohttp: only the serving runner needs it
+        from aiohttp import web  # lazy: aiohttp: only the serving runner needs it
 
         backend = self.backend
         backend.inflight += 1
@@ -274,8 +274,8 @@ class Follower:
             info(f"serve: now serving {version}")
 
     async def main(self) -> None:
-        import aiohttp
-        from aiohttp import web
+        import aiohttp  # lazy: aiohttp: only the serving runner needs it
+        from aiohttp import web  # lazy: aiohttp: only the serving runner needs it
 
         loop = asyncio.get_running_loop()
         me = asyncio.current_task()

@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Annotated
 
 import bentoml
+from PIL import Image, UnidentifiedImageError
 from pydantic import AfterValidator, BaseModel
+
+from frugalml.images import to_rgb
+from frugalml.modeling import eval_transform, load_model
 
 
 class ServiceArgs(BaseModel):
@@ -39,9 +43,6 @@ def _read_image(path: Path, max_bytes: int, max_pixels: int):
     max_image_pixels x 8 bytes (320 MB at the default 40 M pixels); what is kept for the
     batch is image_size^2 x 3 bytes per image.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    from frugalml.images import to_rgb
 
     try:
         size = path.stat().st_size
@@ -88,9 +89,7 @@ class Classifier:
     model_ref = bentoml.models.BentoModel(ARGS.model_tag)
 
     def __init__(self) -> None:
-        import torch
-
-        from frugalml.modeling import eval_transform, load_model
+        import torch  # lazy: torch: seconds to import; only the paths that run a model pay for it
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         self.model, self.meta = load_model(self.model_ref.path_of("model.pt"), "cpu")
@@ -101,7 +100,7 @@ class Classifier:
         self.info = json.loads(info_path.read_text()) if info_path.exists() else {}
 
     def _predict(self, images) -> list[dict]:
-        import torch
+        import torch  # lazy: torch: seconds to import; only the paths that run a model pay for it
 
         x = torch.stack([self.transform(im) for im in images])
         with torch.inference_mode():

@@ -1,0 +1,72 @@
+"""Charts people would rather look at than read, drawn with matplotlib (Agg, PNG, atomic write).
+
+matplotlib is imported inside each function: it adds about half a second to start-up, and the
+commands that draw nothing should not pay for it.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from frugalml.contracts import STAGES, RunRecord
+from frugalml.fsutil import atomic_write_bytes
+
+STAGE_COLORS = dict(zip(STAGES, ("#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974", "#64b5cd")))
+OTHER_COLOR = "#999999"  # dvc push and orchestration
+LABEL_COLOR = "#dd8452"
+
+
+def _figure(width: float, height: float, ncols: int = 1):
+    import matplotlib  # lazy: matplotlib: ~1.5 s to import; only charts pay for it
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt  # lazy: matplotlib: ~1.5 s to import; only charts pay for it
+
+    return plt, *plt.subplots(1, ncols, figsize=(width, height), squeeze=False)
+
+
+def _save(plt, fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def plot_cost_per_run(records: list[RunRecord], path: Path) -> None:
+    """Two panels per run: compute + S3 stacked by stage (linear $), and labeling vs compute
+    on a log scale (they differ by orders of magnitude, so one linear axis would hide compute)."""
+    plt, fig, axes = _figure(max(7.0, 2.5 + 0.9 * len(records)), 4.2, ncols=2)
+    by_stage, by_kind = axes[0]
+    x = list(range(len(records)))
+    names = [r.run_id[4:8] + " " + r.run_id[9:13] for r in records]
+    bottom = [0.0] * len(records)
+    for stage in (*STAGES, "other"):
+        values = [
+            sum(
+                s.usd - s.labeling_usd
+                for s in r.stages
+                if (s.stage == stage) or (stage == "other" and s.stage not in STAGES)
+            )
+            for r in records
+        ]
+        if any(values):
+            by_stage.bar(x, values, bottom=bottom, label=stage, color=STAGE_COLORS.get(stage, OTHER_COLOR))
+            bottom = [b + v for b, v in zip(bottom, values)]
+    for i, r in enumerate(records):
+        note = "no change" if r.no_change else ("" if r.status == "succeeded" else r.status)
+        by_stage.annotate(f"{r.wall_s:.0f} s\n{note}".strip(), (i, bottom[i]), ha="center", va="bottom", fontsize=7)
+    by_stage.set(title="Compute + S3 by stage", ylabel="USD per run", xticks=x)
+    by_stage.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+    by_stage.legend(fontsize=7)
+    compute = [max(r.total_usd - r.labeling_usd, 1e-9) for r in records]
+    labeling = [max(r.labeling_usd, 1e-9) for r in records]
+    w = 0.4
+    by_kind.bar([i - w / 2 for i in x], compute, w, label="compute + S3", color=STAGE_COLORS["train"])
+    by_kind.bar([i + w / 2 for i in x], labeling, w, label="labeling", color=LABEL_COLOR)
+    by_kind.set_yscale("log")
+    by_kind.set(title="Labeling vs compute (log scale)", ylabel="USD per run", xticks=x)
+    by_kind.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+    by_kind.legend(fontsize=7)
+    _save(plt, fig, path)
