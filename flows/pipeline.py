@@ -281,6 +281,8 @@ def cost_rows(outcomes: list[StageOutcome]) -> list[StageRow]:
                 gpu_energy_j=c.gpu_energy_j,
                 weights_from=c.weights_from,  # pretrained weights: cache, mirror or download
                 weights_download_bytes=c.weights_download_bytes if c.weights_from else None,
+                stopped=c.stopped,
+                image_epochs=c.image_epochs,
             )
         )
     return rows

@@ -159,6 +159,8 @@ class TrainConfig(_Strict):
     keep_checkpoints: bool = False
     warm_start: WarmStartConfig = WarmStartConfig()
     distributed: DistributedConfig = DistributedConfig()
+    max_usd: float | None = Field(None, gt=0)  # live budget of the train stage; null = none
+    feature_cache: bool = True  # finetune: head without augmentation trains on cached backbone features
 
 
 class EvaluateConfig(_Strict):

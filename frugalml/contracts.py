@@ -138,6 +138,9 @@ class CostEntry(Contract):
     gpu_energy_j: float | None = None
     weights_from: Literal["cache", "mirror", "download"] | None = None
     weights_download_bytes: int = 0
+    stopped: Literal["completed", "early_stopping", "budget"] | None = None  # train: why it ended
+    image_epochs: int = 0  # train: images x epochs run (what estimate divides the cost by)
+    features_cached: int = 0  # train: images whose backbone features came from the feature cache
     compute_usd: float = 0.0
     gpu_usd: float = 0.0
     s3_requests_usd: float = 0.0
@@ -217,6 +220,9 @@ class TrainReport(Contract):
     epochs: int
     epochs_run: int
     stopped_early: bool
+    stopped: Literal["completed", "early_stopping", "budget"] = "completed"
+    max_usd: float | None = None
+    feature_cache: str = "off"  # off | on (n cached of m)
     classes: int
     train_images: int
     loader_workers: int = 0
@@ -364,6 +370,8 @@ class StageRow(BaseModel):
     gpu_energy_j: float | None = None
     weights_from: Literal["cache", "mirror", "download"] | None = None
     weights_download_bytes: int | None = None
+    stopped: Literal["completed", "early_stopping", "budget"] | None = None
+    image_epochs: int = 0
     bytes: int | None = None  # dvc push: bytes added to the remote
 
 

@@ -25,11 +25,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from frugalml import weights
+from frugalml import features, weights
 from frugalml.config import Params, TrainConfig, dump
 from frugalml.console import info
 from frugalml.contracts import MANIFEST, MODEL, PREPARED, TRAIN_CURVES, TrainReport, read_manifest
-from frugalml.costs import CostMeter
+from frugalml.costs import CostMeter, price
 from frugalml.errors import ConfigError, DataError, StorageError
 from frugalml.fsutil import atomic_write_bytes, atomic_write_text
 from frugalml.lineage import file_hash
@@ -37,6 +37,7 @@ from frugalml.modeling import (
     ManifestDataset,
     build_model,
     eval_transform,
+    head_module,
     param_groups,
     save_model,
     seed_everything,
@@ -232,9 +233,50 @@ class Precision:
             opt.step()
 
 
+def freeze_frozen_norms(net: nn.Module) -> None:
+    """Batch-norm layers whose weights are frozen stay in eval mode while the rest trains: a frozen
+    backbone keeps its running statistics and normalises as it will at inference (and as the
+    feature cache computed its features)."""
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and not m.weight.requires_grad:
+            m.eval()
+
+
 def _accumulator(device: torch.device) -> torch.Tensor:
     """A device-side running sum (float64 where the device has it)."""
     return torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+
+
+# -- the live budget ------------------------------------------------------------------------------
+class BudgetReached(Exception):
+    """Raised inside an epoch when going on would pass ``train.max_usd``."""
+
+
+@dataclass
+class Budget:
+    """``train.max_usd``: checked every ``check_every_s`` during an epoch and before the next one.
+
+    ``spent()`` is what the stage has cost so far (start-up included), priced like its cost entry."""
+
+    max_usd: float
+    spent: Callable[[], float]
+    check_every_s: float = 0.5
+    _last: float = 0.0
+    _last_usd: float = 0.0
+
+    def check(self) -> None:
+        """Stop when the spend at the next check (one more interval like the last) would pass the budget."""
+        now = time.perf_counter()
+        if now - self._last < self.check_every_s:
+            return
+        usd = self.spent()
+        ahead = usd - self._last_usd if self._last else 0.0  # the spend of one more interval like the last
+        self._last, self._last_usd = now, usd
+        if usd + ahead >= self.max_usd:
+            raise BudgetReached(f"${usd:.5f} spent of train.max_usd ${self.max_usd:g}")
+
+    def affords(self, usd_next: float) -> bool:
+        return self.spent() + usd_next < self.max_usd
 
 
 # -- one epoch, one validation --------------------------------------------------------------------
@@ -258,9 +300,12 @@ def train_one_epoch(
     *,
     channels_last: bool = False,
     progress: Callable[[int, int, float], None] | None = None,
+    budget: Budget | None = None,
 ) -> EpochResult:
-    """One pass over ``loader``. ``progress(step, steps, seconds)`` is called about every 15 s."""
+    """One pass over ``loader``. ``progress(step, steps, seconds)`` is called about every 15 s;
+    ``budget`` is checked between steps (``BudgetReached``)."""
     net.train()
+    freeze_frozen_norms(net)
     loss_sum, correct = _accumulator(device), _accumulator(device)
     seen = steps = 0
     t0 = last_log = time.perf_counter()
@@ -278,6 +323,8 @@ def train_one_epoch(
         seen += len(y)
         loss_sum += loss.detach() * len(y)  # stays on the device: no sync per step
         correct += (out.argmax(1) == y).sum()
+        if budget is not None:
+            budget.check()
         now = time.perf_counter()
         if progress is not None and now - last_log > LOG_EVERY_S:
             progress(steps, len(loader), now - t0)
@@ -361,7 +408,7 @@ class TrainState:
 def fingerprint(cfg: Params, manifest_sha256: str) -> str:
     """Same inputs -> same fingerprint: a checkpoint is only resumed for the training it belongs to."""
     p = dump(cfg)
-    ignored = ("num_workers", "num_threads", "checkpoint_to_s3", "keep_checkpoints")
+    ignored = ("num_workers", "num_threads", "checkpoint_to_s3", "keep_checkpoints", "max_usd")
     key = {
         "manifest": manifest_sha256,
         "model": p["model"],
@@ -443,6 +490,12 @@ class Trainer:
     precision: Precision
     t: TrainConfig
     channels_last: bool = False
+    budget: Budget | None = None
+    eval_net: nn.Module | None = None  # what validation runs (the head alone on cached features)
+    cached: int | None = None  # images whose features came from the feature cache; None = no cache
+
+    def dataset_size(self) -> int:
+        return len(self.train_loader.dataset) + (len(self.val_loader.dataset) if self.val_loader is not None else 0)
 
     def progress(self, epoch: int) -> Callable[[int, int, float], None] | None:
         if not is_main():
@@ -461,7 +514,7 @@ class Trainer:
         """Validation on rank 0, broadcast so that every rank takes the same early-stopping decision."""
         acc, loss = float("nan"), float("nan")
         if self.val_loader is not None and is_main():
-            acc, loss = validate(self.model, self.val_loader, self.device, self.precision)
+            acc, loss = validate(self.eval_net or self.model, self.val_loader, self.device, self.precision)
         if world() > 1:
             shared = torch.tensor([acc, loss], dtype=torch.float64, device=self.device)
             dist.broadcast(shared, src=0)
@@ -477,6 +530,7 @@ class Trainer:
             "val_loss": val_loss,
             "val_acc": val_acc,
             "images_per_s": ips,
+            "images": res.seen * world(),
         }
         state.epoch, state.step = epoch, state.step + res.steps
         state.history.append(rec)
@@ -489,27 +543,64 @@ class Trainer:
         return rec
 
 
-def fit(tr: Trainer, state: TrainState, ckpt: Checkpointer) -> tuple[TrainState, bool, float]:
-    """Epochs ``state.epoch + 1 .. t.epochs``: train, validate, checkpoint, early stop.
-    Returns the final state, whether it stopped early and the wall seconds."""
+def _budget_allows_next(tr: Trainer, epoch_usd: float) -> bool:
+    """Whether another epoch like the last fits in the budget (rank 0 decides for every rank)."""
+    ok = tr.budget is None or tr.budget.affords(epoch_usd)
+    if world() > 1:
+        flag = torch.tensor([1.0 if ok else 0.0], device=tr.device)
+        dist.broadcast(flag, src=0)
+        ok = bool(flag.item())
+    return ok
+
+
+def _epoch(tr: Trainer, epoch: int) -> EpochResult:
+    if world() > 1:
+        tr.train_loader.sampler.set_epoch(epoch)
+    return train_one_epoch(
+        tr.net,
+        tr.train_loader,
+        tr.opt,
+        tr.sched,
+        tr.loss_fn,
+        tr.device,
+        tr.precision,
+        channels_last=tr.channels_last,
+        progress=tr.progress(epoch),
+        budget=tr.budget if world() == 1 else None,  # under DDP: checked between epochs only
+    )
+
+
+def _stop_on_budget(tr: Trainer, state: TrainState, ckpt: Checkpointer, why: str) -> None:
+    """The budget ran out inside an epoch: go back to the last completed epoch's weights."""
+    if state.epoch == 0:
+        raise ConfigError(
+            f"train.max_usd: the budget ran out during the first epoch ({why}); raise train.max_usd "
+            "or make the run cheaper (`frugalml estimate` prices it before a run)"
+        )
+    tr.model.load_state_dict(ckpt.load()["model"])
+    info(f"train: budget reached in epoch {state.epoch + 1} ({why}); keeping epoch {state.epoch}'s model")
+
+
+def fit(tr: Trainer, state: TrainState, ckpt: Checkpointer) -> tuple[TrainState, str, float]:
+    """Epochs ``state.epoch + 1 .. t.epochs``: train, validate, checkpoint, early stop, budget stop.
+    Returns the final state, why it stopped (completed, early_stopping, budget) and the wall seconds."""
     t, first = tr.t, state.epoch + 1
     t_start = time.perf_counter()
+    epoch_usd = 0.0
     for epoch in range(first, t.epochs + 1):
-        if world() > 1:
-            tr.train_loader.sampler.set_epoch(epoch)
-        res = train_one_epoch(
-            tr.net,
-            tr.train_loader,
-            tr.opt,
-            tr.sched,
-            tr.loss_fn,
-            tr.device,
-            tr.precision,
-            channels_last=tr.channels_last,
-            progress=tr.progress(epoch),
-        )
+        if epoch > first and not _budget_allows_next(tr, epoch_usd):
+            if is_main():
+                info(f"train: stopping before epoch {epoch}: it would pass train.max_usd ${t.max_usd:g}")
+            return state, "budget", time.perf_counter() - t_start
+        usd0 = tr.budget.spent() if tr.budget is not None else 0.0
+        try:
+            res = _epoch(tr, epoch)
+        except BudgetReached as exc:
+            _stop_on_budget(tr, state, ckpt, str(exc))
+            return state, "budget", time.perf_counter() - t_start
         val_acc, val_loss = tr.shared_validation()
         rec = tr.record(state, epoch, res, val_acc, val_loss)
+        epoch_usd = tr.budget.spent() - usd0 if tr.budget is not None else 0.0
         if is_main():
             eta = (time.perf_counter() - t_start) / (epoch - first + 1) * (t.epochs - epoch)
             info(
@@ -521,8 +612,8 @@ def fit(tr: Trainer, state: TrainState, ckpt: Checkpointer) -> tuple[TrainState,
         if es.patience and state.since_best >= es.patience and tr.val_loader is not None:
             if is_main():
                 info(f"train: early stop after epoch {epoch}: no {es.metric} gain for {es.patience} epochs")
-            return state, True, time.perf_counter() - t_start
-    return state, False, time.perf_counter() - t_start
+            return state, "early_stopping", time.perf_counter() - t_start
+    return state, "completed", time.perf_counter() - t_start
 
 
 def _device(t: TrainConfig) -> torch.device:
@@ -535,24 +626,55 @@ def _device(t: TrainConfig) -> torch.device:
     return device
 
 
+def _feature_loaders(cfg: Params, model: nn.Module, rows: list[dict], classes: list[str], device: torch.device):
+    """Loaders over cached backbone features (train shuffled by the seeded generator, val in order)."""
+    t = cfg.train
+    store = Store.optional(cfg.storage, tolerate_transient=True)
+    index = {c: i for i, c in enumerate(classes)}
+    loaders, cached = [], 0
+    gen = torch.Generator().manual_seed(t.seed)
+    for split in ("train", "val"):
+        part = [r for r in rows if r["split"] == split]
+        if not part:
+            if split == "train":
+                raise DataError("the train split is empty: add images or change data.splits")
+            loaders.append(None)
+            continue
+        feats, n = features.features_for(model, part, PREPARED, cfg, device, store)
+        cached += n
+        ds = torch.utils.data.TensorDataset(feats, torch.tensor([index[r["label"]] for r in part]))
+        shuffle = split == "train"  # only the train loader draws from the seeded generator, as without the cache
+        loaders.append(
+            torch.utils.data.DataLoader(ds, batch_size=t.batch_size, shuffle=shuffle, generator=gen if shuffle else None)
+        )
+    return loaders[0], loaders[1], gen, cached
+
+
 def build_trainer(
     cfg: Params, rows: list[dict], classes: list[str], device: torch.device, meter
 ) -> tuple[Trainer, str, dict]:
     """The model, loaders, optimizer, schedule, loss and precision, in the order that keeps
     CPU training bitwise reproducible (the head's initialisation draws from the seeded RNG)."""
     t = effective_train(cfg)
-    train_loader, val_loader, gen = create_loaders(cfg, rows, classes, PREPARED, device)
-    model, start, pretrained = initial_model(cfg, classes, meter)
+    no_cache = features.why_not(cfg, world())
+    if no_cache is None:
+        model, start, pretrained = initial_model(cfg, classes, meter)
+        model.to(device)
+        train_loader, val_loader, gen, cached = _feature_loaders(cfg, model, rows, classes, device)
+    else:
+        train_loader, val_loader, gen = create_loaders(cfg, rows, classes, PREPARED, device)
+        model, start, pretrained = initial_model(cfg, classes, meter)
+        cached = None
     groups = param_groups(model, t.finetune, t.finetune_last_n, t.lr, t.backbone_lr_mult)
     model.to(device)
-    channels_last = device.type == "cuda" and t.channels_last
+    channels_last = device.type == "cuda" and t.channels_last and cached is None
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = create_optimizer(groups, t)
     sched = create_scheduler(opt, t, t.epochs * len(train_loader))
     weights = class_weights(rows, classes).to(device) if t.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=t.label_smoothing)
-    net = model
+    net = model if cached is None else head_module(model)[1]  # cached: the head alone trains
     if world() > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if t.compile:
@@ -570,7 +692,11 @@ def build_trainer(
         Precision.choose(t.precision, device),
         t,
         channels_last,
+        eval_net=None if cached is None else net,
+        cached=cached,
     )
+    if t.finetune == "head" and no_cache is not None and t.feature_cache and is_main():
+        info(f"train: no feature cache: {no_cache}")
     return tr, start, pretrained
 
 
@@ -581,7 +707,7 @@ def _report(
     arch: str,
     start: str,
     pretrained: dict,
-    stopped_early: bool,
+    stopped: str,
     wall: float,
     gpu_s: float,
     classes: int,
@@ -597,7 +723,10 @@ def _report(
         finetune=t.finetune,
         epochs=t.epochs,
         epochs_run=len(state.history),
-        stopped_early=stopped_early,
+        stopped_early=stopped == "early_stopping",
+        stopped=stopped,
+        max_usd=t.max_usd,
+        feature_cache="off" if tr.cached is None else f"on ({tr.cached} of {tr.dataset_size()} cached)",
         classes=classes,
         train_images=len(tr.train_loader.dataset),
         loader_workers=tr.train_loader.num_workers,
@@ -612,10 +741,26 @@ def _report(
     )
 
 
-def train(cfg: Params, meter: CostMeter | None, run_id: str) -> TrainReport | None:
+def budget_for(cfg: Params, device: torch.device, started: float) -> Budget | None:
+    """``train.max_usd`` as a live check: the stage's compute (wall x vCPUs) and GPU time since
+    ``started`` (epoch seconds, when the stage process started), priced by the price sheet."""
+    if cfg.train.max_usd is None:
+        return None
+    gpus = world() if device.type == "cuda" else 0
+
+    def spent() -> float:
+        wall = time.time() - started
+        return price({"wall_s": wall, "gpu_s": wall * gpus}, cfg.costs)["total_usd"]
+
+    return Budget(cfg.train.max_usd, spent)
+
+
+def train(cfg: Params, meter: CostMeter | None, run_id: str, started: float | None = None) -> TrainReport | None:
     """Fine-tune, resuming from a checkpoint of the same inputs; write the model and the curves.
 
+    ``started``: when the stage began (epoch seconds), what ``train.max_usd`` counts from.
     Returns the report on rank 0 (None on the other DDP ranks); the caller writes it."""
+    started = started if started is not None else time.time() - (meter.elapsed_s() if meter else 0.0)
     m, t = cfg.model, effective_train(cfg)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
@@ -638,7 +783,8 @@ def train(cfg: Params, meter: CostMeter | None, run_id: str) -> TrainReport | No
             f"{len(tr.train_loader.dataset)} train images, {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g}, "
             f"finetune={t.finetune}, start={start}" + (f", {world()} processes" if world() > 1 else "")
         )
-    state, stopped_early, wall = fit(tr, state, ckpt)
+    tr.budget = budget_for(cfg, device, started)
+    state, stopped, wall = fit(tr, state, ckpt)
     if world() > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -646,7 +792,9 @@ def train(cfg: Params, meter: CostMeter | None, run_id: str) -> TrainReport | No
         return None
     gpu_s = wall * world() if device.type == "cuda" else 0.0
     if meter is not None:
-        meter.add(gpu_s=gpu_s)
+        meter.add(gpu_s=gpu_s, image_epochs=sum(h.get("images", 0) for h in state.history))
+        meter.add(features_cached=tr.cached or 0)
+        meter.extra["stopped"] = stopped
     model = tr.model.to("cpu").to(memory_format=torch.contiguous_format)
     save_model(MODEL, model, classes=classes, arch=m.arch, image_size=m.image_size, mean=m.mean, std=m.std)
     atomic_write_text(TRAIN_CURVES, "\n".join([CURVE_COLUMNS, *state.curves]) + "\n")
@@ -656,7 +804,7 @@ def train(cfg: Params, meter: CostMeter | None, run_id: str) -> TrainReport | No
         arch=m.arch,
         start=start,
         pretrained=pretrained,
-        stopped_early=stopped_early,
+        stopped=stopped,
         wall=wall,
         gpu_s=gpu_s,
         classes=len(classes),

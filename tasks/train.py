@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 from frugalml import config, training
 from frugalml.config import Params
@@ -30,8 +31,10 @@ from frugalml.costs import CostMeter
 from frugalml.errors import FrugalError
 from tasks._stage import run_id, stage_main
 
+STARTED_ENV = "FRUGALML_STAGE_STARTED"  # the stage's start, for the DDP workers' budget
 
-def _launch_torchrun(cfg: Params) -> None:
+
+def _launch_torchrun(cfg: Params, started: float) -> None:
     n = cfg.train.distributed.nproc_per_node
     info(f"train: launching {n} processes with torchrun (DDP)")
     cmd = [
@@ -44,13 +47,14 @@ def _launch_torchrun(cfg: Params) -> None:
         "tasks.train",
         "--ddp-worker",
     ]
-    code = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}).returncode
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), STARTED_ENV: repr(started)}
+    code = subprocess.run(cmd, env=env).returncode
     if code != 0:
         raise FrugalError(f"distributed training failed (torchrun exit code {code}); see the log above")
 
 
-def train(cfg: Params, meter: CostMeter | None, run_id: str) -> TrainReport | None:
-    report = training.train(cfg, meter, run_id)
+def train(cfg: Params, meter: CostMeter | None, run_id: str, started: float | None = None) -> TrainReport | None:
+    report = training.train(cfg, meter, run_id, started)
     if report is not None:  # rank 0
         report.write()
     return report
@@ -59,12 +63,15 @@ def train(cfg: Params, meter: CostMeter | None, run_id: str) -> TrainReport | No
 def run(cfg: Params, meter: CostMeter) -> TrainReport | None:
     if cfg.train.distributed.nproc_per_node > 1:
         found = training.resolve_pretrained(cfg, meter)  # once, here: the workers then read the local cache
-        _launch_torchrun(cfg)  # the workers' CPU time is counted: they are this process's children
+        _launch_torchrun(
+            cfg, time.time() - meter.elapsed_s()
+        )  # the workers' CPU time is counted: they are this process's children
         report = TrainReport.read()
         if found is not None:
             report.pretrained = Pretrained(**found.lineage())
             report.write()
-        meter.add(gpu_s=report.gpu_s)
+        meter.add(gpu_s=report.gpu_s, image_epochs=report.train_images * report.epochs_run)
+        meter.extra["stopped"] = report.stopped
         return report
     return train(cfg, meter, meter.run_id)
 
@@ -72,7 +79,7 @@ def run(cfg: Params, meter: CostMeter) -> TrainReport | None:
 def main() -> None:
     if "--ddp-worker" in sys.argv:
         try:
-            train(config.load(), None, run_id())
+            train(config.load(), None, run_id(), float(os.environ[STARTED_ENV]))
         except FrugalError as exc:
             print(f"train (rank {training.rank()}): {exc}", file=sys.stderr)
             sys.exit(exc.exit_code)
