@@ -644,9 +644,8 @@ def _feature_loaders(cfg: Params, model: nn.Module, rows: list[dict], classes: l
         cached += n
         ds = torch.utils.data.TensorDataset(feats, torch.tensor([index[r["label"]] for r in part]))
         shuffle = split == "train"  # only the train loader draws from the seeded generator, as without the cache
-        loaders.append(
-            torch.utils.data.DataLoader(ds, batch_size=t.batch_size, shuffle=shuffle, generator=gen if shuffle else None)
-        )
+        loader_gen = gen if shuffle else None
+        loaders.append(torch.utils.data.DataLoader(ds, batch_size=t.batch_size, shuffle=shuffle, generator=loader_gen))
     return loaders[0], loaders[1], gen, cached
 
 
