@@ -283,6 +283,7 @@ def cost_rows(outcomes: list[StageOutcome]) -> list[StageRow]:
                 weights_download_bytes=c.weights_download_bytes if c.weights_from else None,
                 stopped=c.stopped,
                 image_epochs=c.image_epochs,
+                startup_s=c.startup_s,
             )
         )
     return rows

@@ -28,6 +28,7 @@ from frugalml.contracts import RunRecord
 from frugalml.dvcconf import write_local_config
 from frugalml.embedded import EmbeddedS3
 from frugalml.errors import ConfigError, FrugalError, StorageError
+from frugalml.estimate import Estimate, estimate
 from frugalml.locks import RUN_LOCK, workspace_lock
 from frugalml.registry import Registry, write_champion
 from frugalml.reproduce import reproduce
@@ -208,6 +209,7 @@ def _run_locked(set_: list[str], until: str | None, always_flow: bool) -> None:
     run_id = new_run_id()
     record = run_if_unchanged(run_id, set_, until) if ephemeral and not always_flow else None
     if record is None:
+        _print_estimate_or_why(_cfg())  # while the Prefect server starts
         if server is not None:
             server.wait_ready()
         err.print(f"run {run_id}: starting the pipeline")
@@ -219,6 +221,61 @@ def _run_locked(set_: list[str], until: str | None, always_flow: bool) -> None:
         raise typer.Exit(3)
     if record.status == "failed":
         raise typer.Exit(1)
+
+
+def _history(cfg, last: int = 20) -> list[RunRecord]:
+    """The most recent run records (none when no store is configured or it does not answer)."""
+    store = Store.optional(cfg.storage, tolerate_transient=True)
+    if store is None:
+        return []
+    records = []
+    for rid in list_runs(store)[-last:]:
+        try:
+            records.append(get_record(store, rid))
+        except FrugalError:  # a record written by another tool or damaged: not a basis for estimates
+            continue
+    return records
+
+
+def _estimate_table(est: Estimate) -> Table:
+    t = Table(title="Estimate for the current params (every stage run)", box=box.SIMPLE_HEAD)
+    for col in ("stage", "wall s", "USD", "basis"):
+        t.add_column(col, justify="left" if col in ("stage", "basis") else "right")
+    for s in est.stages:
+        known = s.wall_s is not None
+        t.add_row(s.stage, f"{s.wall_s:.1f}" if known else "?", _usd(s.usd) if known else "?", s.basis)
+    t.add_row("labeling", "", f"{est.labeling_usd:.2f}", f"{est.new_images} new images")
+    t.add_row("total", f"{est.wall_s:.1f}", _usd(est.compute_usd + est.labeling_usd), "")
+    return t
+
+
+def _print_estimate_or_why(cfg) -> None:
+    try:
+        est = estimate(cfg, _history(cfg))
+    except FrugalError as exc:
+        err.print(f"[dim]estimate unavailable: {exc}[/dim]")
+        return
+    err.print(_estimate_table(est))
+    for note in est.notes:
+        err.print(f"[dim]{note}[/dim]")
+
+
+@app.command("estimate")
+def estimate_cmd(
+    set_: list[str] = typer.Option([], "--set", help="Estimate with KEY=VALUE overrides (params.yaml is not changed)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    no_probe: bool = typer.Option(False, "--no-probe", help="History only: do not run the measured probe."),
+) -> None:
+    """Predicted wall time and USD of each stage before a run: from the run history for the same
+    settings, else from a short measured probe on this machine."""
+    cfg = _cfg(set_)
+    est = estimate(cfg, _history(cfg), allow_probe=not no_probe)
+    if as_json:
+        print(json.dumps(est.to_json(), indent=2))
+        return
+    err.print(_estimate_table(est))
+    for note in est.notes:
+        err.print(f"[dim]{note}[/dim]")
 
 
 @app.command("schedule")

@@ -372,6 +372,7 @@ class StageRow(BaseModel):
     weights_download_bytes: int | None = None
     stopped: Literal["completed", "early_stopping", "budget"] | None = None
     image_epochs: int = 0
+    startup_s: float = 0.0  # of the stage process: interpreter and imports
     bytes: int | None = None  # dvc push: bytes added to the remote
 
 

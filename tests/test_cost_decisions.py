@@ -93,3 +93,76 @@ def test_feature_cache_trains_the_same_head_and_is_reused(tmp_path, s3_server):
     elsewhere = _workspace(tmp_path / "elsewhere", *HEAD, per_class=30)  # same images, no local cache
     _train(elsewhere)
     assert json.loads((elsewhere / "costs/train.json").read_text())["features_cached"] == n
+
+
+def _record(run_id: str, params: dict, stages: list[dict]):
+    from frugalml.contracts import RunRecord
+
+    return RunRecord.model_validate({"run_id": run_id, "status": "succeeded", "params": params, "stages": stages})
+
+
+def test_estimate_from_history_scales_per_image_epoch():
+    """Pure computation over run records: seconds per image-epoch for the same training
+    signature, times the planned image-epochs; other settings are not a basis."""
+    from frugalml import config
+    from frugalml.estimate import from_history
+
+    cfg = config.validate(config.apply_overrides({}, ["data.source=builtin:shapes", "train.epochs=4"]))
+    same = config.dump(cfg)
+    other = config.dump(config.validate(config.apply_overrides(same, ["model.image_size=128"])))
+    row = {"stage": "train", "status": "ran", "usd": 0.01, "startup_s": 5.0}
+    records = [
+        _record(
+            "a",
+            same,
+            [
+                {**row, "wall_s": 105.0, "image_epochs": 1000},
+                {"stage": "ingest", "status": "ran", "wall_s": 8.0, "usd": 0.0},
+            ],
+        ),
+        _record(
+            "b",
+            same,
+            [
+                {**row, "wall_s": 125.0, "image_epochs": 1000},
+                {"stage": "ingest", "status": "ran", "wall_s": 12.0, "usd": 0.0},
+            ],
+        ),
+        _record("c", other, [{**row, "wall_s": 9999.0, "image_epochs": 1000}]),  # another image size
+        _record("d", same, [{**row, "status": "up to date", "wall_s": 0.0, "image_epochs": 0}]),
+    ]
+    est = from_history(cfg, records, image_epochs=2000)
+    # per image-epoch: median(0.100, 0.120) = 0.110 s; start-up 5 s
+    assert est["train"].wall_s == pytest.approx(5.0 + 0.11 * 2000)
+    assert est["train"].basis == "history (2 runs)"
+    assert est["ingest"].wall_s == 10.0 and "validate" not in est
+
+
+def test_estimate_probes_without_history(tmp_path, monkeypatch):
+    """No history: a measured probe of this model on this machine prices train and evaluate;
+    the stages without a basis say so instead of guessing, and labeling is priced for new images."""
+    from frugalml import config
+    from frugalml.estimate import estimate, from_probe
+
+    monkeypatch.chdir(tmp_path)
+    cfg = config.validate(config.apply_overrides({}, ["data.source=builtin:digits", "model.image_size=32"]))
+    est = estimate(cfg, [])
+    by = {s.stage: s for s in est.stages}
+    assert by["train"].basis.startswith("probe") and by["train"].wall_s > 0 and by["train"].usd > 0
+    assert by["ingest"].wall_s is None and by["ingest"].basis == "no history"
+    assert est.new_images == 1797 and est.labeling_usd == pytest.approx(1797 * 0.08)
+    longer = config.validate(config.apply_overrides(config.dump(cfg), ["train.epochs=16"]))
+    more = from_probe(longer, est.probe, est.images)["train"].wall_s  # the same measurement, twice the epochs
+    s0 = est.probe.startup_s
+    assert (more - s0) / (by["train"].wall_s - s0) == pytest.approx(2.0, rel=0.01)
+
+
+def test_estimate_needs_an_image_count(tmp_path, monkeypatch):
+    from frugalml import config
+    from frugalml.errors import ConfigError
+    from frugalml.estimate import estimate
+
+    monkeypatch.chdir(tmp_path)
+    cfg = config.validate(config.apply_overrides({}, [f"data.source={tmp_path}/images"]))
+    with pytest.raises(ConfigError, match="run `dvc repro ingest`"):
+        estimate(cfg, [])
