@@ -221,6 +221,7 @@ def test_costs_command_reads_run_records(pipeline_repo, store):
     import uuid as _uuid
 
     # Two small records written the way the flow writes them (the flow itself is covered above).
+    from frugalml.contracts import RunRecord
     from frugalml.runs import write_record
 
     for i, (status, ran) in enumerate([("succeeded", "ran"), ("succeeded", "up to date")]):
@@ -240,16 +241,18 @@ def test_costs_command_reads_run_records(pipeline_repo, store):
         write_record(
             store,
             rid,
-            {
-                "run_id": rid,
-                "status": status,
-                "no_change": ran != "ran",
-                "stages": stages,
-                "total_usd": sum(s["usd"] for s in stages),
-                "wall_s": 2.0,
-                "gate": None,
-                "message": "",
-            },
+            RunRecord.model_validate(
+                {
+                    "run_id": rid,
+                    "status": status,
+                    "no_change": ran != "ran",
+                    "stages": stages,
+                    "total_usd": sum(s["usd"] for s in stages),
+                    "wall_s": 2.0,
+                    "gate": None,
+                    "message": "",
+                }
+            ),
             [],
         )
     res = run(FRUGALML + ["costs", "--last", "2", "--json"], pipeline_repo)
