@@ -37,7 +37,7 @@ def _save(plt, fig, path: Path) -> None:
 def plot_cost_per_run(records: list[RunRecord], path: Path) -> None:
     """Two panels per run: compute + S3 stacked by stage (linear $), and labeling vs compute
     on a log scale (they differ by orders of magnitude, so one linear axis would hide compute)."""
-    plt, fig, axes = _figure(max(7.0, 2.5 + 0.9 * len(records)), 4.2, ncols=2)
+    plt, fig, axes = _figure(max(8.0, 3.5 + 0.9 * len(records)), 4.2, ncols=2)
     by_stage, by_kind = axes[0]
     x = list(range(len(records)))
     names = [r.run_id[4:8] + " " + r.run_id[9:13] for r in records]
@@ -59,13 +59,16 @@ def plot_cost_per_run(records: list[RunRecord], path: Path) -> None:
         by_stage.annotate(f"{r.wall_s:.0f} s\n{note}".strip(), (i, bottom[i]), ha="center", va="bottom", fontsize=7)
     by_stage.set(title="Compute + S3 by stage", ylabel="USD per run", xticks=x)
     by_stage.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
-    by_stage.legend(fontsize=7)
-    compute = [max(r.total_usd - r.labeling_usd, 1e-9) for r in records]
-    labeling = [max(r.labeling_usd, 1e-9) for r in records]
+    by_stage.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    compute = [r.total_usd - r.labeling_usd for r in records]
+    labeling = [r.labeling_usd for r in records]
     w = 0.4
     by_kind.bar([i - w / 2 for i in x], compute, w, label="compute + S3", color=STAGE_COLORS["train"])
-    by_kind.bar([i + w / 2 for i in x], labeling, w, label="labeling", color=LABEL_COLOR)
+    by_kind.bar([i + w / 2 for i in x], labeling, w, label="labeling", color=LABEL_COLOR)  # $0 draws nothing
+    positive = [v for v in compute + labeling if v > 0]
     by_kind.set_yscale("log")
+    if positive:
+        by_kind.set_ylim(min(positive) / 3, max(positive) * 3)
     by_kind.set(title="Labeling vs compute (log scale)", ylabel="USD per run", xticks=x)
     by_kind.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
     by_kind.legend(fontsize=7)
