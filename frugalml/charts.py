@@ -9,7 +9,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from frugalml.contracts import STAGES, RunRecord
+from frugalml.config import GatesConfig
+from frugalml.contracts import STAGES, RunRecord, SweepRecord
 from frugalml.fsutil import atomic_write_bytes
 
 STAGE_COLORS = dict(zip(STAGES, ("#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974", "#64b5cd")))
@@ -72,4 +73,34 @@ def plot_cost_per_run(records: list[RunRecord], path: Path) -> None:
     by_kind.set(title="Labeling vs compute (log scale)", ylabel="USD per run", xticks=x)
     by_kind.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
     by_kind.legend(fontsize=7)
+    _save(plt, fig, path)
+
+
+def plot_frontier(record: SweepRecord, path: Path, gates: GatesConfig) -> None:
+    """USD vs accuracy per trial (and p95 latency vs accuracy), the Pareto front joined, the
+    accuracy gate drawn, the recommendation circled."""
+    plt, fig, axes = _figure(10.0, 4.2, ncols=2)
+    cost_ax, lat_ax = axes[0]
+    scored = [t for t in record.trials if t.accuracy is not None]
+    colors = {"complete": STAGE_COLORS["ingest"], "pruned": OTHER_COLOR}
+    for ax, xs, xlabel in (
+        (cost_ax, [t.usd for t in scored], "USD per trial"),
+        (lat_ax, [t.latency_ms_p95 or 0.0 for t in scored], "p95 latency, ms (batch 1)"),
+    ):
+        for t, x in zip(scored, xs):
+            passed = t.gate is not None and t.gate.decision == "accept"
+            ax.scatter(x, t.accuracy, color=colors.get(t.state, OTHER_COLOR), marker="o" if passed else "x", s=36)
+            ax.annotate(str(t.number + 1), (x, t.accuracy), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        ax.axhline(gates.min_accuracy, color=STAGE_COLORS["train"], linestyle="--", linewidth=1)
+        ax.text(ax.get_xlim()[0], gates.min_accuracy, " gates.min_accuracy", va="bottom", fontsize=7)
+        ax.set(xlabel=xlabel, ylabel="test accuracy")
+    front = [next(t for t in scored if t.number == n) for n in record.front]
+    cost_ax.plot([t.usd for t in front], [t.accuracy for t in front], color=STAGE_COLORS["ingest"], linewidth=1)
+    if gates.max_train_usd is not None:
+        cost_ax.axvline(gates.max_train_usd, color=STAGE_COLORS["train"], linestyle=":", linewidth=1)
+    rec = next((t for t in scored if t.number == record.recommended), None)
+    if rec is not None:
+        cost_ax.scatter(rec.usd, rec.accuracy, s=220, facecolors="none", edgecolors=LABEL_COLOR, linewidths=2)
+    cost_ax.set_title(f"Sweep {record.id}: Pareto front (line), recommended (ring)", fontsize=9)
+    lat_ax.set_title("o: passes the gates, x: rejected; grey: pruned", fontsize=9)
     _save(plt, fig, path)

@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import shlex
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -24,7 +26,7 @@ from frugalml.builtin import materialize
 from frugalml.charts import plot_cost_per_run
 from frugalml.console import Progress, err, fast_exit
 from frugalml.contracts import STAGES as STAGE_NAMES
-from frugalml.contracts import RunRecord
+from frugalml.contracts import RunRecord, SweepRecord
 from frugalml.dvcconf import write_local_config
 from frugalml.embedded import EmbeddedS3
 from frugalml.errors import ConfigError, FrugalError, StorageError
@@ -276,6 +278,132 @@ def estimate_cmd(
     err.print(_estimate_table(est))
     for note in est.notes:
         err.print(f"[dim]{note}[/dim]")
+
+
+def _one_trial_estimate(cfg, space) -> tuple[float, list[str]]:
+    """What the cheapest-looking trial (each key's first choice or low end) would cost."""
+    first = [f"{k}={(v[0] if isinstance(v, list) else v.low)}" for k, v in space.items()]
+    trial_cfg = config.validate(config.apply_overrides(config.dump(cfg), first))
+    est = estimate(trial_cfg, _history(trial_cfg))
+    return sum(s.usd or 0.0 for s in est.stages if s.stage in ("train", "evaluate")), first
+
+
+def _require_git_commit() -> None:
+    if subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], capture_output=True).returncode != 0:
+        raise ConfigError("frugalml sweep runs DVC experiments, which need a git commit: `git commit -am 'baseline'`")
+
+
+@app.command("sweep")
+def sweep_cmd(
+    set_: list[str] = typer.Option([], "--set", help="KEY=VALUE written to params.yaml first (the trials' base)."),
+    resume: Optional[str] = typer.Option(
+        None, "--resume", help="Continue a sweep that was stopped: its id, or 'last'.", show_default=False
+    ),
+) -> None:
+    """Search sweep.space for the cheapest model that meets the gates (Optuna, accuracy vs USD;
+    each trial a DVC experiment), then print the frontier and the recommendation."""
+    from frugalml import sweep as sw
+
+    _require_git_commit()
+    if set_:
+        config.write_overrides("params.yaml", set_)
+    cfg = _cfg()
+    space = sw.check_space(cfg)
+    sweep_id = (sw.latest_id() if resume == "last" else resume) if resume else sw.new_id()
+    if resume and sweep_id is None:
+        raise ConfigError("--resume: there is no sweep in .frugalml/sweeps/ to resume")
+    write_local_config(cfg, resolve_settings(cfg.storage))  # DVC's remotes (the source, the cache) as a run has them
+    store = Store.optional(cfg.storage, tolerate_transient=True)
+    if store is not None:
+        write_champion(Registry(store, cfg.model.name))  # evaluate compares each trial with production
+    # SIGTERM (a scheduler stopping the sweep) ends it like Ctrl-C: the running trial's processes
+    # are stopped, finished trials stay recorded, and `--resume` continues.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    err.print("sweep: preparing the data once (dvc repro validate): the trials start from it")
+    code = subprocess.run([sys.executable, "-m", "dvc", "repro", "validate"]).returncode
+    if code != 0:
+        raise FrugalError(f"dvc repro validate exited {code}: the data must validate before a sweep")
+    if not resume:
+        one, first = _one_trial_estimate(cfg, space)
+        if one > cfg.sweep.budget_usd:
+            raise ConfigError(
+                f"sweep.budget_usd ${cfg.sweep.budget_usd:g} is below one trial's estimate "
+                f"(${one:.5f} for {' '.join(first)}); raise it or search a cheaper space"
+            )
+    record = sw.Sweep(cfg, sweep_id, set_, resume=bool(resume)).run(lambda line: err.print(line))
+    _show_frontier(cfg, record, plot=None, as_json=False)
+
+
+def _frontier_table(record) -> Table:
+    t = Table(
+        title=f"Sweep {record.id}: {len(record.trials)} trials, ${record.spent_usd:.5f} of ${record.budget_usd:g}"
+    )
+    for col in ("trial", "settings", "state", "accuracy", "USD", "p95 ms", "gate", ""):
+        t.add_column(col, justify="left" if col in ("settings", "state", "gate", "") else "right")
+    for tr in record.trials:
+        mark = "recommended" if tr.number == record.recommended else ("front" if tr.number in record.front else "")
+        gate = tr.gate.decision if tr.gate else "-"
+        if tr.gate and tr.gate.failed:
+            gate += f" ({', '.join(tr.gate.failed)})"
+        t.add_row(
+            str(tr.number + 1),
+            " ".join(o.split(".", 1)[-1] for o in tr.overrides),
+            tr.state,
+            "-" if tr.accuracy is None else f"{tr.accuracy:.4f}",
+            f"{tr.usd:.5f}",
+            "-" if tr.latency_ms_p95 is None else f"{tr.latency_ms_p95:.1f}",
+            gate,
+            mark,
+        )
+    return t
+
+
+def _show_frontier(cfg, record, plot: Optional[Path], as_json: bool) -> None:
+    from frugalml import sweep as sw
+    from frugalml.charts import plot_frontier
+
+    if as_json:
+        print(record.model_dump_json(indent=2, exclude_none=True))
+        return
+    err.print(_frontier_table(record))
+    png = plot or (SweepRecord.path(record.id).parent / "frontier.png")
+    plot_frontier(record, png, cfg.gates)
+    uri = sw.upload_chart(cfg, record.id, png)
+    err.print(f"chart: {png}" + (f" (and {uri})" if uri else ""))
+    rec = next((t for t in record.trials if t.number == record.recommended), None)
+    if rec is None:
+        err.print("[bold red]no trial passes every gate[/bold red]: widen sweep.space or relax gates.*")
+    else:
+        err.print(
+            f"[bold green]recommended: trial {rec.number + 1}[/bold green] ({rec.experiment}), the cheapest that "
+            f"passes every gate: accuracy {rec.accuracy:.4f} for ${rec.usd:.5f}. "
+            f"`frugalml frontier --apply` writes {' '.join(rec.overrides)} to params.yaml"
+        )
+
+
+@app.command("frontier")
+def frontier_cmd(
+    sweep_id: Optional[str] = typer.Option(None, "--sweep", help="A sweep id (default: the latest)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the sweep record as JSON."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the chart here (PNG)."),
+    apply: bool = typer.Option(False, "--apply", help="Write the recommended trial's settings to params.yaml."),
+) -> None:
+    """The sweep's trials as a table and a chart ($ vs accuracy, the Pareto front, the gates) and
+    the recommendation: the cheapest trial that passes every gate."""
+    from frugalml import sweep as sw
+
+    cfg = _cfg()
+    sweep_id = sweep_id or sw.latest_id()
+    if sweep_id is None:
+        raise ConfigError("no sweep yet: run `frugalml sweep` first")
+    record = SweepRecord.read(sweep_id)
+    _show_frontier(cfg, record, plot, as_json)
+    if apply:
+        rec = next((t for t in record.trials if t.number == record.recommended), None)
+        if rec is None:
+            raise ConfigError("--apply: no trial passes every gate, so there is nothing to apply")
+        config.write_overrides("params.yaml", rec.overrides)
+        err.print(f"params.yaml: {' '.join(rec.overrides)} (trial {rec.number + 1}); `frugalml run` trains it")
 
 
 @app.command("schedule")

@@ -225,6 +225,41 @@ class ServingConfig(_Strict):
     top_k: int = Field(3, ge=1)
 
 
+class Range(_Strict):
+    """A numeric range in ``sweep.space``: ``{low: 0.0005, high: 0.01, log: true}``."""
+
+    low: float
+    high: float
+    log: bool = False
+    int_: bool = Field(False, alias="int")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class SweepConfig(_Strict):
+    """``frugalml sweep``: the search space and what the search may spend."""
+
+    # params key -> a list of choices, or a Range. The default: arch x image size x depth x epochs.
+    space: dict[str, list[str | int | float | bool] | Range] = {
+        "model.arch": ["resnet18", "mobilenet_v3_small"],
+        "model.image_size": [32, 64],
+        "train.finetune": ["head", "full"],
+        "train.epochs": [2, 4],
+    }
+    budget_usd: float = Field(0.05, gt=0)  # compute for the whole sweep (pruned and failed trials included)
+    max_trials: int = Field(10, ge=1)
+    parallel: int = Field(1, ge=1, le=1)  # trials at a time (1: DVC runs one temp experiment at a time here)
+    sampler: Literal["tpe", "random", "grid"] = "tpe"  # grid: every combination of the choices
+    pruner: Literal["hyperband", "successive_halving", "none"] = "hyperband"
+    seed: int = 0
+
+
 class Params(_Strict):
     data: DataConfig = DataConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
@@ -236,6 +271,7 @@ class Params(_Strict):
     storage: StorageConfig = StorageConfig()
     serving: ServingConfig = ServingConfig()
     promotion: PromotionConfig = PromotionConfig()
+    sweep: SweepConfig = SweepConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

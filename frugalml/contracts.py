@@ -138,7 +138,7 @@ class CostEntry(Contract):
     gpu_energy_j: float | None = None
     weights_from: Literal["cache", "mirror", "download"] | None = None
     weights_download_bytes: int = 0
-    stopped: Literal["completed", "early_stopping", "budget"] | None = None  # train: why it ended
+    stopped: Literal["completed", "early_stopping", "budget", "pruned"] | None = None  # train: why it ended
     image_epochs: int = 0  # train: images x epochs run (what estimate divides the cost by)
     features_cached: int = 0  # train: images whose backbone features came from the feature cache
     compute_usd: float = 0.0
@@ -220,7 +220,7 @@ class TrainReport(Contract):
     epochs: int
     epochs_run: int
     stopped_early: bool
-    stopped: Literal["completed", "early_stopping", "budget"] = "completed"
+    stopped: Literal["completed", "early_stopping", "budget", "pruned"] = "completed"
     max_usd: float | None = None
     feature_cache: str = "off"  # off | on (n cached of m)
     classes: int
@@ -370,7 +370,7 @@ class StageRow(BaseModel):
     gpu_energy_j: float | None = None
     weights_from: Literal["cache", "mirror", "download"] | None = None
     weights_download_bytes: int | None = None
-    stopped: Literal["completed", "early_stopping", "budget"] | None = None
+    stopped: Literal["completed", "early_stopping", "budget", "pruned"] | None = None
     image_epochs: int = 0
     startup_s: float = 0.0  # of the stage process: interpreter and imports
     bytes: int | None = None  # dvc push: bytes added to the remote
@@ -442,3 +442,62 @@ class RunRecord(BaseModel):
     def accuracy(self) -> float | None:
         """The test accuracy the gate saw (None when the run did not reach the gate)."""
         return next((c.value for c in (self.gate.checks if self.gate else []) if c.name == "min_accuracy"), None)
+
+
+SWEEPS = Path(".frugalml") / "sweeps"  # sweeps/<id>/: the Optuna storage, the record, the chart
+
+
+class SweepTrial(BaseModel):
+    """One trial of a sweep: its settings, what it scored and what it cost."""
+
+    model_config = ConfigDict(extra="forbid")
+    number: int
+    experiment: str  # the DVC experiment name (`dvc exp show`, `dvc exp apply <name>`)
+    overrides: list[str]  # KEY=VALUE, as `frugalml run --set` takes them
+    state: Literal["complete", "pruned", "failed", "interrupted"]
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    latency_ms_p50: float | None = None
+    latency_ms_p95: float | None = None
+    model_size_bytes: int | None = None
+    epochs_run: int | None = None
+    stopped: str | None = None
+    usd: float = 0.0  # the whole trial: DVC's checks, both stages, start-ups (pruned and failed too)
+    train_usd: float = 0.0  # the train stage's cost entry (what gates.max_train_usd checks)
+    wall_s: float = 0.0
+    gate: GateDecision | None = None
+    message: str = ""
+
+
+class SweepRecord(BaseModel):
+    """``sweeps/<id>/record.json`` (locally under .frugalml/ and in the bucket): trials, spend, front."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    created: str
+    status: Literal["running", "finished", "budget", "interrupted"]
+    space: dict
+    budget_usd: float
+    spent_usd: float = 0.0
+    max_trials: int
+    trials: list[SweepTrial] = []
+    front: list[int] = []  # trial numbers on the Pareto front (accuracy up, USD down)
+    recommended: int | None = None  # the cheapest trial that passes every gate
+    base_overrides: list[str] = []
+
+    @staticmethod
+    def path(sweep_id: str) -> Path:
+        return SWEEPS / sweep_id / "record.json"
+
+    def write(self) -> None:
+        atomic_write_text(self.path(self.id), self.model_dump_json(indent=2, exclude_none=True))
+
+    @classmethod
+    def read(cls, sweep_id: str) -> SweepRecord:
+        path = cls.path(sweep_id)
+        try:
+            return cls.model_validate_json(path.read_text())
+        except FileNotFoundError:
+            raise DataError(f"no sweep {sweep_id!r} here ({path} is missing); `frugalml frontier` lists them") from None
+        except ValidationError as exc:
+            raise DataError(f"{path} is not a valid SweepRecord: {exc.errors()[0]['msg']}") from None

@@ -47,6 +47,7 @@ from frugalml.modeling import (
 )
 from frugalml.registry import Registry, fetch_model_blob
 from frugalml.store import Store
+from frugalml.trial import TrialLink
 
 CHECKPOINTS = Path(".frugalml") / "checkpoints"
 LOG_EVERY_S = 15.0
@@ -493,6 +494,7 @@ class Trainer:
     budget: Budget | None = None
     eval_net: nn.Module | None = None  # what validation runs (the head alone on cached features)
     cached: int | None = None  # images whose features came from the feature cache; None = no cache
+    trial: TrialLink | None = None  # a sweep trial: report each epoch's val accuracy, stop when pruned
 
     def dataset_size(self) -> int:
         return len(self.train_loader.dataset) + (len(self.val_loader.dataset) if self.val_loader is not None else 0)
@@ -583,7 +585,7 @@ def _stop_on_budget(tr: Trainer, state: TrainState, ckpt: Checkpointer, why: str
 
 def fit(tr: Trainer, state: TrainState, ckpt: Checkpointer) -> tuple[TrainState, str, float]:
     """Epochs ``state.epoch + 1 .. t.epochs``: train, validate, checkpoint, early stop, budget stop.
-    Returns the final state, why it stopped (completed, early_stopping, budget) and the wall seconds."""
+    Returns the final state, why it stopped (completed, early_stopping, budget, pruned) and the wall seconds."""
     t, first = tr.t, state.epoch + 1
     t_start = time.perf_counter()
     epoch_usd = 0.0
@@ -613,6 +615,9 @@ def fit(tr: Trainer, state: TrainState, ckpt: Checkpointer) -> tuple[TrainState,
             if is_main():
                 info(f"train: early stop after epoch {epoch}: no {es.metric} gain for {es.patience} epochs")
             return state, "early_stopping", time.perf_counter() - t_start
+        if tr.trial is not None and epoch < t.epochs and tr.trial.should_prune(epoch, val_acc):
+            info(f"train: the sweep's pruner stopped this trial after epoch {epoch} (val_acc {val_acc:.3f})")
+            return state, "pruned", time.perf_counter() - t_start
     return state, "completed", time.perf_counter() - t_start
 
 
@@ -783,6 +788,7 @@ def train(cfg: Params, meter: CostMeter | None, run_id: str, started: float | No
             f"finetune={t.finetune}, start={start}" + (f", {world()} processes" if world() > 1 else "")
         )
     tr.budget = budget_for(cfg, device, started)
+    tr.trial = TrialLink.from_env() if world() == 1 else None
     state, stopped, wall = fit(tr, state, ckpt)
     if world() > 1:
         dist.barrier()

@@ -1,0 +1,364 @@
+"""``frugalml sweep``: search the settings for the cheapest model that meets the gates.
+
+An Optuna study with two objectives (test accuracy up, trial USD down) samples settings from
+``sweep.space``. Each trial is a DVC experiment run outside the workspace
+(``dvc exp run --temp --name <sweep>-t<N> -S key=value ... evaluate``): the real train and
+evaluate stages with their real cost meters, listed afterwards by ``dvc exp show`` and applied
+with ``dvc exp apply``. The train stage reports each epoch's validation accuracy to a companion
+single-objective study whose pruner (Hyperband or successive halving) stops trials that trail
+the others; a pruned trial still evaluates the model it has, and is billed. Every trial is billed
+at its whole wall time (DVC's checks and both stages' start-ups included) at the price sheet.
+
+The studies live in SQLite under ``.frugalml/sweeps/<id>/``, so a killed sweep continues with
+``--resume``: finished trials are kept (and billed once), the one that was running is marked
+interrupted. The record (trials, spend, the Pareto front, the recommendation) is written after
+every trial, locally and to ``sweeps/<id>/record.json`` in the bucket.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from frugalml import config
+from frugalml.config import Params, Range
+from frugalml.console import info
+from frugalml.contracts import (
+    SWEEPS,
+    CostEntry,
+    EvalReport,
+    SweepRecord,
+    SweepTrial,
+    TrainReport,
+)
+from frugalml.costs import price
+from frugalml.errors import ConfigError, FrugalError, StorageError
+from frugalml.gates import decide
+from frugalml.store import Store
+from frugalml.trial import ENV as TRIAL_ENV
+
+TARGET = "evaluate"  # the stages a trial runs: train and evaluate (and whatever changed before them)
+
+
+# -- the search space ---------------------------------------------------------------------------
+def check_space(cfg: Params) -> dict[str, list | Range]:
+    """The space, validated: every key a params key, every choice valid there. One line per problem."""
+    space = cfg.sweep.space
+    if not space:
+        raise ConfigError("sweep.space is empty: give at least one key with choices, e.g. model.arch: [resnet18]")
+    base = config.dump(cfg)
+    for key, values in space.items():
+        if key.split(".")[0] in ("sweep", "storage", "costs", "data"):
+            raise ConfigError(f"sweep.space.{key}: only model, train, evaluate and gates settings can be searched")
+        if isinstance(values, list) and not values:
+            raise ConfigError(f"sweep.space.{key}: an empty list of choices")
+        probes = values if isinstance(values, list) else [values.low, values.high]
+        for v in probes:
+            try:
+                config.validate(config.apply_overrides(base, [f"{key}={json.dumps(v)}"]), "params.yaml")
+            except ConfigError as exc:
+                detail = str(exc).splitlines()[-1].strip(" -")
+                raise ConfigError(f"sweep.space.{key}: {v!r} is not a valid value ({detail})") from None
+    return space
+
+
+def suggest(trial, space: dict[str, list | Range]) -> list[str]:
+    """The trial's settings as KEY=VALUE overrides (Optuna records the choices in the study)."""
+    out = []
+    for key, values in space.items():
+        if isinstance(values, list):
+            value = trial.suggest_categorical(key, values)
+        elif values.int_:
+            value = trial.suggest_int(key, int(values.low), int(values.high), log=values.log)
+        else:
+            value = trial.suggest_float(key, values.low, values.high, log=values.log)
+        out.append(f"{key}={value if isinstance(value, str) else json.dumps(value)}")
+    return out
+
+
+def grid(space: dict[str, list | Range]) -> dict[str, list]:
+    if any(not isinstance(v, list) for v in space.values()):
+        raise ConfigError("sweep.sampler: grid needs a list of choices for every key (no ranges)")
+    return {k: list(v) for k, v in space.items()}
+
+
+def grid_size(space: dict[str, list | Range]) -> int:
+    return len(list(itertools.product(*grid(space).values())))
+
+
+# -- the Pareto front and the recommendation (pure) -----------------------------------------------
+def pareto_front(trials: list[SweepTrial]) -> list[int]:
+    """Trial numbers not dominated in (accuracy up, USD down) among trials that have an accuracy."""
+    scored = [t for t in trials if t.accuracy is not None]
+    front = []
+    for t in scored:
+        dominated = any(
+            o.accuracy >= t.accuracy and o.usd <= t.usd and (o.accuracy > t.accuracy or o.usd < t.usd) for o in scored
+        )
+        if not dominated:
+            front.append(t.number)
+    return sorted(front, key=lambda n: next(t.usd for t in scored if t.number == n))
+
+
+def recommend(trials: list[SweepTrial]) -> int | None:
+    """The cheapest trial whose gate decision accepts (ties: the more accurate)."""
+    ok = [t for t in trials if t.gate is not None and t.gate.decision == "accept" and t.state != "failed"]
+    if not ok:
+        return None
+    return min(ok, key=lambda t: (t.usd, -(t.accuracy or 0.0))).number
+
+
+# -- one trial: a DVC experiment ------------------------------------------------------------------
+def _run_group(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group; if this process is interrupted (Ctrl-C, SIGTERM),
+    the whole group goes too: DVC and the stage it runs."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        out, errs = proc.communicate()
+    except BaseException:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, errs)
+
+
+def _git_show(ref: str, path: str) -> str | None:
+    res = subprocess.run(["git", "show", f"{ref}:{path}"], capture_output=True, text=True)
+    return res.stdout if res.returncode == 0 else None
+
+
+def _exp_ref(name: str) -> str | None:
+    res = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], capture_output=True, text=True)
+    return next((r for r in res.stdout.split() if r.endswith("/" + name)), None)
+
+
+def run_trial(cfg: Params, number: int, experiment: str, overrides: list[str], link: dict) -> SweepTrial:
+    """``dvc exp run --temp`` for one trial, then its reports read from the experiment's commit."""
+    cmd = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", experiment]
+    for o in overrides:
+        cmd += ["-S", o]
+    cmd.append(TARGET)
+    env = {**os.environ, TRIAL_ENV: json.dumps(link), "FRUGALML_RUN_ID": experiment}
+    t0 = time.perf_counter()
+    res = _run_group(cmd, env)
+    wall = time.perf_counter() - t0
+    usd = price({"wall_s": wall}, cfg.costs)["total_usd"]
+    trial = SweepTrial(number=number, experiment=experiment, overrides=overrides, state="failed", usd=usd, wall_s=wall)
+    ref = _exp_ref(experiment) if res.returncode == 0 else None
+    if ref is None:
+        tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
+        trial.message = f"dvc exp run exited {res.returncode}: " + " | ".join(tail)
+        return trial
+    ev = EvalReport.model_validate_json(_git_show(ref, str(EvalReport.PATH)) or "{}")
+    tr = TrainReport.model_validate_json(_git_show(ref, str(TrainReport.PATH)) or "{}")
+    cost = CostEntry.model_validate_json(_git_show(ref, "costs/train.json") or "{}")
+    trial_cfg = config.validate(config.apply_overrides(config.dump(cfg), overrides))
+    trial.state = "pruned" if tr.stopped == "pruned" else "complete"
+    trial.accuracy, trial.macro_f1 = ev.accuracy, ev.macro_f1
+    trial.latency_ms_p50, trial.latency_ms_p95 = ev.latency_ms_p50, ev.latency_ms_p95
+    trial.model_size_bytes, trial.epochs_run, trial.stopped = ev.model_size_bytes, tr.epochs_run, tr.stopped
+    trial.train_usd = cost.total_usd
+    trial.gate = decide(trial_cfg, ev, cost.total_usd)
+    return trial
+
+
+# -- the sweep ------------------------------------------------------------------------------------
+def new_id() -> str:
+    return time.strftime("s%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:4]
+
+
+def latest_id() -> str | None:
+    ids = sorted(p.parent.name for p in SWEEPS.glob("*/record.json"))
+    return ids[-1] if ids else None
+
+
+class Sweep:
+    """One sweep: its two Optuna studies (in SQLite), its record, and the loop over trials."""
+
+    def __init__(self, cfg: Params, sweep_id: str, base_overrides: list[str], resume: bool):
+        import optuna  # lazy: Optuna loads SQLAlchemy (about a second)
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.optuna, self.cfg, self.id = optuna, cfg, sweep_id
+        self.space = check_space(cfg)
+        s = cfg.sweep
+        folder = (SWEEPS / sweep_id).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.storage = f"sqlite:///{folder / 'study.db'}"
+        sampler = self._sampler()
+        self.study = optuna.create_study(
+            study_name=sweep_id,
+            storage=self.storage,
+            directions=["maximize", "minimize"],
+            sampler=sampler,
+            load_if_exists=resume,
+        )
+        self.prune_study = optuna.create_study(
+            study_name=f"{sweep_id}-prune",
+            storage=self.storage,
+            direction="maximize",
+            pruner=self._pruner(),
+            load_if_exists=resume,
+        )
+        if s.sampler == "grid" and not resume:
+            # Optuna's GridSampler stops the study from inside tell(), which ask-and-tell does not
+            # allow; enqueued trials give the same grid, kept in the storage for --resume.
+            for combo in itertools.product(*grid(self.space).values()):
+                self.study.enqueue_trial(dict(zip(self.space, combo)))
+        if resume:
+            self.record = SweepRecord.read(sweep_id)
+            self.record.status = "running"
+            self._close_interrupted()
+        else:
+            self.record = SweepRecord(
+                id=sweep_id,
+                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                status="running",
+                space={k: (v if isinstance(v, list) else v.model_dump(by_alias=True)) for k, v in self.space.items()},
+                budget_usd=s.budget_usd,
+                max_trials=s.max_trials,
+                base_overrides=base_overrides,
+            )
+        self.store = Store.optional(cfg.storage, tolerate_transient=True)
+
+    def _sampler(self):
+        s, o = self.cfg.sweep, self.optuna
+        if s.sampler == "grid":  # every combination enqueued once (see _enqueue_grid), in order
+            return o.samplers.RandomSampler(seed=s.seed)
+        if s.sampler == "random":
+            return o.samplers.RandomSampler(seed=s.seed)
+        return o.samplers.TPESampler(seed=s.seed, multivariate=True)
+
+    def _pruner(self):
+        s, o = self.cfg.sweep, self.optuna
+        max_epochs = max(self._epoch_choices() or [self.cfg.train.epochs])
+        if s.pruner == "hyperband":
+            return o.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=2)
+        if s.pruner == "successive_halving":
+            return o.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+        return o.pruners.NopPruner()
+
+    def _epoch_choices(self) -> list[int]:
+        v = self.space.get("train.epochs")
+        if isinstance(v, list):
+            return [int(x) for x in v]
+        return [int(v.high)] if v is not None else []
+
+    def _close_interrupted(self) -> None:
+        """Trials that were running when the sweep was killed: not finished, not billed twice."""
+        done = {t.number for t in self.record.trials}
+        for study in (self.study, self.prune_study):
+            for t in study.get_trials(deep=False, states=[self.optuna.trial.TrialState.RUNNING]):
+                study.tell(t.number, state=self.optuna.trial.TrialState.FAIL)
+                if study is self.study and t.number not in done:
+                    self.record.trials.append(
+                        SweepTrial(
+                            number=t.number,
+                            experiment=f"{self.id}-t{t.number}",
+                            overrides=[],
+                            state="interrupted",
+                            message="the sweep was stopped while this trial ran; its spend is not known",
+                        )
+                    )
+
+    @property
+    def spent(self) -> float:
+        return round(sum(t.usd for t in self.record.trials), 6)
+
+    def run(self, progress: Callable[[str], None] = info) -> SweepRecord:
+        try:
+            self._loop(progress)
+        except KeyboardInterrupt:
+            self.record.status = "interrupted"
+            self._save()
+            progress(f"sweep: interrupted; `frugalml sweep --resume {self.id}` continues it")
+            raise
+        self._save()
+        return self.record
+
+    def _loop(self, progress: Callable[[str], None]) -> None:
+        s = self.cfg.sweep
+        while True:
+            finished = len([t for t in self.record.trials if t.state != "interrupted"])
+            if finished >= s.max_trials or (s.sampler == "grid" and finished >= grid_size(self.space)):
+                self.record.status = "finished"
+                break
+            left = s.budget_usd - self.spent
+            if left <= 0 or (self.record.trials and left < min(t.usd for t in self.record.trials if t.usd > 0)):
+                self.record.status = "budget"
+                progress(f"sweep: budget ${s.budget_usd:g} reached (${self.spent:.5f} spent); stopping")
+                break
+            self._one_trial(left, progress)
+
+    def _one_trial(self, left_usd: float, progress: Callable[[str], None]) -> None:
+        trial = self.study.ask()
+        prune_trial = self.prune_study.ask()
+        overrides = suggest(trial, self.space)
+        for key, value in trial.params.items():  # the companion study sees the same settings
+            prune_trial.set_user_attr(key, value)
+        # the live budget of the train stage: what the sweep has left
+        run_overrides = [*overrides, f"train.max_usd={round(left_usd, 6)}"]
+        experiment = f"{self.id}-t{trial.number}"
+        progress(f"sweep: trial {trial.number + 1}/{self.cfg.sweep.max_trials} {experiment}: {' '.join(overrides)}")
+        link = {"storage": self.storage, "study": self.prune_study.study_name, "trial_id": prune_trial._trial_id}
+        result = run_trial(self.cfg, trial.number, experiment, run_overrides, link)
+        result.overrides = overrides
+        T = self.optuna.trial.TrialState
+        if result.state == "failed":
+            self.study.tell(trial, state=T.FAIL)
+            self.prune_study.tell(prune_trial, state=T.FAIL)
+        elif result.state == "pruned":
+            self.study.tell(trial, state=T.PRUNED)
+            self.prune_study.tell(prune_trial, state=T.PRUNED)
+        else:
+            self.study.tell(trial, [result.accuracy, result.usd])
+            self.prune_study.tell(prune_trial, result.accuracy)
+        self.record.trials.append(result)
+        self._save()
+        best = next((t for t in self.record.trials if t.number == self.record.recommended), None)
+        progress(
+            f"sweep: trial {trial.number + 1} {result.state}: accuracy "
+            f"{'-' if result.accuracy is None else f'{result.accuracy:.4f}'}, ${result.usd:.5f} "
+            f"({result.wall_s:.0f} s) | spent ${self.spent:.5f} of ${self.cfg.sweep.budget_usd:g} | "
+            + (
+                f"best passing the gates: trial {best.number + 1} ({best.accuracy:.4f}, ${best.usd:.5f})"
+                if best
+                else "none passes the gates yet"
+            )
+            + (f" | {result.message}" if result.message else "")
+        )
+
+    def _save(self) -> None:
+        self.record.spent_usd = self.spent
+        self.record.front = pareto_front(self.record.trials)
+        self.record.recommended = recommend(self.record.trials)
+        self.record.write()
+        if self.store is not None:
+            try:
+                self.store.put_file(f"sweeps/{self.id}/record.json", SweepRecord.path(self.id))
+            except StorageError as exc:
+                info(f"sweep: record not uploaded ({exc}); kept at {SweepRecord.path(self.id)}")
+
+
+def upload_chart(cfg: Params, sweep_id: str, png: Path) -> str | None:
+    store = Store.optional(cfg.storage, tolerate_transient=True)
+    if store is None:
+        return None
+    try:
+        store.put_file(f"sweeps/{sweep_id}/frontier.png", png)
+        return store.uri(f"sweeps/{sweep_id}/frontier.png")
+    except FrugalError:
+        return None

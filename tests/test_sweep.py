@@ -1,0 +1,142 @@
+"""frugalml sweep / frontier: the Pareto front and the recommendation (pure), bad inputs, and a
+real sweep of DVC experiments on a tiny dataset."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from frugalml.contracts import GateCheck, GateDecision, SweepTrial
+from frugalml.sweep import pareto_front, recommend
+from tests.conftest import BIN, run
+
+FRUGALML = [sys.executable, "-m", "frugalml.cli"]
+
+
+def _t(n, acc, usd, accept=True, state="complete"):
+    gate = GateDecision(
+        decision="accept" if accept else "reject",
+        failed=[] if accept else ["min_accuracy"],
+        checks=[GateCheck(name="min_accuracy", value=acc, op=">=", threshold=0.8, passed=accept)],
+        serving_usd_per_1k=0.0,
+        train_usd=usd,
+    )
+    return SweepTrial(number=n, experiment=f"x-t{n}", overrides=[], state=state, accuracy=acc, usd=usd, gate=gate)
+
+
+def test_pareto_front_and_the_cheapest_trial_that_passes():
+    trials = [
+        _t(0, 0.95, 0.010),  # front
+        _t(1, 0.90, 0.004),  # front, cheapest accepted
+        _t(2, 0.89, 0.006),  # dominated by 1
+        _t(3, 0.70, 0.001, accept=False),  # front (cheapest), rejected by the gate
+        _t(4, 0.95, 0.012),  # dominated by 0 (same accuracy, dearer)
+        SweepTrial(number=5, experiment="x-t5", overrides=[], state="failed", usd=0.002),  # billed, no score
+    ]
+    assert pareto_front(trials) == [3, 1, 0]  # ordered by USD
+    assert recommend(trials) == 1
+    assert recommend([_t(0, 0.5, 0.1, accept=False)]) is None
+    tie = [_t(0, 0.91, 0.004), _t(1, 0.93, 0.004)]
+    assert recommend(tie) == 1  # same price: the more accurate
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("sweep.space={}", "sweep.space is empty"),
+        ("sweep.space={model.arch: [resnet18], train.nonsense: [1]}", "sweep.space.train.nonsense"),
+        ("sweep.space={model.arch: [resnet18, vgg99]}", "sweep.space.model.arch: 'vgg99' is not a valid value"),
+        ("sweep.space={train.lr: {low: 0.1, high: 0.01}}", "low (0.1) must be below high (0.01)"),
+        ("sweep.space={model.arch: []}", "sweep.space.model.arch: an empty list of choices"),
+    ],
+)
+def test_bad_search_spaces_are_one_line_errors(pipeline_repo, setting, message):
+    res = run(FRUGALML + ["sweep", "--set", setting], pipeline_repo, check=False)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert not (pipeline_repo / ".frugalml" / "sweeps").exists()  # nothing ran
+
+
+def test_budget_below_one_trial_is_refused(pipeline_repo):
+    res = run(FRUGALML + ["sweep", "--set", "sweep.budget_usd=0.000001"], pipeline_repo, check=False)
+    assert res.returncode == 2 and "is below one trial's estimate" in res.stderr, res.stderr[-2000:]
+    assert not (pipeline_repo / ".frugalml" / "sweeps").exists()
+
+
+SPACE = "sweep.space={train.finetune: [head, full], train.epochs: [1, 3]}"
+
+
+def test_sweep_runs_trials_as_dvc_experiments_and_recommends_one(pipeline_repo, store):
+    repo = pipeline_repo
+    res = run(
+        FRUGALML + ["sweep", "--set", SPACE, "--set", "sweep.sampler=grid", "--set", "sweep.budget_usd=1"],
+        repo,
+        timeout=1500,
+    )
+    out = res.stderr
+    assert "sweep: trial 4/" in out and "recommended: trial" in out, out[-4000:]
+    sweep_id = sorted(p.name for p in (repo / ".frugalml" / "sweeps").iterdir())[-1]
+    record = json.loads((repo / ".frugalml" / "sweeps" / sweep_id / "record.json").read_text())
+    assert record["status"] == "finished" and len(record["trials"]) == 4
+    settings = sorted(tuple(t["overrides"]) for t in record["trials"])
+    assert len(set(settings)) == 4  # the grid, each combination once
+    assert record["spent_usd"] == pytest.approx(sum(t["usd"] for t in record["trials"]), abs=1e-6)
+    assert all(t["usd"] > 0 and t["state"] in ("complete", "pruned") for t in record["trials"])
+    assert record["front"] and record["recommended"] is not None
+    rec = next(t for t in record["trials"] if t["number"] == record["recommended"])
+    assert rec["gate"]["decision"] == "accept"
+    cheaper_passing = [t for t in record["trials"] if t["gate"]["decision"] == "accept" and t["usd"] < rec["usd"]]
+    assert not cheaper_passing
+    assert store.exists(f"sweeps/{sweep_id}/record.json") and store.exists(f"sweeps/{sweep_id}/frontier.png")
+
+    shown = run([str(BIN / "dvc"), "exp", "show", "--json"], repo).stdout
+    for t in record["trials"]:
+        assert t["experiment"] in shown  # every trial is a DVC experiment
+
+    png = repo / "front.png"
+    table = run(FRUGALML + ["frontier", "--plot", str(png), "--apply"], repo).stderr
+    assert "recommended" in table and png.read_bytes()[:4] == b"\x89PNG"
+    params = (repo / "params.yaml").read_text()
+    for o in rec["overrides"]:
+        key, value = o.split("=", 1)
+        assert f"{key.split('.')[-1]}: {value}" in params
+    # the recommendation trains and passes the gates as a normal run
+    final = run(FRUGALML + ["run"], repo, timeout=900)
+    assert "gate: ACCEPT" in final.stderr, final.stderr[-3000:]
+
+
+def test_killed_sweep_resumes_without_losing_or_double_billing(pipeline_repo):
+    repo = pipeline_repo
+    cmd = FRUGALML + ["sweep", "--set", SPACE, "--set", "sweep.sampler=grid", "--set", "sweep.max_trials=3"]
+    log = open(repo / "sweep.log", "w")
+    proc = subprocess.Popen(cmd, cwd=repo, stdout=log, stderr=log, start_new_session=True)
+    try:
+        deadline = time.time() + 900
+        records = repo / ".frugalml" / "sweeps"
+        while time.time() < deadline:  # wait for the first trial to be recorded, then kill mid-second
+            found = list(records.glob("*/record.json")) if records.exists() else []
+            if found and len(json.loads(found[0].read_text())["trials"]) == 1:
+                break
+            time.sleep(0.5)
+        time.sleep(3)
+        os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up: the hardest case
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    before = json.loads(found[0].read_text())
+    assert len(before["trials"]) == 1, (repo / "sweep.log").read_text()[-3000:]
+    first = before["trials"][0]
+
+    res = run(FRUGALML + ["sweep", "--resume", "last"], repo, timeout=1500)
+    after = json.loads(found[0].read_text())
+    assert after["status"] == "finished", res.stderr[-3000:]
+    assert after["trials"][0] == first  # kept as it was: not run again, not billed again
+    states = [t["state"] for t in after["trials"]]
+    assert states.count("interrupted") == 1 and len([s for s in states if s != "interrupted"]) == 3
+    assert after["spent_usd"] == pytest.approx(sum(t["usd"] for t in after["trials"]), abs=1e-6)
