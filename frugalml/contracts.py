@@ -222,6 +222,7 @@ class TrainReport(Contract):
     stopped_early: bool
     stopped: Literal["completed", "early_stopping", "budget", "pruned"] = "completed"
     max_usd: float | None = None
+    usd_when_stopped: float | None = None  # stopped: budget: what the stage had spent then
     feature_cache: str = "off"  # off | on (n cached of m)
     classes: int
     train_images: int

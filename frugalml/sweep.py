@@ -41,7 +41,9 @@ from frugalml.contracts import (
 )
 from frugalml.costs import price
 from frugalml.errors import ConfigError, FrugalError, StorageError
+from frugalml.fsutil import atomic_write_json, read_json
 from frugalml.gates import decide
+from frugalml.procs import ProcessRecord
 from frugalml.store import Store
 from frugalml.trial import ENV as TRIAL_ENV
 
@@ -117,22 +119,46 @@ def recommend(trials: list[SweepTrial]) -> int | None:
 
 
 # -- one trial: a DVC experiment ------------------------------------------------------------------
-def _run_group(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
-    """Run ``cmd`` in its own process group; if this process is interrupted (Ctrl-C, SIGTERM),
-    the whole group goes too: DVC and the stage it runs."""
+def _run_group(cmd: list[str], env: dict, pidfile: Path) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group, recorded in ``pidfile``. If this process is
+    interrupted (Ctrl-C, SIGTERM) the whole group goes too: DVC and the stage it runs; if this
+    process is killed outright, ``--resume`` finds the group in ``pidfile`` and stops it."""
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
     )
+    record = ProcessRecord.of(proc.pid)
+    if record is not None:
+        atomic_write_json(pidfile, record.as_dict())
     try:
         out, errs = proc.communicate()
     except BaseException:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill_group(proc.pid)
         proc.wait()
         raise
+    finally:
+        pidfile.unlink(missing_ok=True)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, errs)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop_orphaned_trial(pidfile: Path) -> bool:
+    """A sweep killed outright leaves its running trial behind: stop that process group, if the
+    recorded leader is still the very process it started (same boot, start time, program)."""
+    try:
+        record = ProcessRecord.from_dict(read_json(pidfile))
+    except (OSError, ValueError):
+        return False
+    pidfile.unlink(missing_ok=True)
+    if record is None or not record.matches():
+        return False
+    _kill_group(record.pid)
+    return True
 
 
 def _git_show(ref: str, path: str) -> str | None:
@@ -145,7 +171,7 @@ def _exp_ref(name: str) -> str | None:
     return next((r for r in res.stdout.split() if r.endswith("/" + name)), None)
 
 
-def run_trial(cfg: Params, number: int, experiment: str, overrides: list[str], link: dict) -> SweepTrial:
+def run_trial(cfg: Params, number: int, experiment: str, overrides: list[str], link: dict, pidfile: Path) -> SweepTrial:
     """``dvc exp run --temp`` for one trial, then its reports read from the experiment's commit."""
     cmd = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", experiment]
     for o in overrides:
@@ -153,7 +179,7 @@ def run_trial(cfg: Params, number: int, experiment: str, overrides: list[str], l
     cmd.append(TARGET)
     env = {**os.environ, TRIAL_ENV: json.dumps(link), "FRUGALML_RUN_ID": experiment}
     t0 = time.perf_counter()
-    res = _run_group(cmd, env)
+    res = _run_group(cmd, env, pidfile)
     wall = time.perf_counter() - t0
     usd = price({"wall_s": wall}, cfg.costs)["total_usd"]
     trial = SweepTrial(number=number, experiment=experiment, overrides=overrides, state="failed", usd=usd, wall_s=wall)
@@ -198,6 +224,7 @@ class Sweep:
         folder = (SWEEPS / sweep_id).resolve()
         folder.mkdir(parents=True, exist_ok=True)
         self.storage = f"sqlite:///{folder / 'study.db'}"
+        self.pidfile = folder / "trial.pid"  # the running trial's process group
         sampler = self._sampler()
         self.study = optuna.create_study(
             study_name=sweep_id,
@@ -219,6 +246,8 @@ class Sweep:
             for combo in itertools.product(*grid(self.space).values()):
                 self.study.enqueue_trial(dict(zip(self.space, combo)))
         if resume:
+            if stop_orphaned_trial(self.pidfile):
+                info("sweep: stopped the trial the killed sweep left running")
             self.record = SweepRecord.read(sweep_id)
             self.record.status = "running"
             self._close_interrupted()
@@ -261,7 +290,7 @@ class Sweep:
         """Trials that were running when the sweep was killed: not finished, not billed twice."""
         done = {t.number for t in self.record.trials}
         for study in (self.study, self.prune_study):
-            for t in study.get_trials(deep=False, states=[self.optuna.trial.TrialState.RUNNING]):
+            for t in study.get_trials(deepcopy=False, states=[self.optuna.trial.TrialState.RUNNING]):
                 study.tell(t.number, state=self.optuna.trial.TrialState.FAIL)
                 if study is self.study and t.number not in done:
                     self.record.trials.append(
@@ -314,7 +343,7 @@ class Sweep:
         experiment = f"{self.id}-t{trial.number}"
         progress(f"sweep: trial {trial.number + 1}/{self.cfg.sweep.max_trials} {experiment}: {' '.join(overrides)}")
         link = {"storage": self.storage, "study": self.prune_study.study_name, "trial_id": prune_trial._trial_id}
-        result = run_trial(self.cfg, trial.number, experiment, run_overrides, link)
+        result = run_trial(self.cfg, trial.number, experiment, run_overrides, link, self.pidfile)
         result.overrides = overrides
         T = self.optuna.trial.TrialState
         if result.state == "failed":

@@ -262,6 +262,7 @@ class Budget:
     max_usd: float
     spent: Callable[[], float]
     check_every_s: float = 0.5
+    stopped_at: float | None = None  # the spend when it stopped the training
     _last: float = 0.0
     _last_usd: float = 0.0
 
@@ -274,10 +275,17 @@ class Budget:
         ahead = usd - self._last_usd if self._last else 0.0  # the spend of one more interval like the last
         self._last, self._last_usd = now, usd
         if usd + ahead >= self.max_usd:
+            self.stopped_at = usd
             raise BudgetReached(f"${usd:.5f} spent of train.max_usd ${self.max_usd:g}")
 
     def affords(self, usd_next: float) -> bool:
-        return self.spent() + usd_next < self.max_usd
+        """Whether work costing ``usd_next`` (plus a 10% margin for the stage's tail: saving the
+        model, the report) still fits."""
+        usd = self.spent()
+        if usd + 1.1 * usd_next < self.max_usd:
+            return True
+        self.stopped_at = usd
+        return False
 
 
 # -- one epoch, one validation --------------------------------------------------------------------
@@ -602,7 +610,8 @@ def fit(tr: Trainer, state: TrainState, ckpt: Checkpointer) -> tuple[TrainState,
             return state, "budget", time.perf_counter() - t_start
         val_acc, val_loss = tr.shared_validation()
         rec = tr.record(state, epoch, res, val_acc, val_loss)
-        epoch_usd = tr.budget.spent() - usd0 if tr.budget is not None else 0.0
+        # the dearest epoch so far, validation and checkpoint included: a conservative forecast
+        epoch_usd = max(epoch_usd, tr.budget.spent() - usd0) if tr.budget is not None else 0.0
         if is_main():
             eta = (time.perf_counter() - t_start) / (epoch - first + 1) * (t.epochs - epoch)
             info(
@@ -730,6 +739,7 @@ def _report(
         stopped_early=stopped == "early_stopping",
         stopped=stopped,
         max_usd=t.max_usd,
+        usd_when_stopped=round(tr.budget.stopped_at, 6) if tr.budget and tr.budget.stopped_at else None,
         feature_cache="off" if tr.cached is None else f"on ({tr.cached} of {tr.dataset_size()} cached)",
         classes=classes,
         train_images=len(tr.train_loader.dataset),

@@ -21,7 +21,7 @@ def test_budget_check_looks_one_interval_ahead():
     usd[0] = 0.8
     with pytest.raises(BudgetReached, match=r"\$0.80000 spent of train.max_usd \$1"):
         b.check()
-    assert Budget(1.0, lambda: 0.7).affords(0.29) and not Budget(1.0, lambda: 0.7).affords(0.3)
+    assert Budget(1.0, lambda: 0.7).affords(0.27) and not Budget(1.0, lambda: 0.7).affords(0.28)  # 10% margin
 
 
 def test_training_stops_before_the_budget_and_keeps_the_last_completed_epoch(tmp_path):
@@ -40,7 +40,10 @@ def test_training_stops_before_the_budget_and_keeps_the_last_completed_epoch(tmp
     cost = json.loads((work / "costs/train.json").read_text())
     assert report["stopped"] == "budget" and cost["stopped"] == "budget", res.stderr[-2000:]
     assert 1 <= report["epochs_run"] < 500 and report["max_usd"] == budget
-    assert cost["total_usd"] <= budget * 1.02, (cost["total_usd"], budget)  # saving the model is the overshoot
+    # Training stopped before the budget was passed (checked between steps, forecast per epoch);
+    # the stage's tail (saving the model, the report) comes after that decision
+    assert report["usd_when_stopped"] < budget, (report, budget)
+    assert cost["total_usd"] >= report["usd_when_stopped"]  # the cost entry bills the tail as well
     assert "would pass train.max_usd" in res.stderr or "budget reached in epoch" in res.stderr
     curves = (work / "plots/train.csv").read_text().splitlines()
     assert len(curves) == 1 + report["epochs_run"]  # the model and the curves end at the same epoch

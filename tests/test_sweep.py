@@ -11,6 +11,7 @@ import time
 import pytest
 
 from frugalml.contracts import GateCheck, GateDecision, SweepTrial
+from frugalml.procs import ProcessRecord
 from frugalml.sweep import pareto_front, recommend
 from tests.conftest import BIN, run
 
@@ -123,8 +124,11 @@ def test_killed_sweep_resumes_without_losing_or_double_billing(pipeline_repo):
                 break
             time.sleep(0.5)
         time.sleep(3)
+        pidfile = found[0].parent / "trial.pid"
+        assert pidfile.exists()  # the second trial is running: its process group is recorded
         os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up: the hardest case
         proc.wait(timeout=60)
+        leader_record = json.loads(pidfile.read_text())  # the trial's process group, left behind
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -134,6 +138,8 @@ def test_killed_sweep_resumes_without_losing_or_double_billing(pipeline_repo):
     first = before["trials"][0]
 
     res = run(FRUGALML + ["sweep", "--resume", "last"], repo, timeout=1500)
+    # Gone: stopped by the resume, or ended on its own (its output pipe closed with the sweep)
+    assert not ProcessRecord.from_dict(leader_record).matches()
     after = json.loads(found[0].read_text())
     assert after["status"] == "finished", res.stderr[-3000:]
     assert after["trials"][0] == first  # kept as it was: not run again, not billed again
