@@ -170,7 +170,6 @@ def shape_image(kind: str, index: int, seed: int = SHAPES_SEED, size: int = SHAP
 
 
 def write_shapes(dest: str | os.PathLike, per_class: int = SHAPES_PER_CLASS) -> Path:
-
     dest = Path(dest)
     stamp = _SHAPES_VERSION if per_class == SHAPES_PER_CLASS else f"{_SHAPES_VERSION} per_class={per_class}"
     if _complete(dest, stamp):

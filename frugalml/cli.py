@@ -61,12 +61,10 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."))
 
 
 def _cfg(overrides: list[str] | None = None):
-
     return config.load(overrides=overrides)
 
 
 def _store(cfg=None):
-
     cfg = cfg or _cfg()
     return Store.from_config(cfg.storage)
 
@@ -194,7 +192,6 @@ def run(
 
 
 def _run_locked(set_: list[str], until: str | None, always_flow: bool) -> None:
-
     if set_:
         config.write_overrides("params.yaml", set_)
     _cfg()  # fail fast on a bad params.yaml, before Prefect starts
@@ -474,7 +471,6 @@ def _quiet_ephemeral_prefect() -> None:
 
 
 def print_summary(record: RunRecord) -> None:
-
     t = Table(title=f"Cost per stage, run {record.run_id}")
     for col in ("stage", "status", "wall s", "CPU s", "peak RSS MB", "labeling USD", "compute+S3 USD", "total USD"):
         t.add_column(col, justify="left" if col in ("stage", "status") else "right")
@@ -744,7 +740,6 @@ def _is_click_error(exc: Exception) -> bool:
 
 
 def main() -> None:
-
     try:
         rv = app(standalone_mode=False)
         if "flows.pipeline" in sys.modules and rv in (None, 0):

@@ -76,7 +76,6 @@ def read_manifest(path: Path = MANIFEST) -> list[dict]:
 
 
 def write_manifest(rows: list[dict], path: Path = MANIFEST) -> None:
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(MANIFEST_COLUMNS)
@@ -112,7 +111,6 @@ class Contract(BaseModel):
         return cls.read(path) if Path(path or cls.PATH).exists() else None
 
     def write(self, path: Path | None = None) -> Path:
-
         path = Path(path or self.PATH)
         atomic_write_json(path, self.model_dump(mode="json", exclude_none=True))  # absent = None on read
         return path

@@ -95,7 +95,6 @@ class CostMeter:
     entry: dict = field(default_factory=dict)
 
     def __enter__(self) -> CostMeter:
-
         self._traffic0 = TRAFFIC.as_dict()
         self._startup_s = _process_age_s() if self.count_startup else 0.0
         self._t0 = time.perf_counter()
@@ -118,7 +117,6 @@ class CostMeter:
             self.extra[k] = self.extra.get(k, 0) + v
 
     def __exit__(self, *exc) -> None:
-
         wall_s = time.perf_counter() - self._t0 + self._startup_s
         cpu_s = _cpu_s() - self._cpu0
         energy1 = self._nvml.energy_mj()

@@ -89,7 +89,6 @@ class ManifestDataset(torch.utils.data.Dataset):
     """Prepared images listed in the manifest (read from their tar shards), for one split."""
 
     def __init__(self, rows: list[dict], root: Path, classes: list[str], transform):
-
         self.rows = rows
         self.reader = ShardReader(root)
         self.index = {c: i for i, c in enumerate(classes)}
@@ -99,7 +98,6 @@ class ManifestDataset(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int):
-
         r = self.rows[i]
         with Image.open(io.BytesIO(self.reader.read_row(r))) as im:
             x = self.transform(im.convert("RGB"))
@@ -186,7 +184,6 @@ def save_model(
     std,
     extra: dict | None = None,
 ) -> None:
-
     buf = io.BytesIO()
     torch.save(
         {
@@ -213,7 +210,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
 
 
 def seed_everything(seed: int) -> None:
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -55,7 +55,6 @@ def source_settings(data_endpoint: str | None, storage: StorageConfig, root: str
 
 
 def resolve_settings(cfg: StorageConfig, root: str | os.PathLike = ".") -> S3Settings:
-
     endpoint = cfg.endpoint_url or os.environ.get("FRUGALML_S3_ENDPOINT") or None
     if endpoint is None:
         info = embedded_info(root)
@@ -252,7 +251,6 @@ class Store:
             raise _translate(exc, f"writing {self.uri(rel)}") from None
 
     def put_json(self, rel: str, obj, **kw) -> str:
-
         return self.put_bytes(rel, to_json(obj).encode(), content_type="application/json", **kw)
 
     def put_json_once(self, rel: str, obj: dict, *, write_id: str, if_match: str | None = None) -> str:
@@ -323,7 +321,6 @@ class Store:
         return data, resp["ETag"]
 
     def get_json(self, rel: str):
-
         return json.loads(self.get_bytes(rel)[0])
 
     def download(self, rel: str, dest: str | os.PathLike) -> Path:

@@ -77,7 +77,6 @@ def hub_checkpoints() -> Path:
 
 
 def sha256_of(path: str | os.PathLike) -> str:
-
     return file_sha256(path)
 
 
