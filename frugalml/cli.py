@@ -208,7 +208,9 @@ def _run_locked(set_: list[str], until: str | None, always_flow: bool) -> None:
     run_id = new_run_id()
     record = run_if_unchanged(run_id, set_, until) if ephemeral and not always_flow else None
     if record is None:
-        _print_estimate_or_why(_cfg())  # while the Prefect server starts
+        # While a temporary Prefect server starts, there is time for the probe; against a running
+        # server the estimate comes from the history alone (no added seconds)
+        _print_estimate_or_why(_cfg(), allow_probe=server is not None)
         if server is not None:
             server.wait_ready()
         err.print(f"run {run_id}: starting the pipeline")
@@ -248,9 +250,9 @@ def _estimate_table(est: Estimate) -> Table:
     return t
 
 
-def _print_estimate_or_why(cfg) -> None:
+def _print_estimate_or_why(cfg, allow_probe: bool = True) -> None:
     try:
-        est = estimate(cfg, _history(cfg))
+        est = estimate(cfg, _history(cfg), allow_probe=allow_probe)
     except FrugalError as exc:
         err.print(f"[dim]estimate unavailable: {exc}[/dim]")
         return
