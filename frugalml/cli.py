@@ -250,15 +250,19 @@ def _estimate_table(est: Estimate) -> Table:
     return t
 
 
+def _print_estimate(est: Estimate) -> None:
+    err.print(_estimate_table(est))
+    for note in est.notes:
+        err.print(f"[dim]{note}[/dim]")
+
+
 def _print_estimate_or_why(cfg, allow_probe: bool = True) -> None:
     try:
         est = estimate(cfg, _history(cfg), allow_probe=allow_probe)
     except FrugalError as exc:
         err.print(f"[dim]estimate unavailable: {exc}[/dim]")
         return
-    err.print(_estimate_table(est))
-    for note in est.notes:
-        err.print(f"[dim]{note}[/dim]")
+    _print_estimate(est)
 
 
 @app.command("estimate")
@@ -274,9 +278,7 @@ def estimate_cmd(
     if as_json:
         print(json.dumps(est.to_json(), indent=2))
         return
-    err.print(_estimate_table(est))
-    for note in est.notes:
-        err.print(f"[dim]{note}[/dim]")
+    _print_estimate(est)
 
 
 def _one_trial_estimate(cfg, space) -> tuple[float, list[str]]:

@@ -163,6 +163,22 @@ class TrainConfig(_Strict):
     feature_cache: bool = True  # finetune: head without augmentation trains on cached backbone features
 
 
+def feature_cache_off(t: TrainConfig, world: int = 1) -> str | None:
+    """None when the frozen-backbone feature cache applies to this training, else the reason it
+    does not (nothing may make the backbone's output vary between epochs)."""
+    if not t.feature_cache:
+        return "train.feature_cache is false"
+    if t.finetune != "head":
+        return f"train.finetune is {t.finetune} (the backbone changes as it trains)"
+    if t.augment != AugmentConfig(rotation_deg=0, translate=0, scale_min=1, scale_max=1):
+        return "train.augment is on (each epoch sees other pixels)"
+    if world > 1:
+        return "distributed training"
+    if t.compile:
+        return "train.compile is on"
+    return None
+
+
 class EvaluateConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     latency_samples: int = Field(50, ge=5)

@@ -107,10 +107,6 @@ class CostMeter:
         """Wall seconds billed so far (the process start-up included for a stage)."""
         return time.perf_counter() - self._t0 + self._startup_s
 
-    def spent_usd(self, costs: CostsConfig, gpu_s: float = 0.0) -> float:
-        """Compute (and GPU) dollars so far, priced as the finished entry will be."""
-        return price({"wall_s": self.elapsed_s(), "gpu_s": gpu_s}, costs)["total_usd"]
-
     def add(self, **items: float) -> None:
         """Stage-specific quantities: ``labeled_images``, ``stored_bytes``, ``gpu_s``..."""
         for k, v in items.items():

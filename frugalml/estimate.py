@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from frugalml.config import Params, dump
+from frugalml.config import Params, TrainConfig, dump, feature_cache_off
 from frugalml.contracts import MANIFEST, PREPARED, STAGES, RunRecord, read_manifest
 from frugalml.costs import price
 from frugalml.errors import ConfigError
@@ -91,16 +91,15 @@ def split_counts(cfg: Params) -> tuple[dict[str, int], int]:
 
 
 # -- history ---------------------------------------------------------------------------------------
-def _train_signature(p: dict) -> tuple:
-    m, t = p.get("model", {}), p.get("train", {})
-    aug = t.get("augment", {})
-    cached = (
-        t.get("finetune") == "head"
-        and t.get("feature_cache", True)
-        and not any(aug.get(k) for k in ("hflip", "rotation_deg", "translate", "color_jitter"))
-    )
-    keys = (m.get("arch"), m.get("image_size"), t.get("finetune"), t.get("batch_size"), t.get("precision"))
-    return (*keys, t.get("device"), bool(cached))
+def _train_signature(p: dict) -> tuple | None:
+    """What a run's train cost per image-epoch depends on (None for params this version cannot read)."""
+    try:
+        t = TrainConfig.model_validate(p.get("train", {}))
+    except ValueError:
+        return None
+    m = p.get("model", {})
+    keys = (m.get("arch"), m.get("image_size"), t.finetune, t.batch_size, t.precision, t.device)
+    return (*keys, feature_cache_off(t) is None)
 
 
 def from_history(cfg: Params, records: list[RunRecord], image_epochs: int) -> dict[str, StageEstimate]:
@@ -211,11 +210,9 @@ def _load_seconds(cfg: Params, n: int = 32) -> float:
 
 
 def from_probe(cfg: Params, p: Probe, images: dict[str, int]) -> dict[str, StageEstimate]:
-    from frugalml import features  # lazy: imports torch (the probe has loaded it by now)
-
     t, ev = cfg.train, cfg.evaluate
     n_train, n_val = images["train"], images["val"]
-    if features.why_not(cfg, 1) is None:  # the head trains on cached features: one forward per image
+    if feature_cache_off(t) is None:  # the head trains on cached features: one forward per image
         wall = p.startup_s + (n_train + n_val) * (p.eval_s_per_image + p.load_s_per_image)
         basis = "probe (feature cache: one backbone pass)"
     else:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from frugalml.config import AugmentConfig, Params
+from frugalml.config import Params, feature_cache_off
 from frugalml.console import Progress, info
 from frugalml.errors import StorageError
 from frugalml.fsutil import atomic_write_bytes
@@ -35,18 +35,7 @@ FEATURES = Path(".frugalml") / "features"
 
 def why_not(cfg: Params, world: int) -> str | None:
     """None when the cache applies to this training, else the reason it does not."""
-    t = cfg.train
-    if not t.feature_cache:
-        return "train.feature_cache is false"
-    if t.finetune != "head":
-        return f"train.finetune is {t.finetune} (the backbone changes as it trains)"
-    if t.augment != AugmentConfig(rotation_deg=0, translate=0, scale_min=1, scale_max=1):
-        return "train.augment is on (each epoch sees other pixels)"
-    if world > 1:
-        return "distributed training"
-    if t.compile:
-        return "train.compile is on"
-    return None
+    return feature_cache_off(cfg.train, world)
 
 
 def backbone_sha256(model: nn.Module) -> str:
