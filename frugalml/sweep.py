@@ -38,6 +38,7 @@ from frugalml.contracts import (
     SweepRecord,
     SweepTrial,
     TrainReport,
+    cost_file,
 )
 from frugalml.costs import price
 from frugalml.errors import ConfigError, FrugalError, StorageError
@@ -190,7 +191,7 @@ def run_trial(cfg: Params, number: int, experiment: str, overrides: list[str], l
         return trial
     ev = EvalReport.model_validate_json(_git_show(ref, str(EvalReport.PATH)) or "{}")
     tr = TrainReport.model_validate_json(_git_show(ref, str(TrainReport.PATH)) or "{}")
-    cost = CostEntry.model_validate_json(_git_show(ref, "costs/train.json") or "{}")
+    cost = CostEntry.model_validate_json(_git_show(ref, str(cost_file("train"))) or "{}")
     trial_cfg = config.validate(config.apply_overrides(config.dump(cfg), overrides))
     trial.state = "pruned" if tr.stopped == "pruned" else "complete"
     trial.accuracy, trial.macro_f1 = ev.accuracy, ev.macro_f1
