@@ -24,6 +24,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from frugalml import config
 from frugalml.contracts import (
     CostEntry,
+    CostMetrics,
     DvcPush,
     EvalReport,
     GateDecision,
@@ -40,7 +41,6 @@ from frugalml.contracts import (
 from frugalml.costs import price
 from frugalml.dvcconf import write_local_config
 from frugalml.errors import FrugalError, Rejected, TransientStorageError
-from frugalml.fsutil import atomic_write_json
 from frugalml.lineage import git_commit, git_dirty
 from frugalml.locks import RUN_LOCK, workspace_lock
 from frugalml.registry import Registry, write_champion
@@ -297,17 +297,15 @@ def _gate_rejection() -> str | None:
     return f"gate rejected the model (failed: {', '.join(gate.failed)})"
 
 
-def write_cost_metrics(record: RunRecord, path: Path = Path("metrics") / "costs.json") -> dict:
-    """``metrics/costs.json``: what ``dvc metrics diff`` compares between two runs."""
-    metrics = {
-        "run_id": record.run_id,
-        "total_usd": record.total_usd,
-        "wall_s": record.wall_s,
-        "stored_bytes": record.storage.stored_bytes,
-        "storage_usd_per_month": record.storage.usd_per_month,
-        "stages": {r.stage: {"usd": r.usd, "wall_s": r.wall_s} for r in record.stages},
-    }
-    atomic_write_json(path, metrics)
+def write_cost_metrics(record: RunRecord) -> CostMetrics:
+    """``metrics/costs.json`` from the run record: what ``dvc metrics diff`` compares between two runs."""
+    metrics = CostMetrics(
+        total_usd=record.total_usd,
+        labeling_usd=record.labeling_usd,
+        usd={r.stage: r.usd for r in record.stages},
+        storage_usd_per_month=record.storage.usd_per_month,
+    )
+    metrics.write()
     return metrics
 
 

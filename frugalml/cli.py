@@ -333,6 +333,22 @@ def sweep_cmd(
             )
     record = sw.Sweep(cfg, sweep_id, set_, resume=bool(resume)).run(lambda line: err.print(line))
     _show_frontier(cfg, record, plot=None, as_json=False)
+    _publish_sweep(record)
+
+
+def _publish_sweep(record) -> None:
+    """The record as Prefect artifacts, on the server PREFECT_API_URL names (none: nothing to keep them)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        err.print("[dim]Prefect artifacts: not published (PREFECT_API_URL is not set)[/dim]")
+        return
+    from flows.sweep import publish_sweep  # lazy: Prefect: ~2 s to import; only a server needs it
+
+    try:
+        key = publish_sweep(record.model_dump(mode="json"))
+    except Exception as exc:  # the sweep is done and recorded: a server problem must not fail it
+        err.print(f"Prefect artifacts: not published ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})")
+        return
+    err.print(f"Prefect artifacts: {key} (the trials) and {key}-recommendation at {os.environ['PREFECT_API_URL']}")
 
 
 def _frontier_table(record) -> Table:
@@ -405,6 +421,20 @@ def frontier_cmd(
             raise ConfigError("--apply: no trial passes every gate, so there is nothing to apply")
         config.write_overrides("params.yaml", rec.overrides)
         err.print(f"params.yaml: {' '.join(rec.overrides)} (trial {rec.number + 1}); `frugalml run` trains it")
+
+
+EXPS_COLUMNS = ["--only-changed", "--drop", ".*/"]  # the deps columns are paths (they hold a '/')
+
+
+@app.command("exps", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def exps_cmd(ctx: typer.Context) -> None:
+    """The experiments as a readable table: `dvc exp show` with the headline metrics, the $ per
+    stage and in total, and only the params that differ (no file-hash columns). Extra arguments
+    go to `dvc exp show` (e.g. --sort-by accuracy, --csv)."""
+
+    code = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", *EXPS_COLUMNS, *ctx.args]).returncode
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("schedule")

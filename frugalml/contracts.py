@@ -38,6 +38,8 @@ CONFUSION_PNG = Path("plots/confusion.png")
 GATE_REPORT = Path("metrics/gate.json")
 PACKAGE_REPORT = Path("metrics/package.json")
 COSTS_DIR = Path("costs")
+HEADLINE_DIR = Path("metrics/headline")  # the few figures per stage that `dvc exp show` lists
+COST_METRICS = Path("metrics/costs.json")  # the bill per stage and in total, ditto
 STATUS_DIR = Path(".frugalml") / "status"
 
 
@@ -47,6 +49,10 @@ def cost_file(stage: str) -> Path:
 
 def status_file(stage: str) -> Path:
     return STATUS_DIR / f"{stage}.json"
+
+
+def headline_file(stage: str) -> Path:
+    return HEADLINE_DIR / f"{stage}.json"
 
 
 # -- the manifest (CSV) -------------------------------------------------------------------------
@@ -115,6 +121,14 @@ class Contract(BaseModel):
         atomic_write_json(path, self.model_dump(mode="json", exclude_none=True))  # absent = None on read
         return path
 
+    def headline(self) -> dict[str, Any]:
+        """The few figures of this report that ``dvc exp show`` lists (``metrics/headline/<stage>.json``).
+
+        The keys are unique across stages, so DVC shows them without a file prefix; the full
+        report stays in its own file (a DVC out, not a metric: its 100+ fields would be columns).
+        """
+        return {}
+
 
 class CostEntry(Contract):
     """``costs/<stage>.json``: what a stage used, metered by ``CostMeter``, priced by ``costs.price``."""
@@ -152,6 +166,29 @@ class CostEntry(Contract):
         return cls.read_if_exists(cost_file(stage))
 
 
+class CostMetrics(Contract):
+    """``metrics/costs.json``: the bill in the few numbers that ``dvc exp show`` and
+    ``dvc metrics diff`` compare. Each stage rewrites it from the ledgers in ``costs/`` (the cost of
+    the stages' latest runs: what ``dvc repro`` and ``dvc exp run`` leave); ``frugalml run``
+    rewrites it at the end from its run record (that run's bill, with the DVC push and the
+    orchestration rows)."""
+
+    PATH: ClassVar[Path] = COST_METRICS
+    total_usd: float
+    labeling_usd: float = 0.0
+    usd: dict[str, float]  # per stage
+    storage_usd_per_month: float | None = None
+
+    @classmethod
+    def from_ledgers(cls) -> CostMetrics:
+        entries = [e for s in STAGES if (e := CostEntry.for_stage(s)) is not None]
+        return cls(
+            total_usd=round(sum(e.total_usd for e in entries), 6),
+            labeling_usd=round(sum(e.labeling_usd for e in entries), 6),
+            usd={e.stage: e.total_usd for e in entries},
+        )
+
+
 class StageStatus(Contract):
     """``.frugalml/status/<stage>.json``, written when a stage fails: how the flow tells a
     rejection (exit 3) and a transient fault (retried) from other failures."""
@@ -182,15 +219,27 @@ class GateDecision(Contract):
     train_usd: float
     champion: str | None = None
 
+    def headline(self) -> dict[str, Any]:
+        return {"decision": self.decision}
+
 
 class PackageReport(Contract):
+    """``metrics/package.json``. A model the gate rejected is not packaged (``packaged: false``,
+    with the reason): the stage still succeeds, so that ``dvc exp run`` keeps the experiment;
+    ``frugalml run`` stops before this stage and exits 3."""
+
     PATH: ClassVar[Path] = PACKAGE_REPORT
     model: str
-    version: str
-    bento_tag: str
-    bento_uri: str
-    bento_bytes: int
-    registry_uri: str
+    packaged: bool = True
+    reason: str | None = None
+    version: str = ""
+    bento_tag: str = ""
+    bento_uri: str = ""
+    bento_bytes: int = 0
+    registry_uri: str = ""
+
+    def headline(self) -> dict[str, Any]:
+        return {"packaged": self.packaged}
 
 
 class Pretrained(BaseModel):
@@ -233,6 +282,9 @@ class TrainReport(Contract):
     gpu_s: float
     parameters: int
     trainable_parameters: int
+
+    def headline(self) -> dict[str, Any]:
+        return {"val_acc": self.final_val_acc, "epochs_run": self.epochs_run, "stopped": self.stopped}
 
 
 class Rejection(BaseModel):
@@ -283,6 +335,9 @@ class IngestReport(Contract):
     duplicates: list[Duplicate]
     shards: ShardStats | None = None
 
+    def headline(self) -> dict[str, Any]:
+        return {"images": self.counts.images, "new_images": self.counts.new, "rejected_images": self.counts.rejected}
+
 
 class Expectation(BaseModel):
     """One Great Expectations check as the report shows it."""
@@ -308,6 +363,9 @@ class ValidationReport(Contract):
     label_distribution: dict[str, float]
     drift_reference: dict | None = None
     html_report: str
+
+    def headline(self) -> dict[str, Any]:
+        return {"validation": "passed" if self.success else "failed", "validation_warnings": len(self.warnings)}
 
 
 class ClassScores(BaseModel):
@@ -348,6 +406,15 @@ class EvalReport(Contract):
     throughput_batch_size: int
     champion: ChampionScores | None = None
     delta_vs_champion: dict[str, float] | None = None
+
+    def headline(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "worst_class_recall": min((c.recall for c in self.per_class.values()), default=0.0),
+            "latency_ms_p95": self.latency_ms_p95,
+            "model_mb": round(self.model_size_bytes / 1e6, 3),
+        }
 
 
 class StageRow(BaseModel):

@@ -1,6 +1,9 @@
 """Packaging: a BentoML model and bento for an accepted model, uploaded and registered.
 
-``package(cfg, meter, run_id)`` refuses a model the gate rejected (``Rejected``). Otherwise it
+``package(cfg, meter, run_id)`` packages nothing for a model the gate rejected: it returns a
+``PackageReport`` with ``packaged: false`` and the reason (the stage succeeds, so that a
+rejected ``dvc exp run`` is still a completed experiment; ``frugalml run`` stops before this
+stage on a rejection and exits 3). Otherwise it
 saves the BentoML model (classes, architecture, image size, normalisation, metrics, gate, costs
 and lineage in its metadata), builds the bento from ``frugalml/serving/``, exports it, uploads
 it to ``bentos/<model>/<version>.bento`` and then, last, writes the immutable version record
@@ -17,10 +20,9 @@ from pathlib import Path
 
 from frugalml import bento
 from frugalml.config import Params, dump
-from frugalml.console import info
+from frugalml.console import err, info
 from frugalml.contracts import MANIFEST, MODEL, STAGES, CostEntry, EvalReport, GateDecision, PackageReport, TrainReport
 from frugalml.costs import CostMeter
-from frugalml.errors import Rejected
 from frugalml.fsutil import to_json
 from frugalml.lineage import file_hash, git_commit
 from frugalml.registry import Registry
@@ -107,10 +109,12 @@ def _report(store: Store, record: dict) -> PackageReport:
 def package(cfg: Params, meter: CostMeter, run_id: str) -> PackageReport:
     gate = GateDecision.read()
     if gate.decision != "accept":
-        raise Rejected(
-            f"the gate rejected this model (failed: {', '.join(gate.failed)}); nothing is packaged. "
-            f"See {GateDecision.PATH}."
+        reason = f"the gate rejected this model (failed: {', '.join(gate.failed)}); see {GateDecision.PATH}"
+        err.print(
+            f"[bold red]package: REJECTED[/bold red] {reason}. Nothing is packaged "
+            "(the stage succeeds, so that `dvc exp run` keeps the experiment; `frugalml run` exits 3)."
         )
+        return PackageReport(model=cfg.model.name, packaged=False, reason=reason)
     bento.use_workspace_home()
     name = cfg.model.name
     model_sha = file_hash(MODEL)

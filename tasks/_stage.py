@@ -3,7 +3,9 @@
 ``python -m tasks.<stage>`` (what dvc.yaml calls) ends in ``stage_main``. The cost ledger
 entry is written to ``costs/<stage>.json``; a failure is also written to
 ``.frugalml/status/<stage>.json`` so the Prefect flow can tell a rejection (exit 3) from a
-fault without parsing DVC's output.
+fault without parsing DVC's output. A stage that succeeds also writes its headline figures
+(``metrics/headline/<stage>.json``) and refreshes ``metrics/costs.json``: what ``dvc exp show``
+lists.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from collections.abc import Callable
 from frugalml import config
 from frugalml.config import Params
 from frugalml.console import err, fast_exit
-from frugalml.contracts import CostEntry, StageStatus, cost_file, status_file
+from frugalml.contracts import Contract, CostEntry, CostMetrics, StageStatus, cost_file, headline_file, status_file
 from frugalml.costs import CostMeter, price
 from frugalml.errors import FrugalError, TransientStorageError
+from frugalml.fsutil import atomic_write_json
 
 
 def run_id() -> str:
@@ -27,12 +30,13 @@ def run_id() -> str:
 
 def stage_main(stage: str, run: Callable[[Params, CostMeter], object]) -> None:
     status_file(stage).unlink(missing_ok=True)
+    headline_file(stage).unlink(missing_ok=True)
     code, message, transient = 0, "", False
-    cfg = meter = None
+    cfg = meter = report = None
     try:
         cfg = config.load()
         with CostMeter(stage, run_id(), count_startup=True) as meter:
-            run(cfg, meter)
+            report = run(cfg, meter)
     except FrugalError as exc:
         code, message = exc.exit_code, str(exc)
         transient = isinstance(exc, TransientStorageError)
@@ -51,6 +55,9 @@ def stage_main(stage: str, run: Callable[[Params, CostMeter], object]) -> None:
             f"[dim]{stage}: {entry.wall_s:.1f} s wall, {entry.cpu_s:.1f} s CPU, "
             f"{entry.peak_rss_mb:.0f} MB peak RSS, ${entry.total_usd:.5f}[/dim]"
         )
+        CostMetrics.from_ledgers().write()
+    if code == 0 and isinstance(report, Contract):
+        atomic_write_json(headline_file(stage), report.headline())
     if code:
         StageStatus(stage=stage, exit_code=code, message=message, transient=transient).write(status_file(stage))
     fast_exit(code)  # skips about 1 s of teardown with torch loaded

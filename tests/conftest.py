@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -139,3 +143,71 @@ def make_pipeline_repo(tmp_path: Path, store, extra: list[str] | None = None) ->
 def pipeline_repo(tmp_path, store):
     """A fresh git + DVC repo holding the pipeline, pointed at a tiny dataset in S3."""
     return make_pipeline_repo(tmp_path, store)
+
+
+# -- a real Prefect server -------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prefect_api(url: str, path: str, body: dict | None = None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        url + path, data=data, method="GET" if body is None else "POST", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+@pytest.fixture
+def prefect_server(tmp_path, s3_server):
+    """A real Prefect server on 127.0.0.1 with its own database; yields the API URL."""
+    port = _free_port()
+    home = tmp_path / "prefect-home"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    }
+    env.pop("PREFECT_API_URL", None)
+    log = open(tmp_path / "prefect-server.log", "w")
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if prefect_api(url, "/health") is True:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(
+                "prefect server did not start:\n" + (tmp_path / "prefect-server.log").read_text()[-3000:]
+            )
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def prefect_client_env(api_url: str, home: Path) -> dict:
+    env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(home)}
+    for k in ("PREFECT_SERVER_LOGGING_LEVEL", "PREFECT_SERVER_DATABASE_TIMEOUT"):
+        env.pop(k, None)
+    return env

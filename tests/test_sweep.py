@@ -1,6 +1,8 @@
 """frugalml sweep / frontier: the Pareto front and the recommendation (pure), bad inputs, and a
 real sweep of DVC experiments on a tiny dataset."""
 
+import csv
+import io
 import json
 import os
 import signal
@@ -10,10 +12,10 @@ import time
 
 import pytest
 
-from frugalml.contracts import GateCheck, GateDecision, SweepTrial
+from frugalml.contracts import GateCheck, GateDecision, SweepRecord, SweepTrial
 from frugalml.procs import ProcessRecord
 from frugalml.sweep import pareto_front, recommend
-from tests.conftest import BIN, run
+from tests.conftest import BIN, prefect_api, prefect_client_env, run
 
 FRUGALML = [sys.executable, "-m", "frugalml.cli"]
 
@@ -43,6 +45,42 @@ def test_pareto_front_and_the_cheapest_trial_that_passes():
     assert recommend([_t(0, 0.5, 0.1, accept=False)]) is None
     tie = [_t(0, 0.91, 0.004), _t(1, 0.93, 0.004)]
     assert recommend(tie) == 1  # same price: the more accurate
+
+
+def test_the_sweep_record_is_published_as_prefect_artifacts(prefect_server, tmp_path):
+    trials = [_t(0, 0.95, 0.010), _t(1, 0.90, 0.004), _t(2, 0.70, 0.001, accept=False)]
+    trials[1].overrides = ["train.epochs=2"]
+    record = SweepRecord(
+        id="s20261129-120000-ab12",
+        created="2026-11-29T12:00:00Z",
+        status="finished",
+        space={"train.epochs": [2, 4]},
+        budget_usd=1.0,
+        spent_usd=0.015,
+        max_trials=3,
+        trials=trials,
+        front=[2, 1, 0],
+        recommended=1,
+    )
+    code = (
+        "import sys; from frugalml.cli import _publish_sweep; from frugalml.contracts import SweepRecord; "
+        "_publish_sweep(SweepRecord.model_validate_json(sys.stdin.read()))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        input=record.model_dump_json(),
+        env=prefect_client_env(prefect_server, tmp_path / "home"),
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0 and "Prefect artifacts: sweep-s20261129-120000-ab12" in res.stderr, res.stderr[-3000:]
+    query = {"artifacts": {"key": {"like_": "sweep-s20261129-120000-ab12"}}}
+    found = prefect_api(prefect_server, "/artifacts/filter", query)
+    by_key = {a["key"]: a for a in found}
+    table = by_key["sweep-s20261129-120000-ab12"]
+    assert table["type"] == "table" and "train.epochs=2" in json.dumps(table["data"])
+    note = by_key["sweep-s20261129-120000-ab12-recommendation"]["data"]
+    assert "Recommended: trial 2" in note and "$0.00400" in note
 
 
 @pytest.mark.parametrize(
@@ -146,3 +184,30 @@ def test_killed_sweep_resumes_without_losing_or_double_billing(pipeline_repo):
     states = [t["state"] for t in after["trials"]]
     assert states.count("interrupted") == 1 and len([s for s in states if s != "interrupted"]) == 3
     assert after["spent_usd"] == pytest.approx(sum(t["usd"] for t in after["trials"]), abs=1e-6)
+
+
+def test_a_rejected_experiment_completes_and_the_table_is_readable(pipeline_repo):
+    """`dvc exp run` of a model the gate rejects is a completed experiment that lists its decision;
+    `frugalml run` still exits 3; the table holds the headline figures, not every report field."""
+    repo = pipeline_repo
+    run(FRUGALML + ["storage", "configure"], repo)
+    exp = run([str(BIN / "dvc"), "exp", "run", "-S", "gates.max_model_size_mb=1"], repo, check=False)
+    assert exp.returncode == 0, exp.stderr[-3000:]
+    assert "package: REJECTED" in exp.stderr and "max_model_size_mb" in exp.stderr
+    package = json.loads((repo / "metrics/package.json").read_text())
+    assert package["packaged"] is False and "max_model_size_mb" in package["reason"]
+
+    full = list(csv.reader(io.StringIO(run([str(BIN / "dvc"), "exp", "show", "--csv"], repo).stdout)))
+    header = full[0]
+    assert {"accuracy", "val_acc", "decision", "packaged", "total_usd", "usd.train"} <= set(header)
+    assert not [c for c in header if c.startswith(("counts.", "per_class.", "s3_", "costs/train.json:"))]
+    rows = list(csv.DictReader(io.StringIO(run(FRUGALML + ["exps", "--csv"], repo).stdout)))
+    columns = list(rows[0])
+    assert "gates.max_model_size_mb" in columns and "model.arch" not in columns  # the changed params only
+    assert not [c for c in columns if "/" in c] and len(columns) <= 30, columns
+    done = [r for r in rows if r["Experiment"] and r["decision"] == "reject"]
+    assert len(done) == 1 and done[0]["packaged"] == "False" and float(done[0]["total_usd"]) > 0
+    assert float(done[0]["usd.train"]) > 0 and float(done[0]["accuracy"]) > 0
+
+    again = run(FRUGALML + ["run", "--set", "gates.max_model_size_mb=2"], repo, check=False)
+    assert again.returncode == 3 and "gate rejected the model" in again.stderr, again.stderr[-3000:]
