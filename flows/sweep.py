@@ -30,6 +30,7 @@ def trial_rows(record: SweepRecord) -> list[dict]:
                 "settings": " ".join(t.overrides),
                 "state": t.state,
                 "accuracy": t.accuracy,
+                "macro_f1": t.macro_f1,
                 "usd": t.usd,
                 "gate": t.gate.decision if t.gate else None,
                 "mark": mark,
@@ -48,7 +49,7 @@ def recommendation_markdown(record: SweepRecord) -> str:
         return head + "**No trial passes every gate**: widen `sweep.space` or relax `gates.*`.\n"
     return head + (
         f"**Recommended: trial {rec.number + 1}** (`{rec.experiment}`), the cheapest that passes every gate: "
-        f"accuracy {rec.accuracy:.4f} for ${rec.usd:.5f}.\n\n"
+        f"{record.objective} {rec.score(record.objective):.4f} for ${rec.usd:.5f}.\n\n"
         f"`frugalml frontier --sweep {record.id} --apply` writes `{' '.join(rec.overrides)}` to params.yaml.\n"
     )
 

@@ -81,7 +81,8 @@ def plot_frontier(record: SweepRecord, path: Path, gates: GatesConfig) -> None:
     accuracy gate drawn, the recommendation circled."""
     plt, fig, axes = _figure(10.0, 4.2, ncols=2)
     cost_ax, lat_ax = axes[0]
-    scored = [t for t in record.trials if t.accuracy is not None]
+    obj = record.objective
+    scored = [t for t in record.trials if t.score(obj) is not None]
     colors = {"complete": STAGE_COLORS["ingest"], "pruned": OTHER_COLOR}
     for ax, xs, xlabel in (
         (cost_ax, [t.usd for t in scored], "USD per trial"),
@@ -89,18 +90,23 @@ def plot_frontier(record: SweepRecord, path: Path, gates: GatesConfig) -> None:
     ):
         for t, x in zip(scored, xs):
             passed = t.gate is not None and t.gate.decision == "accept"
-            ax.scatter(x, t.accuracy, color=colors.get(t.state, OTHER_COLOR), marker="o" if passed else "x", s=36)
-            ax.annotate(str(t.number + 1), (x, t.accuracy), textcoords="offset points", xytext=(4, 3), fontsize=7)
-        ax.axhline(gates.min_accuracy, color=STAGE_COLORS["train"], linestyle="--", linewidth=1)
-        ax.text(ax.get_xlim()[0], gates.min_accuracy, " gates.min_accuracy", va="bottom", fontsize=7)
-        ax.set(xlabel=xlabel, ylabel="test accuracy")
+            y = t.score(obj)
+            ax.scatter(x, y, color=colors.get(t.state, OTHER_COLOR), marker="o" if passed else "x", s=36)
+            ax.annotate(str(t.number + 1), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        floor, name = (
+            (gates.min_macro_f1, "min_macro_f1") if obj == "macro_f1" else (gates.min_accuracy, "min_accuracy")
+        )
+        if floor is not None:
+            ax.axhline(floor, color=STAGE_COLORS["train"], linestyle="--", linewidth=1)
+            ax.text(ax.get_xlim()[0], floor, f" gates.{name}", va="bottom", fontsize=7)
+        ax.set(xlabel=xlabel, ylabel="test macro-F1" if obj == "macro_f1" else "test accuracy")
     front = [next(t for t in scored if t.number == n) for n in record.front]
-    cost_ax.plot([t.usd for t in front], [t.accuracy for t in front], color=STAGE_COLORS["ingest"], linewidth=1)
+    cost_ax.plot([t.usd for t in front], [t.score(obj) for t in front], color=STAGE_COLORS["ingest"], linewidth=1)
     if gates.max_train_usd is not None:
         cost_ax.axvline(gates.max_train_usd, color=STAGE_COLORS["train"], linestyle=":", linewidth=1)
     rec = next((t for t in scored if t.number == record.recommended), None)
     if rec is not None:
-        cost_ax.scatter(rec.usd, rec.accuracy, s=220, facecolors="none", edgecolors=LABEL_COLOR, linewidths=2)
+        cost_ax.scatter(rec.usd, rec.score(obj), s=220, facecolors="none", edgecolors=LABEL_COLOR, linewidths=2)
     cost_ax.set_title(f"Sweep {record.id}: Pareto front (line), recommended (ring)", fontsize=9)
     lat_ax.set_title("o: passes the gates, x: rejected; grey: pruned", fontsize=9)
     _save(plt, fig, path)

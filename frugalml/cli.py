@@ -355,7 +355,7 @@ def _frontier_table(record) -> Table:
     t = Table(
         title=f"Sweep {record.id}: {len(record.trials)} trials, ${record.spent_usd:.5f} of ${record.budget_usd:g}"
     )
-    for col in ("trial", "settings", "state", "accuracy", "USD", "p95 ms", "gate", ""):
+    for col in ("trial", "settings", "state", "accuracy", "macro-F1", "USD", "p95 ms", "gate", ""):
         t.add_column(col, justify="left" if col in ("settings", "state", "gate", "") else "right")
     for tr in record.trials:
         mark = "recommended" if tr.number == record.recommended else ("front" if tr.number in record.front else "")
@@ -367,6 +367,7 @@ def _frontier_table(record) -> Table:
             " ".join(o.split(".", 1)[-1] for o in tr.overrides),
             tr.state,
             "-" if tr.accuracy is None else f"{tr.accuracy:.4f}",
+            "-" if tr.macro_f1 is None else f"{tr.macro_f1:.4f}",
             f"{tr.usd:.5f}",
             "-" if tr.latency_ms_p95 is None else f"{tr.latency_ms_p95:.1f}",
             gate,
@@ -393,7 +394,7 @@ def _show_frontier(cfg, record, plot: Optional[Path], as_json: bool) -> None:
     else:
         err.print(
             f"[bold green]recommended: trial {rec.number + 1}[/bold green] ({rec.experiment}), the cheapest that "
-            f"passes every gate: accuracy {rec.accuracy:.4f} for ${rec.usd:.5f}. "
+            f"passes every gate: {record.objective} {rec.score(record.objective):.4f} for ${rec.usd:.5f}. "
             f"`frugalml frontier --apply` writes {' '.join(rec.overrides)} to params.yaml"
         )
 

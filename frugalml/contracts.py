@@ -534,6 +534,10 @@ class SweepTrial(BaseModel):
     gate: GateDecision | None = None
     message: str = ""
 
+    def score(self, objective: str = "accuracy") -> float | None:
+        """The quality the sweep maximises (``sweep.objective``): test accuracy or macro-F1."""
+        return self.macro_f1 if objective == "macro_f1" else self.accuracy
+
 
 class SweepRecord(BaseModel):
     """``sweeps/<id>/record.json`` (locally under .frugalml/ and in the bucket): trials, spend, front."""
@@ -544,6 +548,7 @@ class SweepRecord(BaseModel):
     status: Literal["running", "finished", "budget", "interrupted"]
     space: dict
     budget_usd: float
+    objective: Literal["accuracy", "macro_f1"] = "accuracy"
     spent_usd: float = 0.0
     max_trials: int
     trials: list[SweepTrial] = []

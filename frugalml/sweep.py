@@ -1,6 +1,7 @@
 """``frugalml sweep``: search the settings for the cheapest model that meets the gates.
 
-An Optuna study with two objectives (test accuracy up, trial USD down) samples settings from
+An Optuna study with two objectives (test accuracy, or macro-F1 with ``sweep.objective``, up;
+trial USD down) samples settings from
 ``sweep.space``. Each trial is a DVC experiment run outside the workspace
 (``dvc exp run --temp --name <sweep>-t<N> -S key=value ... evaluate``): the real train and
 evaluate stages with their real cost meters, listed afterwards by ``dvc exp show`` and applied
@@ -98,25 +99,26 @@ def grid_size(space: dict[str, list | Range]) -> int:
 
 
 # -- the Pareto front and the recommendation (pure) -----------------------------------------------
-def pareto_front(trials: list[SweepTrial]) -> list[int]:
-    """Trial numbers not dominated in (accuracy up, USD down) among trials that have an accuracy."""
-    scored = [t for t in trials if t.accuracy is not None]
+def pareto_front(trials: list[SweepTrial], objective: str = "accuracy") -> list[int]:
+    """Trial numbers not dominated in (``objective`` up, USD down) among trials that have a score."""
+    scored = [t for t in trials if t.score(objective) is not None]
     front = []
     for t in scored:
+        q = t.score(objective)
         dominated = any(
-            o.accuracy >= t.accuracy and o.usd <= t.usd and (o.accuracy > t.accuracy or o.usd < t.usd) for o in scored
+            o.score(objective) >= q and o.usd <= t.usd and (o.score(objective) > q or o.usd < t.usd) for o in scored
         )
         if not dominated:
             front.append(t.number)
     return sorted(front, key=lambda n: next(t.usd for t in scored if t.number == n))
 
 
-def recommend(trials: list[SweepTrial]) -> int | None:
-    """The cheapest trial whose gate decision accepts (ties: the more accurate)."""
+def recommend(trials: list[SweepTrial], objective: str = "accuracy") -> int | None:
+    """The cheapest trial whose gate decision accepts (ties: the higher ``objective``)."""
     ok = [t for t in trials if t.gate is not None and t.gate.decision == "accept" and t.state != "failed"]
     if not ok:
         return None
-    return min(ok, key=lambda t: (t.usd, -(t.accuracy or 0.0))).number
+    return min(ok, key=lambda t: (t.usd, -(t.score(objective) or 0.0))).number
 
 
 # -- one trial: a DVC experiment ------------------------------------------------------------------
@@ -259,6 +261,7 @@ class Sweep:
                 status="running",
                 space={k: (v if isinstance(v, list) else v.model_dump(by_alias=True)) for k, v in self.space.items()},
                 budget_usd=s.budget_usd,
+                objective=s.objective,
                 max_trials=s.max_trials,
                 base_overrides=base_overrides,
             )
@@ -354,17 +357,18 @@ class Sweep:
             self.study.tell(trial, state=T.PRUNED)
             self.prune_study.tell(prune_trial, state=T.PRUNED)
         else:
-            self.study.tell(trial, [result.accuracy, result.usd])
-            self.prune_study.tell(prune_trial, result.accuracy)
+            self.study.tell(trial, [result.score(self.record.objective), result.usd])
+            self.prune_study.tell(prune_trial, result.score(self.record.objective))
         self.record.trials.append(result)
         self._save()
         best = next((t for t in self.record.trials if t.number == self.record.recommended), None)
+        obj, score = self.record.objective, result.score(self.record.objective)
         progress(
-            f"sweep: trial {trial.number + 1} {result.state}: accuracy "
-            f"{'-' if result.accuracy is None else f'{result.accuracy:.4f}'}, ${result.usd:.5f} "
+            f"sweep: trial {trial.number + 1} {result.state}: {obj} "
+            f"{'-' if score is None else f'{score:.4f}'}, ${result.usd:.5f} "
             f"({result.wall_s:.0f} s) | spent ${self.spent:.5f} of ${self.cfg.sweep.budget_usd:g} | "
             + (
-                f"best passing the gates: trial {best.number + 1} ({best.accuracy:.4f}, ${best.usd:.5f})"
+                f"best passing the gates: trial {best.number + 1} ({obj} {best.score(obj):.4f}, ${best.usd:.5f})"
                 if best
                 else "none passes the gates yet"
             )
@@ -373,8 +377,8 @@ class Sweep:
 
     def _save(self) -> None:
         self.record.spent_usd = self.spent
-        self.record.front = pareto_front(self.record.trials)
-        self.record.recommended = recommend(self.record.trials)
+        self.record.front = pareto_front(self.record.trials, self.record.objective)
+        self.record.recommended = recommend(self.record.trials, self.record.objective)
         self.record.write()
         if self.store is not None:
             try:

@@ -47,6 +47,13 @@ def test_pareto_front_and_the_cheapest_trial_that_passes():
     assert recommend(tie) == 1  # same price: the more accurate
 
 
+def test_the_objective_can_be_macro_f1():
+    a, b = _t(0, 0.95, 0.010), _t(1, 0.90, 0.010)
+    a.macro_f1, b.macro_f1 = 0.80, 0.90  # same price: the front keeps the better one on the objective
+    assert pareto_front([a, b]) == [0] and recommend([a, b]) == 0
+    assert pareto_front([a, b], "macro_f1") == [1] and recommend([a, b], "macro_f1") == 1
+
+
 def test_the_sweep_record_is_published_as_prefect_artifacts(prefect_server, tmp_path):
     trials = [_t(0, 0.95, 0.010), _t(1, 0.90, 0.004), _t(2, 0.70, 0.001, accept=False)]
     trials[1].overrides = ["train.epochs=2"]
