@@ -91,6 +91,9 @@ def main() -> None:
                 wall = time.perf_counter() - t0
                 record = json.loads(sh(cli + ["frontier", "--json"], repo, env).stdout)
                 trials = record["trials"]
+                failed = [t for t in trials if t["state"] == "failed"]
+                if failed:
+                    raise SystemExit(f"{name}: {len(failed)} trials failed; the first: {failed[0]['message']}")
                 best = max(trials, key=lambda t: t.get("accuracy") or 0.0)
                 results[name] = {
                     "trials": len(trials),

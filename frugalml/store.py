@@ -83,6 +83,17 @@ def resolve_settings(cfg: StorageConfig, root: str | os.PathLike = ".") -> S3Set
     )
 
 
+def settings_env(settings: S3Settings) -> dict[str, str]:
+    """The environment under which a process outside this workspace (a DVC experiment's temporary
+    copy, which has no ``.frugalml/``) resolves the same store: endpoint and credentials."""
+    pairs = {
+        "FRUGALML_S3_ENDPOINT": settings.endpoint_url,
+        "AWS_ACCESS_KEY_ID": settings.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": settings.secret_access_key,
+    }
+    return {k: v for k, v in pairs.items() if v}
+
+
 @dataclass
 class Traffic:
     """S3 requests and bytes seen by this process (for the cost meter)."""

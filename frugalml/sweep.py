@@ -46,10 +46,11 @@ from frugalml.errors import ConfigError, FrugalError, StorageError
 from frugalml.fsutil import atomic_write_json, read_json
 from frugalml.gates import decide
 from frugalml.procs import ProcessRecord
-from frugalml.store import Store
+from frugalml.store import Store, resolve_settings, settings_env
 from frugalml.trial import ENV as TRIAL_ENV
 
 TARGET = "evaluate"  # the stages a trial runs: train and evaluate (and whatever changed before them)
+CARRIED = ("dvc.lock", "metrics", "costs", "reports", "plots")  # untracked files a trial starts from
 
 
 # -- the search space ---------------------------------------------------------------------------
@@ -174,13 +175,25 @@ def _exp_ref(name: str) -> str | None:
     return next((r for r in res.stdout.split() if r.endswith("/" + name)), None)
 
 
+def _store_env(cfg: Params) -> dict[str, str]:
+    """A trial runs in DVC's temporary copy of the workspace, without ``.frugalml/`` (where the
+    embedded server's address and key are): it gets them from the environment instead."""
+    try:
+        return settings_env(resolve_settings(cfg.storage))
+    except StorageError:
+        return {}  # no store: the stages say so themselves if they need one
+
+
 def run_trial(cfg: Params, number: int, experiment: str, overrides: list[str], link: dict, pidfile: Path) -> SweepTrial:
     """``dvc exp run --temp`` for one trial, then its reports read from the experiment's commit."""
     cmd = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", experiment]
+    for path in CARRIED:  # what `dvc repro validate` left that git does not track: without it, every
+        if Path(path).exists():  # trial would prepare and validate the data again (and pay for it)
+            cmd += ["--copy-paths", path]
     for o in overrides:
         cmd += ["-S", o]
     cmd.append(TARGET)
-    env = {**os.environ, TRIAL_ENV: json.dumps(link), "FRUGALML_RUN_ID": experiment}
+    env = {**os.environ, **_store_env(cfg), TRIAL_ENV: json.dumps(link), "FRUGALML_RUN_ID": experiment}
     t0 = time.perf_counter()
     res = _run_group(cmd, env, pidfile)
     wall = time.perf_counter() - t0

@@ -140,8 +140,13 @@ def test_sweep_runs_trials_as_dvc_experiments_and_recommends_one(pipeline_repo, 
     assert store.exists(f"sweeps/{sweep_id}/record.json") and store.exists(f"sweeps/{sweep_id}/frontier.png")
 
     shown = run([str(BIN / "dvc"), "exp", "show", "--json"], repo).stdout
+    refs = run(["git", "for-each-ref", "refs/exps", "--format=%(refname)"], repo).stdout.split()
     for t in record["trials"]:
         assert t["experiment"] in shown  # every trial is a DVC experiment
+        ref = next(r for r in refs if r.endswith("/" + t["experiment"]))
+        for stage in ("ingest", "validate"):  # prepared once, before the trials: no trial pays for it again
+            entry = json.loads(run(["git", "show", f"{ref}:costs/{stage}.json"], repo).stdout)
+            assert entry["run_id"] != t["experiment"], stage
 
     png = repo / "front.png"
     table = run(FRUGALML + ["frontier", "--plot", str(png), "--apply"], repo).stderr
