@@ -48,6 +48,7 @@ from frugalml.gates import decide
 from frugalml.procs import ProcessRecord
 from frugalml.store import Store, resolve_settings, settings_env
 from frugalml.trial import ENV as TRIAL_ENV
+from frugalml.trial import make_pruner
 
 TARGET = "evaluate"  # the stages a trial runs: train and evaluate (and whatever changed before them)
 CARRIED = ("dvc.lock", "metrics", "costs", "reports", "plots")  # untracked files a trial starts from
@@ -289,13 +290,10 @@ class Sweep:
         return o.samplers.TPESampler(seed=s.seed, multivariate=True)
 
     def _pruner(self):
-        s, o = self.cfg.sweep, self.optuna
-        max_epochs = max(self._epoch_choices() or [self.cfg.train.epochs])
-        if s.pruner == "hyperband":
-            return o.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=2)
-        if s.pruner == "successive_halving":
-            return o.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
-        return o.pruners.NopPruner()
+        return make_pruner(self.cfg.sweep.pruner, self._max_epochs())
+
+    def _max_epochs(self) -> int:
+        return max(self._epoch_choices() or [self.cfg.train.epochs])
 
     def _epoch_choices(self) -> list[int]:
         v = self.space.get("train.epochs")
@@ -359,7 +357,13 @@ class Sweep:
         run_overrides = [*overrides, f"train.max_usd={round(left_usd, 6)}"]
         experiment = f"{self.id}-t{trial.number}"
         progress(f"sweep: trial {trial.number + 1}/{self.cfg.sweep.max_trials} {experiment}: {' '.join(overrides)}")
-        link = {"storage": self.storage, "study": self.prune_study.study_name, "trial_id": prune_trial._trial_id}
+        link = {
+            "storage": self.storage,
+            "study": self.prune_study.study_name,
+            "trial_id": prune_trial._trial_id,
+            "pruner": self.cfg.sweep.pruner,  # Optuna does not store it: the trial builds the same one
+            "max_epochs": self._max_epochs(),
+        }
         result = run_trial(self.cfg, trial.number, experiment, run_overrides, link, self.pidfile)
         result.overrides = overrides
         T = self.optuna.trial.TrialState

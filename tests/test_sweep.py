@@ -15,6 +15,7 @@ import pytest
 from frugalml.contracts import GateCheck, GateDecision, SweepRecord, SweepTrial
 from frugalml.procs import ProcessRecord
 from frugalml.sweep import pareto_front, recommend
+from frugalml.trial import TrialLink, make_pruner
 from tests.conftest import BIN, prefect_api, prefect_client_env, run
 
 FRUGALML = [sys.executable, "-m", "frugalml.cli"]
@@ -52,6 +53,25 @@ def test_the_objective_can_be_macro_f1():
     a.macro_f1, b.macro_f1 = 0.80, 0.90  # same price: the front keeps the better one on the objective
     assert pareto_front([a, b]) == [0] and recommend([a, b]) == 0
     assert pareto_front([a, b], "macro_f1") == [1] and recommend([a, b], "macro_f1") == 1
+
+
+@pytest.mark.parametrize("pruner, pruned", [("none", False), ("successive_halving", True), ("hyperband", True)])
+def test_a_trial_prunes_with_the_sweeps_pruner_not_optunas_default(tmp_path, pruner, pruned):
+    """Optuna does not store a study's pruner: a trial that loaded the study plainly pruned with
+    MedianPruner whatever sweep.pruner said (a grid with `pruner: none` lost trials to it)."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize", pruner=make_pruner(pruner, 4))
+    for value in [0.80 + 0.01 * (i % 15) for i in range(30)]:  # finished trials (every Hyperband bracket has some)
+        t = study.ask()
+        for epoch in range(1, 5):
+            t.report(value, epoch)
+            t.should_prune()  # what a trial's train stage asks after each epoch (SH records its rungs here)
+        study.tell(t, value)
+    trailing = study.ask()
+    link = TrialLink(storage, "s", trailing._trial_id, pruner, 4)
+    assert link.should_prune(1, 0.10) is pruned
 
 
 def test_the_sweep_record_is_published_as_prefect_artifacts(prefect_server, tmp_path):
