@@ -32,6 +32,7 @@ from frugalml.embedded import EmbeddedS3
 from frugalml.errors import ConfigError, FrugalError, StorageError
 from frugalml.estimate import Estimate, estimate
 from frugalml.locks import RUN_LOCK, workspace_lock
+from frugalml.procs import dvc_env
 from frugalml.registry import Registry, write_champion
 from frugalml.reproduce import reproduce
 from frugalml.runs import get_record, list_runs, new_run_id
@@ -321,7 +322,7 @@ def sweep_cmd(
     # are stopped, finished trials stay recorded, and `--resume` continues.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     err.print("sweep: preparing the data once (dvc repro validate): the trials start from it")
-    code = subprocess.run([sys.executable, "-m", "dvc", "repro", "validate"]).returncode
+    code = subprocess.run([sys.executable, "-m", "dvc", "repro", "validate"], env=dvc_env()).returncode
     if code != 0:
         raise FrugalError(f"dvc repro validate exited {code}: the data must validate before a sweep")
     if not resume:
@@ -433,7 +434,8 @@ def exps_cmd(ctx: typer.Context) -> None:
     stage and in total, and only the params that differ (no file-hash columns). Extra arguments
     go to `dvc exp show` (e.g. --sort-by accuracy, --csv)."""
 
-    code = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", *EXPS_COLUMNS, *ctx.args]).returncode
+    cmd = [sys.executable, "-m", "dvc", "exp", "show", *EXPS_COLUMNS, *ctx.args]
+    code = subprocess.run(cmd, env=dvc_env()).returncode
     if code:
         raise typer.Exit(code)
 

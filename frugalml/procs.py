@@ -9,10 +9,21 @@ anyone signals that PID.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import psutil
+
+
+def dvc_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a DVC command we start: this interpreter's bin directory first on
+    PATH, because dvc.yaml's ``python -m tasks.<stage>`` must run in this venv even when the
+    user called ``.venv/bin/frugalml`` without activating it."""
+    env = {**os.environ, **(extra or {})}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
 
 
 def _boot_id() -> str:

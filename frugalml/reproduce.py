@@ -9,7 +9,6 @@ the same (bit for bit on CPU with a fixed seed); any difference is listed.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from frugalml.console import info
 from frugalml.errors import FrugalError
+from frugalml.procs import dvc_env
 from frugalml.runs import get_record
 from frugalml.store import Store
 
@@ -75,12 +75,7 @@ def reproduce(store: Store, run_id: str, root: Path = Path("."), keep: bool = Fa
         local = root / ".dvc" / "config.local"
         if local.exists():
             shutil.copy2(local, work / ".dvc" / "config.local")
-        env = {
-            **os.environ,
-            "FRUGALML_RUN_ID": f"reproduce-{run_id}-{uuid.uuid4().hex[:6]}",
-            "PYTHONUNBUFFERED": "1",
-            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
-        }
+        env = dvc_env({"FRUGALML_RUN_ID": f"reproduce-{run_id}-{uuid.uuid4().hex[:6]}", "PYTHONUNBUFFERED": "1"})
         dvc = [sys.executable, "-m", "dvc"]
         info(f"reproduce: {run_id} at commit {commit[:10]} in {work}; pulling its data and model")
         t0 = time.perf_counter()

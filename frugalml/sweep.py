@@ -45,7 +45,7 @@ from frugalml.costs import price
 from frugalml.errors import ConfigError, FrugalError, StorageError
 from frugalml.fsutil import atomic_write_json, read_json
 from frugalml.gates import decide
-from frugalml.procs import ProcessRecord
+from frugalml.procs import ProcessRecord, dvc_env
 from frugalml.store import Store, resolve_settings, settings_env
 from frugalml.trial import ENV as TRIAL_ENV
 from frugalml.trial import make_pruner
@@ -194,7 +194,7 @@ def run_trial(cfg: Params, number: int, experiment: str, overrides: list[str], l
     for o in overrides:
         cmd += ["-S", o]
     cmd.append(TARGET)
-    env = {**os.environ, **_store_env(cfg), TRIAL_ENV: json.dumps(link), "FRUGALML_RUN_ID": experiment}
+    env = dvc_env({**_store_env(cfg), TRIAL_ENV: json.dumps(link), "FRUGALML_RUN_ID": experiment})
     t0 = time.perf_counter()
     res = _run_group(cmd, env, pidfile)
     wall = time.perf_counter() - t0

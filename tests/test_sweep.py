@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -128,7 +129,11 @@ def test_bad_search_spaces_are_one_line_errors(pipeline_repo, setting, message):
 
 
 def test_budget_below_one_trial_is_refused(pipeline_repo):
-    res = run(FRUGALML + ["sweep", "--set", "sweep.budget_usd=0.000001"], pipeline_repo, check=False)
+    # Called as `.venv/bin/frugalml` without the venv on PATH (not activated): the sweep's DVC
+    # commands must still run the stages with this venv's python (they prepare the data first).
+    path = [p for p in os.environ["PATH"].split(os.pathsep) if p and Path(p).resolve() != BIN.resolve()]
+    env = {**os.environ, "PATH": os.pathsep.join(path)}
+    res = run(FRUGALML + ["sweep", "--set", "sweep.budget_usd=0.000001"], pipeline_repo, check=False, env=env)
     assert res.returncode == 2 and "is below one trial's estimate" in res.stderr, res.stderr[-2000:]
     assert not (pipeline_repo / ".frugalml" / "sweeps").exists()
 
