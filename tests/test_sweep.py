@@ -198,9 +198,14 @@ def test_killed_sweep_resumes_without_losing_or_double_billing(pipeline_repo):
             if found and len(json.loads(found[0].read_text())["trials"]) == 1:
                 break
             time.sleep(0.5)
-        time.sleep(3)
         pidfile = found[0].parent / "trial.pid"
-        assert pidfile.exists()  # the second trial is running: its process group is recorded
+        started = time.time() + 120  # the second trial starts (its process group is recorded) ...
+        while not pidfile.exists() and time.time() < started and proc.poll() is None:
+            time.sleep(0.2)
+        assert pidfile.exists(), (repo / "sweep.log").read_text()[-3000:]
+        time.sleep(3)  # ... and runs a little
+        trials = json.loads(found[0].read_text())["trials"]
+        assert len(trials) == 1, (repo / "sweep.log").read_text()[-3000:]
         os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up: the hardest case
         proc.wait(timeout=60)
         leader_record = json.loads(pidfile.read_text())  # the trial's process group, left behind
