@@ -10,7 +10,6 @@ backoff; rejections (validation failed, gate rejected) are not.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ from frugalml.dvcconf import write_local_config
 from frugalml.errors import FrugalError, Rejected, TransientStorageError
 from frugalml.lineage import git_commit, git_dirty
 from frugalml.locks import RUN_LOCK, workspace_lock
+from frugalml.procs import dvc_env
 from frugalml.registry import Registry, write_champion
 from frugalml.runs import STAGES, new_run_id, write_record
 from frugalml.store import Store, resolve_settings
@@ -62,12 +62,7 @@ class StageOutcome:
 
 
 def _env(run_id: str) -> dict:
-    env = dict(os.environ)
-    env["FRUGALML_RUN_ID"] = run_id
-    env["PYTHONUNBUFFERED"] = "1"
-    bindir = str(Path(sys.executable).parent)  # DVC's shell must find this venv's python
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-    return env
+    return dvc_env({"FRUGALML_RUN_ID": run_id, "PYTHONUNBUFFERED": "1"})  # DVC's shell finds this venv's python
 
 
 def _dvc(args: list[str], run_id: str, echo: bool = True) -> tuple[int, str]:
