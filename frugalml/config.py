@@ -271,7 +271,7 @@ class SweepConfig(_Strict):
     objective: Literal["accuracy", "macro_f1"] = "accuracy"  # the quality axis, on the test split
     budget_usd: float = Field(0.05, gt=0)  # compute for the whole sweep (pruned and failed trials included)
     max_trials: int = Field(10, ge=1)
-    parallel: int = Field(1, ge=1, le=1)  # trials at a time (1: DVC runs one temp experiment at a time here)
+    parallel: int = Field(1, ge=1, le=32)  # trials at a time (more than 1: each in its own lane, frugalml/lanes.py)
     sampler: Literal["tpe", "random", "grid"] = "tpe"  # grid: every combination of the choices
     pruner: Literal["hyperband", "successive_halving", "none"] = "hyperband"
     seed: int = 0

@@ -491,6 +491,7 @@ class RunRecord(BaseModel):
     dvc_push: DvcPush = DvcPush()
     storage: StorageUse = StorageUse()
     wall_s: float = 0.0
+    started_at: float | None = None  # unix time the trial started (trials may overlap: sweep.parallel)
     gate: GateDecision | None = None
     package: PackageReport | None = None
     promoted: Promotion | None = None
@@ -531,6 +532,7 @@ class SweepTrial(BaseModel):
     usd: float = 0.0  # the whole trial: DVC's checks, both stages, start-ups (pruned and failed too)
     train_usd: float = 0.0  # the train stage's cost entry (what gates.max_train_usd checks)
     wall_s: float = 0.0
+    started_at: float | None = None  # unix time the trial started (trials may overlap: sweep.parallel)
     gate: GateDecision | None = None
     message: str = ""
 

@@ -24,12 +24,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from frugalml import config
+from frugalml import config, lanes
 from frugalml.config import Params, Range
 from frugalml.console import info
 from frugalml.contracts import (
@@ -48,7 +49,7 @@ from frugalml.gates import decide
 from frugalml.procs import ProcessRecord, dvc_env
 from frugalml.store import Store, resolve_settings, settings_env
 from frugalml.trial import ENV as TRIAL_ENV
-from frugalml.trial import make_pruner
+from frugalml.trial import make_pruner, open_storage
 
 TARGET = "evaluate"  # the stages a trial runs: train and evaluate (and whatever changed before them)
 CARRIED = ("dvc.lock", "metrics", "costs", "reports", "plots")  # untracked files a trial starts from
@@ -124,13 +125,18 @@ def recommend(trials: list[SweepTrial], objective: str = "accuracy") -> int | No
 
 
 # -- one trial: a DVC experiment ------------------------------------------------------------------
-def _run_group(cmd: list[str], env: dict, pidfile: Path) -> subprocess.CompletedProcess:
-    """Run ``cmd`` in its own process group, recorded in ``pidfile``. If this process is
-    interrupted (Ctrl-C, SIGTERM) the whole group goes too: DVC and the stage it runs; if this
-    process is killed outright, ``--resume`` finds the group in ``pidfile`` and stops it."""
+RUNNING: set[int] = set()  # process groups of the trials running now (killed when the sweep stops)
+
+
+def _run_group(cmd: list[str], env: dict, pidfile: Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group, recorded in ``pidfile``. If the sweep is
+    interrupted (Ctrl-C, SIGTERM) the whole group goes too: DVC and the stage it runs (see
+    ``stop_running``); if the sweep is killed outright, ``--resume`` finds the group in
+    ``pidfile`` and stops it."""
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True, cwd=cwd
     )
+    RUNNING.add(proc.pid)
     record = ProcessRecord.of(proc.pid)
     if record is not None:
         atomic_write_json(pidfile, record.as_dict())
@@ -141,8 +147,15 @@ def _run_group(cmd: list[str], env: dict, pidfile: Path) -> subprocess.Completed
         proc.wait()
         raise
     finally:
+        RUNNING.discard(proc.pid)
         pidfile.unlink(missing_ok=True)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, errs)
+
+
+def stop_running() -> None:
+    """Stop every trial's process group (the sweep is being interrupted)."""
+    for pgid in list(RUNNING):
+        _kill_group(pgid)
 
 
 def _kill_group(pgid: int) -> None:
@@ -166,13 +179,15 @@ def stop_orphaned_trial(pidfile: Path) -> bool:
     return True
 
 
-def _git_show(ref: str, path: str) -> str | None:
-    res = subprocess.run(["git", "show", f"{ref}:{path}"], capture_output=True, text=True)
+def _git_show(ref: str, path: str, cwd: Path | None = None) -> str | None:
+    res = subprocess.run(["git", "show", f"{ref}:{path}"], capture_output=True, text=True, cwd=cwd)
     return res.stdout if res.returncode == 0 else None
 
 
-def _exp_ref(name: str) -> str | None:
-    res = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], capture_output=True, text=True)
+def _exp_ref(name: str, cwd: Path | None = None) -> str | None:
+    res = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], capture_output=True, text=True, cwd=cwd
+    )
     return next((r for r in res.stdout.split() if r.endswith("/" + name)), None)
 
 
@@ -185,29 +200,42 @@ def _store_env(cfg: Params) -> dict[str, str]:
         return {}  # no store: the stages say so themselves if they need one
 
 
-def run_trial(cfg: Params, number: int, experiment: str, overrides: list[str], link: dict, pidfile: Path) -> SweepTrial:
-    """``dvc exp run --temp`` for one trial, then its reports read from the experiment's commit."""
+def run_trial(
+    cfg: Params, number: int, experiment: str, overrides: list[str], link: dict, pidfile: Path, lane: Path | None = None
+) -> SweepTrial:
+    """``dvc exp run --temp`` for one trial (in the workspace, or in a lane when trials run side
+    by side), then its reports read from the experiment's commit."""
     cmd = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", experiment]
     for path in CARRIED:  # what `dvc repro validate` left that git does not track: without it, every
-        if Path(path).exists():  # trial would prepare and validate the data again (and pay for it)
+        if Path(lane or ".", path).exists():  # trial would prepare and validate the data again (and pay)
             cmd += ["--copy-paths", path]
     for o in overrides:
         cmd += ["-S", o]
     cmd.append(TARGET)
     env = dvc_env({**_store_env(cfg), TRIAL_ENV: json.dumps(link), "FRUGALML_RUN_ID": experiment})
-    t0 = time.perf_counter()
-    res = _run_group(cmd, env, pidfile)
+    started, t0 = time.time(), time.perf_counter()
+    res = _run_group(cmd, env, pidfile, cwd=lane)
     wall = time.perf_counter() - t0
     usd = price({"wall_s": wall}, cfg.costs)["total_usd"]
-    trial = SweepTrial(number=number, experiment=experiment, overrides=overrides, state="failed", usd=usd, wall_s=wall)
-    ref = _exp_ref(experiment) if res.returncode == 0 else None
+    trial = SweepTrial(
+        number=number,
+        experiment=experiment,
+        overrides=overrides,
+        state="failed",
+        usd=usd,
+        wall_s=wall,
+        started_at=round(started, 3),
+    )
+    ref = _exp_ref(experiment, lane) if res.returncode == 0 else None
     if ref is None:
         tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
         trial.message = f"dvc exp run exited {res.returncode}: " + " | ".join(tail)
         return trial
-    ev = EvalReport.model_validate_json(_git_show(ref, str(EvalReport.PATH)) or "{}")
-    tr = TrainReport.model_validate_json(_git_show(ref, str(TrainReport.PATH)) or "{}")
-    cost = CostEntry.model_validate_json(_git_show(ref, str(cost_file("train"))) or "{}")
+    if lane is not None:
+        lanes.publish(lane, ref)  # the workspace's `dvc exp show` lists it, `dvc exp apply` takes it
+    ev = EvalReport.model_validate_json(_git_show(ref, str(EvalReport.PATH), lane) or "{}")
+    tr = TrainReport.model_validate_json(_git_show(ref, str(TrainReport.PATH), lane) or "{}")
+    cost = CostEntry.model_validate_json(_git_show(ref, str(cost_file("train")), lane) or "{}")
     trial_cfg = config.validate(config.apply_overrides(config.dump(cfg), overrides))
     trial.state = "pruned" if tr.stopped == "pruned" else "complete"
     trial.accuracy, trial.macro_f1 = ev.accuracy, ev.macro_f1
@@ -245,14 +273,14 @@ class Sweep:
         sampler = self._sampler()
         self.study = optuna.create_study(
             study_name=sweep_id,
-            storage=self.storage,
+            storage=open_storage(self.storage),
             directions=["maximize", "minimize"],
             sampler=sampler,
             load_if_exists=resume,
         )
         self.prune_study = optuna.create_study(
             study_name=f"{sweep_id}-prune",
-            storage=self.storage,
+            storage=open_storage(self.storage),
             direction="maximize",
             pruner=self._pruner(),
             load_if_exists=resume,
@@ -262,9 +290,11 @@ class Sweep:
             # allow; enqueued trials give the same grid, kept in the storage for --resume.
             for combo in itertools.product(*grid(self.space).values()):
                 self.study.enqueue_trial(dict(zip(self.space, combo)))
+        self._lock, self._stopping = threading.Lock(), False
         if resume:
-            if stop_orphaned_trial(self.pidfile):
-                info("sweep: stopped the trial the killed sweep left running")
+            for pidfile in folder.glob("trial*.pid"):  # one per lane when trials ran side by side
+                if stop_orphaned_trial(pidfile):
+                    info(f"sweep: stopped a trial the killed sweep left running ({pidfile.name})")
             self.record = SweepRecord.read(sweep_id)
             self.record.status = "running"
             self._close_interrupted()
@@ -326,35 +356,71 @@ class Sweep:
         try:
             self._loop(progress)
         except KeyboardInterrupt:
+            self._stopping = True
+            stop_running()
             self.record.status = "interrupted"
-            self._save()
+            with self._lock:
+                self._save()
             progress(f"sweep: interrupted; `frugalml sweep --resume {self.id}` continues it")
             raise
+        finally:
+            if self.cfg.sweep.parallel > 1:
+                lanes.remove_lanes(self.id)
         self._save()
         return self.record
 
     def _loop(self, progress: Callable[[str], None]) -> None:
-        s = self.cfg.sweep
-        while True:
-            finished = len([t for t in self.record.trials if t.state != "interrupted"])
-            if finished >= s.max_trials or (s.sampler == "grid" and finished >= grid_size(self.space)):
-                self.record.status = "finished"
-                break
-            left = s.budget_usd - self.spent
-            if left <= 0 or (self.record.trials and left < min(t.usd for t in self.record.trials if t.usd > 0)):
-                self.record.status = "budget"
-                progress(f"sweep: budget ${s.budget_usd:g} reached (${self.spent:.5f} spent); stopping")
-                break
-            self._one_trial(left, progress)
+        """Up to ``sweep.parallel`` trials at a time, each in its own lane (one: in the workspace).
+        A new trial starts while the trial count and the budget allow; the budget left is shared
+        among the trials running (each gets its share as its live ``train.max_usd``)."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    def _one_trial(self, left_usd: float, progress: Callable[[str], None]) -> None:
-        trial = self.study.ask()
-        prune_trial = self.prune_study.ask()
+        n = self.cfg.sweep.parallel
+        if n > 1:
+            progress(f"sweep: {n} trials at a time, each in its own copy of the workspace")
+        free = lanes.make_lanes(self.id, n, CARRIED) if n > 1 else [None]
+        running: dict = {}  # future -> (lane, its share of the budget)
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            while True:
+                while free and (share := self._next_share(running, len(free), progress)) is not None:
+                    lane = free.pop()
+                    running[pool.submit(self._one_trial, share, lane, progress)] = (lane, share)
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    free.append(running.pop(future)[0])
+                    future.result()  # a bug in the loop itself surfaces here
+
+    def _next_share(self, running: dict, free: int, progress: Callable[[str], None]) -> float | None:
+        """The budget a new trial may spend, or None when no trial should start now."""
+        s = self.cfg.sweep
+        with self._lock:
+            finished = len([t for t in self.record.trials if t.state != "interrupted"])
+            if finished + len(running) >= s.max_trials or (
+                s.sampler == "grid" and finished + len(running) >= grid_size(self.space)
+            ):
+                if not running:
+                    self.record.status = "finished"
+                return None
+            left = s.budget_usd - self.spent - sum(share for _, share in running.values())
+            cheapest = min((t.usd for t in self.record.trials if t.usd > 0), default=0.0)
+            if left <= 0 or left < cheapest:
+                if not running:
+                    self.record.status = "budget"
+                    progress(f"sweep: budget ${s.budget_usd:g} reached (${self.spent:.5f} spent); stopping")
+                return None
+            return left / free
+
+    def _one_trial(self, share_usd: float, lane: Path | None, progress: Callable[[str], None]) -> None:
+        with self._lock:
+            trial = self.study.ask()
+            prune_trial = self.prune_study.ask()
         overrides = suggest(trial, self.space)
         for key, value in trial.params.items():  # the companion study sees the same settings
             prune_trial.set_user_attr(key, value)
-        # the live budget of the train stage: what the sweep has left
-        run_overrides = [*overrides, f"train.max_usd={round(left_usd, 6)}"]
+        # the live budget of the train stage: this trial's share of what the sweep has left
+        run_overrides = [*overrides, f"train.max_usd={round(share_usd, 6)}"]
         experiment = f"{self.id}-t{trial.number}"
         progress(f"sweep: trial {trial.number + 1}/{self.cfg.sweep.max_trials} {experiment}: {' '.join(overrides)}")
         link = {
@@ -364,8 +430,18 @@ class Sweep:
             "pruner": self.cfg.sweep.pruner,  # Optuna does not store it: the trial builds the same one
             "max_epochs": self._max_epochs(),
         }
-        result = run_trial(self.cfg, trial.number, experiment, run_overrides, link, self.pidfile)
+        pidfile = self.pidfile if lane is None else self.pidfile.with_name(f"trial-{lane.name}.pid")
+        result = run_trial(self.cfg, trial.number, experiment, run_overrides, link, pidfile, lane)
         result.overrides = overrides
+        if self._stopping:  # killed by the interrupt: --resume records it as interrupted
+            return
+        with self._lock:
+            self._tell(trial, prune_trial, result)
+            self.record.trials.append(result)
+            self._save()
+            progress(self._progress_line(trial.number, result))
+
+    def _tell(self, trial, prune_trial, result: SweepTrial) -> None:
         T = self.optuna.trial.TrialState
         if result.state == "failed":
             self.study.tell(trial, state=T.FAIL)
@@ -376,12 +452,12 @@ class Sweep:
         else:
             self.study.tell(trial, [result.score(self.record.objective), result.usd])
             self.prune_study.tell(prune_trial, result.score(self.record.objective))
-        self.record.trials.append(result)
-        self._save()
+
+    def _progress_line(self, number: int, result: SweepTrial) -> str:
         best = next((t for t in self.record.trials if t.number == self.record.recommended), None)
         obj, score = self.record.objective, result.score(self.record.objective)
-        progress(
-            f"sweep: trial {trial.number + 1} {result.state}: {obj} "
+        return (
+            f"sweep: trial {number + 1} {result.state}: {obj} "
             f"{'-' if score is None else f'{score:.4f}'}, ${result.usd:.5f} "
             f"({result.wall_s:.0f} s) | spent ${self.spent:.5f} of ${self.cfg.sweep.budget_usd:g} | "
             + (

@@ -29,13 +29,23 @@ def make_pruner(name: str, max_epochs: int):
     return optuna.pruners.NopPruner()
 
 
+def open_storage(url: str):
+    """The sweep's SQLite storage, waiting up to a minute for a lock: trials running side by side
+    (``sweep.parallel``) and the sweep itself write to it at the same time."""
+    import optuna  # lazy: only sweeps load Optuna
+
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+
+
 class TrialLink:
     def __init__(self, storage: str, study: str, trial_id: int, pruner: str, max_epochs: int):
         import optuna  # lazy: only a sweep's trials load Optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # load_study without a pruner would prune with Optuna's default (MedianPruner)
-        self._study = optuna.load_study(study_name=study, storage=storage, pruner=make_pruner(pruner, max_epochs))
+        self._study = optuna.load_study(
+            study_name=study, storage=open_storage(storage), pruner=make_pruner(pruner, max_epochs)
+        )
         self._trial = optuna.trial.Trial(self._study, trial_id)
 
     @classmethod

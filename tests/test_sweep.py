@@ -142,9 +142,13 @@ SPACE = "sweep.space={train.finetune: [head, full], train.epochs: [1, 3]}"
 
 
 def test_sweep_runs_trials_as_dvc_experiments_and_recommends_one(pipeline_repo, store):
+    """Two trials at a time (sweep.parallel=2), each in its own lane: the DVC experiments of both
+    lanes end up in the workspace, the Optuna storage and DVC's cache are shared under load."""
     repo = pipeline_repo
     res = run(
-        FRUGALML + ["sweep", "--set", SPACE, "--set", "sweep.sampler=grid", "--set", "sweep.budget_usd=1"],
+        FRUGALML
+        + ["sweep", "--set", SPACE, "--set", "sweep.sampler=grid", "--set", "sweep.budget_usd=1"]
+        + ["--set", "sweep.parallel=2"],
         repo,
         timeout=1500,
     )
@@ -157,6 +161,9 @@ def test_sweep_runs_trials_as_dvc_experiments_and_recommends_one(pipeline_repo, 
     assert len(set(settings)) == 4  # the grid, each combination once
     assert record["spent_usd"] == pytest.approx(sum(t["usd"] for t in record["trials"]), abs=1e-6)
     assert all(t["usd"] > 0 and t["state"] in ("complete", "pruned") for t in record["trials"])
+    spans = sorted((t["started_at"], t["started_at"] + t["wall_s"]) for t in record["trials"])
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans  # trials ran side by side
+    assert not (repo / ".frugalml" / "lanes" / sweep_id).exists()  # the lanes are removed
     assert record["front"] and record["recommended"] is not None
     rec = next(t for t in record["trials"] if t["number"] == record["recommended"])
     assert rec["gate"]["decision"] == "accept"
