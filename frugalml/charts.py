@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 
 from frugalml.config import GatesConfig
-from frugalml.contracts import STAGES, RunRecord, SweepRecord
+from frugalml.contracts import STAGES, LabelCurve, RunRecord, SweepRecord
 from frugalml.fsutil import atomic_write_bytes
 
 STAGE_COLORS = dict(zip(STAGES, ("#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974", "#64b5cd")))
@@ -109,4 +109,47 @@ def plot_frontier(record: SweepRecord, path: Path, gates: GatesConfig) -> None:
         cost_ax.scatter(rec.usd, rec.score(obj), s=220, facecolors="none", edgecolors=LABEL_COLOR, linewidths=2)
     cost_ax.set_title(f"Sweep {record.id}: Pareto front (line), recommended (ring)", fontsize=9)
     lat_ax.set_title("o: passes the gates, x: rejected; grey: pruned", fontsize=9)
+    _save(plt, fig, path)
+
+
+def plot_label_curve(curve: LabelCurve, path: Path) -> None:
+    """Test accuracy vs labeled train images: the measured points, the fitted power law out to
+    4x the labels with its band at 1.5x/2x/4x, the target drawn, a second axis in USD of labels."""
+    import numpy as np
+
+    plt, fig, axes = _figure(7.0, 4.2)
+    ax = axes[0][0]
+    a, b, c = curve.fit["a"], curve.fit["b"], curve.fit["c"]
+    ns = [p.n for p in curve.points]
+    grid = np.linspace(min(ns), max(p.n for p in curve.projections), 200)
+    ax.plot(
+        grid, a - b * grid**-c, color=STAGE_COLORS["train"], linewidth=1.2, label=f"fit: {a:.3f} - {b:.3g} n^-{c:.2f}"
+    )
+    ax.scatter(ns, [p.accuracy for p in curve.points], color=STAGE_COLORS["ingest"], zorder=3, label="measured")
+    for p in curve.projections:
+        ax.errorbar(
+            p.n,
+            p.accuracy,
+            yerr=[[p.accuracy - p.low], [p.high - p.accuracy]],
+            fmt="s",
+            color=LABEL_COLOR,
+            capsize=3,
+            markersize=4,
+        )
+        ax.annotate(
+            f"{p.multiple:g}x: +${p.labels_usd:,.0f}",
+            (p.n, p.accuracy),
+            textcoords="offset points",
+            xytext=(4, -12),
+            fontsize=7,
+        )
+    ax.axhline(curve.target_accuracy, color=OTHER_COLOR, linestyle="--", linewidth=1)
+    ax.text(grid[0], curve.target_accuracy, " labels.target_accuracy", va="bottom", fontsize=7)
+    ax.set(xlabel="labeled train images", ylabel="test accuracy")
+    usd = ax.secondary_xaxis(
+        "top",
+        functions=(lambda n: n * curve.labeling_usd_per_image, lambda d: d / max(curve.labeling_usd_per_image, 1e-12)),
+    )
+    usd.set_xlabel("USD of train labels", fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
     _save(plt, fig, path)

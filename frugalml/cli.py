@@ -14,6 +14,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -47,11 +48,13 @@ data_app = typer.Typer(no_args_is_help=True, help="Labeled image sources.")
 runs_app = typer.Typer(no_args_is_help=True, help="Run records in the object store.")
 models_app = typer.Typer(no_args_is_help=True, help="The model registry.")
 weights_app = typer.Typer(no_args_is_help=True, help="Pretrained backbone weights and the team mirror in the store.")
+labels_app = typer.Typer(no_args_is_help=True, help="What more labels buy, and which labels are wrong.")
 app.add_typer(storage_app, name="storage")
 app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
 app.add_typer(weights_app, name="weights")
+app.add_typer(labels_app, name="labels")
 
 _state = {"debug": False}
 
@@ -423,6 +426,94 @@ def frontier_cmd(
             raise ConfigError("--apply: no trial passes every gate, so there is nothing to apply")
         config.write_overrides("params.yaml", rec.overrides)
         err.print(f"params.yaml: {' '.join(rec.overrides)} (trial {rec.number + 1}); `frugalml run` trains it")
+
+
+# -- labels -------------------------------------------------------------------------------
+@labels_app.command("curve")
+def labels_curve(
+    as_json: bool = typer.Option(False, "--json", help="Print the curve as JSON."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the chart here (default reports/label_curve.png)."),
+    set_: list[str] = typer.Option([], "--set", help="KEY=VALUE overrides for this command only."),
+) -> None:
+    """Test accuracy on nested subsets of the train labels, the fitted power law, and what 1.5x / 2x /
+    4x the labels (or labels.target_accuracy) would buy and cost. Seconds: frozen-backbone features."""
+    from frugalml import labels  # lazy: torch, scikit-learn, scipy
+    from frugalml.charts import plot_label_curve
+
+    cfg, started = _cfg(set_), time.perf_counter()
+    result = labels.curve(cfg, labels.labeled_features(cfg), progress=lambda line: err.print(line))
+    labels.bill(cfg, result, started)
+    result.write()
+    png = plot or Path("reports/label_curve.png")
+    plot_label_curve(result, png)
+    if as_json:
+        print(result.model_dump_json(indent=2))
+        return
+    _print_curve(result, png)
+
+
+def _print_curve(c, png: Path) -> None:
+    t = Table(title=f"More labels, by the fitted curve (backbone {c.backbone})", box=box.SIMPLE_HEAD)
+    for col in ("train labels", "test accuracy", "95% band", "extra labels", "their cost"):
+        t.add_column(col, justify="right")
+    n_now = c.points[-1].n
+    t.add_row(f"{n_now} (now)", f"{c.points[-1].accuracy:.4f}", "measured", "-", "-")
+    for p in c.projections:
+        t.add_row(
+            f"{p.n} ({p.multiple:g}x)",
+            f"{p.accuracy:.4f}",
+            f"{p.low:.4f}-{p.high:.4f}",
+            f"{p.extra_labels:,}",
+            f"${p.labels_usd:,.2f}",
+        )
+    err.print(t)
+    if c.target_n is None:
+        err.print(
+            f"target accuracy {c.target_accuracy}: beyond the fitted ceiling ({c.fit['a']:.4f}) for this head: "
+            "more labels alone will not reach it (a better backbone or full fine-tuning might)"
+        )
+    else:
+        err.print(
+            f"target accuracy {c.target_accuracy}: about {c.target_extra_labels:,} more train labels "
+            f"({c.target_n:,} in all), ${c.target_usd:,.2f} at ${c.labeling_usd_per_image:g} per label"
+        )
+    if c.backtest_error_pp is not None:
+        fr = ", ".join(f"{f:g}" for f in c.backtest_fractions)
+        err.print(
+            f"backtest: fitted on fractions {fr} only, it predicts {c.backtest_predicted:.4f} at 1.0; "
+            f"measured {c.backtest_measured:.4f} ({c.backtest_error_pp:+.2f} pp)"
+        )
+    err.print(f"{c.head}; {c.wall_s:.1f} s, ${c.usd:.6f} of compute; chart: {png}; record: {c.PATH}")
+
+
+@labels_app.command("audit")
+def labels_audit(
+    as_json: bool = typer.Option(False, "--json", help="Print the audit as JSON."),
+    set_: list[str] = typer.Option([], "--set", help="KEY=VALUE overrides for this command only."),
+) -> None:
+    """Labels that out-of-sample predictions contradict (k-fold on frozen-backbone features, then
+    cleanlab): an HTML page with thumbnails, a CSV of every flagged image, metrics/label_audit.json."""
+    from frugalml import labels  # lazy: torch, scikit-learn, cleanlab
+    from frugalml.contracts import LabelAudit
+
+    cfg, started = _cfg(set_), time.perf_counter()
+    report, issues = labels.audit(cfg, labels.labeled_features(cfg))
+    labels.bill(cfg, report, started)
+    labels.write_audit(report, issues)
+    if as_json:
+        print(report.model_dump_json(indent=2))
+        return
+    t = Table(title=f"Label audit: {report.issues} of {report.images} labels look wrong", box=box.SIMPLE_HEAD)
+    for col in ("source file", "split", "given", "suggested", "quality"):
+        t.add_column(col)
+    for i in report.top[:15]:
+        t.add_row(i.source_path, i.split, i.given, i.suggested, f"{i.quality:.4f}")
+    err.print(t)
+    err.print(
+        f"{report.issue_ratio:.1%} flagged (${report.labels_usd_flagged:,.2f} of labels); out-of-sample accuracy "
+        f"{report.out_of_sample_accuracy:.4f} ({report.folds}-fold); {report.wall_s:.1f} s, ${report.usd:.6f}; "
+        f"report: {LabelAudit.HTML}, every image: {LabelAudit.CSV}"
+    )
 
 
 EXPS_COLUMNS = ["--only-changed", "--drop", ".*/"]  # the deps columns are paths (they hold a '/')

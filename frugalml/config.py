@@ -277,6 +277,28 @@ class SweepConfig(_Strict):
     seed: int = 0
 
 
+class LabelsConfig(_Strict):
+    """``frugalml labels``: what more labels buy and which labels are wrong (on cached features)."""
+
+    curve_fractions: list[float] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0]  # nested subsets of the train split
+    target_accuracy: float = Field(0.98, gt=0, le=1)  # "how many labels to reach it?"
+    bootstrap: int = Field(200, ge=20, le=10_000)  # resamples of the test split for the curve's band
+    audit_folds: int = Field(5, ge=2, le=20)  # out-of-sample probabilities for the audit (k-fold)
+    # cleanlab's find_label_issues(filter_by=...): "both" flags what two of its rules agree on
+    audit_filter_by: Literal["both", "prune_by_noise_rate", "prune_by_class", "confident_learning"] = "both"
+    seed: int = 0
+
+    @field_validator("curve_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in v):
+            raise ValueError("every fraction must be in (0, 1]")
+        v = sorted(set(v))
+        if len(v) < 3 or v[-1] != 1.0:
+            raise ValueError("give at least 3 fractions, the last one 1.0 (the whole train split)")
+        return v
+
+
 class Params(_Strict):
     data: DataConfig = DataConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
@@ -289,6 +311,7 @@ class Params(_Strict):
     serving: ServingConfig = ServingConfig()
     promotion: PromotionConfig = PromotionConfig()
     sweep: SweepConfig = SweepConfig()
+    labels: LabelsConfig = LabelsConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -491,7 +491,6 @@ class RunRecord(BaseModel):
     dvc_push: DvcPush = DvcPush()
     storage: StorageUse = StorageUse()
     wall_s: float = 0.0
-    started_at: float | None = None  # unix time the trial started (trials may overlap: sweep.parallel)
     gate: GateDecision | None = None
     package: PackageReport | None = None
     promoted: Promotion | None = None
@@ -574,3 +573,77 @@ class SweepRecord(BaseModel):
             raise DataError(f"no sweep {sweep_id!r} here ({path} is missing); `frugalml frontier` lists them") from None
         except ValidationError as exc:
             raise DataError(f"{path} is not a valid SweepRecord: {exc.errors()[0]['msg']}") from None
+
+
+# -- frugalml labels ------------------------------------------------------------------------------
+class CurvePoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fraction: float  # of the train split
+    n: int  # labeled train images
+    accuracy: float  # on the test split
+
+
+class Projection(BaseModel):
+    """What ``multiple`` x the train labels would buy, by the fitted curve."""
+
+    model_config = ConfigDict(extra="forbid")
+    multiple: float
+    n: int
+    accuracy: float
+    low: float  # the bootstrap band (2.5th and 97.5th percentiles)
+    high: float
+    extra_labels: int
+    labels_usd: float  # the extra labels at costs.prices.labeling_usd_per_image
+
+
+class LabelCurve(Contract):
+    """``frugalml labels curve``: test accuracy vs labeled train images, and what more would buy."""
+
+    PATH: ClassVar[Path] = Path("metrics/label_curve.json")
+    backbone: str  # where the frozen features come from (model.pretrained)
+    head: str
+    points: list[CurvePoint]
+    fit: dict[str, float]  # accuracy = a - b * n ** -c
+    projections: list[Projection]
+    target_accuracy: float
+    target_n: int | None = None  # train labels the fit needs for the target (None: beyond its ceiling a)
+    target_extra_labels: int | None = None
+    target_usd: float | None = None
+    backtest_fractions: list[float] = []  # the fit on these (<= 0.5) ...
+    backtest_predicted: float | None = None  # ... predicts the accuracy at 1.0 ...
+    backtest_measured: float | None = None  # ... measured here
+    backtest_error_pp: float | None = None
+    labeling_usd_per_image: float
+    wall_s: float
+    usd: float  # the command's compute
+
+
+class LabelIssue(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source_path: str  # the file in the labeled source (where the label is fixed)
+    path: str  # its prepared name (data/manifest.csv)
+    sha256: str
+    split: str
+    given: str
+    suggested: str
+    quality: float  # cleanlab's label quality score: low = likely wrong
+
+
+class LabelAudit(Contract):
+    """``frugalml labels audit``: labels that out-of-sample predictions contradict (cleanlab)."""
+
+    PATH: ClassVar[Path] = Path("metrics/label_audit.json")
+    CSV: ClassVar[Path] = Path("reports/label_audit.csv")
+    HTML: ClassVar[Path] = Path("reports/label_audit.html")
+    backbone: str
+    head: str
+    folds: int
+    images: int
+    issues: int
+    issue_ratio: float
+    out_of_sample_accuracy: float
+    issues_by_class: dict[str, int]  # given label -> flagged images
+    labels_usd_flagged: float  # what the flagged labels cost (and relabeling them would cost again)
+    top: list[LabelIssue]  # the worst first (all of them are in the CSV)
+    wall_s: float
+    usd: float
