@@ -30,7 +30,7 @@ from frugalml.contracts import STAGES as STAGE_NAMES
 from frugalml.contracts import RunRecord, SweepRecord
 from frugalml.dvcconf import write_local_config
 from frugalml.embedded import EmbeddedS3
-from frugalml.errors import ConfigError, FrugalError, StorageError
+from frugalml.errors import ConfigError, DataError, FrugalError, StorageError
 from frugalml.estimate import Estimate, estimate
 from frugalml.locks import RUN_LOCK, workspace_lock
 from frugalml.procs import dvc_env
@@ -513,6 +513,67 @@ def labels_audit(
         f"{report.issue_ratio:.1%} flagged (${report.labels_usd_flagged:,.2f} of labels); out-of-sample accuracy "
         f"{report.out_of_sample_accuracy:.4f} ({report.folds}-fold); {report.wall_s:.1f} s, ${report.usd:.6f}; "
         f"report: {LabelAudit.HTML}, every image: {LabelAudit.CSV}"
+    )
+
+
+@labels_app.command("next")
+def labels_next(
+    budget: int = typer.Option(..., "--budget", help="How many images to label next."),
+    as_json: bool = typer.Option(False, "--json", help="Print the batch as JSON."),
+    set_: list[str] = typer.Option([], "--set", help="KEY=VALUE overrides for this command only."),
+) -> None:
+    """The images of labels.unlabeled to label next: the most uncertain for the current head, spread
+    out by k-center greedy; a CSV, a Label Studio import file (presigned image URLs) and the price."""
+    from frugalml import annotation  # lazy: torch, scikit-learn
+    from frugalml.labels import bill
+
+    cfg, started = _cfg(set_), time.perf_counter()
+    batch, classes = annotation.next_batch(cfg, budget, progress=lambda line: err.print(line))
+    bill(cfg, batch, started)
+    annotation.write_next(batch, classes)
+    if as_json:
+        print(batch.model_dump_json(indent=2))
+        return
+    t = Table(title=f"Label next: {len(batch.chosen)} of {batch.candidates} new images", box=box.SIMPLE_HEAD)
+    for col in ("rank", "source file", batch.uncertainty, "head's guess"):
+        t.add_column(col)
+    for c in batch.chosen[:20]:
+        t.add_row(str(c.rank), c.source_path, f"{c.uncertainty:.4f}", c.predicted)
+    err.print(t)
+    if len(batch.chosen) < budget:
+        err.print(f"only {len(batch.chosen)} new images in labels.unlabeled: all of them are in the batch")
+    err.print(
+        f"labeling them: ${batch.labels_usd:,.2f} at ${cfg.costs.prices.labeling_usd_per_image:g} per image; "
+        f"{batch.wall_s:.1f} s, ${batch.usd:.6f} of compute. Label Studio: import {batch.TASKS} into a project "
+        f"with the interface in {batch.CONFIG} (image URLs expire in {batch.url_expiry_s // 3600} h); "
+        f"list: {batch.CSV}. Then `frugalml labels import EXPORT.json`."
+    )
+
+
+@labels_app.command("import")
+def labels_import(
+    export: Path = typer.Argument(..., help="A Label Studio JSON export of `labels next` tasks."),
+    set_: list[str] = typer.Option([], "--set", help="KEY=VALUE overrides for this command only."),
+) -> None:
+    """Label Studio's answers become <class>/<file> images in data.source (S3 prefix or folder), with
+    the task and annotator kept as provenance; the next run ingests and prices only those. Any
+    problem (unknown class, missing image, malformed export): all are listed, nothing is written."""
+    from frugalml import annotation  # lazy
+
+    cfg = _cfg(set_)
+    annotation.check_destination(cfg)
+    record, blobs, problems = annotation.plan_import(cfg, export)
+    if problems:
+        shown = "\n".join(f"  - {p}" for p in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise DataError(f"{export}: {len(problems)} problems, nothing imported:\n{shown}{more}")
+    annotation.write_import(cfg, record, blobs)
+    price = cfg.costs.prices.labeling_usd_per_image
+    err.print(
+        f"imported {len(record.labels)} labels into {cfg.data.source}"
+        + (f" ({record.already_labeled} were labeled already)" if record.already_labeled else "")
+        + f"; provenance: .frugalml/labels/imports/{record.id}.json. The next `frugalml run` ingests them "
+        f"and prices them (${len(record.labels) * price:,.2f} at ${price:g} per label)"
     )
 
 

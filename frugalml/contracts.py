@@ -647,3 +647,56 @@ class LabelAudit(Contract):
     top: list[LabelIssue]  # the worst first (all of them are in the CSV)
     wall_s: float
     usd: float
+
+
+class NextImage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rank: int
+    source_path: str  # in labels.unlabeled
+    sha256: str
+    uncertainty: float  # 1 - (top-1 minus top-2 probability), or the entropy
+    predicted: str  # the current head's guess (not shown to annotators)
+    url: str  # presigned GET URL the annotators open
+
+
+class NextBatch(Contract):
+    """``frugalml labels next``: the images to label next, why, and what labeling them costs."""
+
+    PATH: ClassVar[Path] = Path("reports/labels_next.json")
+    CSV: ClassVar[Path] = Path("reports/labels_next.csv")
+    TASKS: ClassVar[Path] = Path("reports/labels_next_tasks.json")  # Label Studio import
+    CONFIG: ClassVar[Path] = Path("reports/labels_next_config.xml")  # Label Studio labeling interface
+    id: str
+    unlabeled: str
+    candidates: int  # new images in the unlabeled source (already-labeled content skipped)
+    skipped: dict[str, int]  # reason -> images not considered (already labeled, not an image, ...)
+    budget: int
+    uncertainty: str
+    chosen: list[NextImage]
+    labels_usd: float
+    url_expiry_s: int
+    wall_s: float = 0.0
+    usd: float = 0.0
+
+
+class ImportedLabel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task_id: int | str
+    annotation_id: int | str | None = None
+    annotator: str
+    label: str
+    source_path: str  # in labels.unlabeled
+    sha256: str
+    dest: str  # where it was written in data.source
+
+
+class ImportRecord(BaseModel):
+    """``frugalml labels import``: provenance of each imported label (``labels/imports/<id>.json``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str  # the export's sha256 (first 16 hex): a replayed import is the same record
+    export: str  # the file imported
+    created: str
+    destination: str  # data.source
+    labels: list[ImportedLabel]
+    already_labeled: int = 0  # the same image with the same label was there already

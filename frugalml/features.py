@@ -105,6 +105,11 @@ class _Headless(nn.Module):
             setattr(parent, attr, self.head)
 
 
+def headless(model: nn.Module) -> nn.Module:
+    """``model`` without its head, in eval mode: image batch -> feature vectors."""
+    return _Headless(model).eval()
+
+
 @torch.no_grad()
 def extract(model: nn.Module, rows: list[dict], root: Path, cfg: Params, device: torch.device) -> torch.Tensor:
     """The backbone's features for ``rows`` (eval mode, in order), batch by batch, with progress."""
@@ -112,11 +117,11 @@ def extract(model: nn.Module, rows: list[dict], root: Path, cfg: Params, device:
     ds = ManifestDataset(rows, root, sorted({r["label"] for r in rows}), eval_transform(m.image_size, m.mean, m.std))
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=False)
     was_training = model.training
-    headless = _Headless(model).eval()
+    net = headless(model)
     out = []
     progress = Progress("train: computing backbone features", len(rows), "images")
     for x, _ in loader:
-        out.append(headless(x.to(device)).float().cpu())
+        out.append(net(x.to(device)).float().cpu())
         progress.update(len(x))
     progress.close()
     model.train(was_training)

@@ -45,6 +45,7 @@ class Labeled:
     y: np.ndarray
     classes: list[str]
     backbone: str
+    model: object = None  # the backbone's model (for features of more images: labels next)
 
     def split(self, name: str) -> np.ndarray:
         return np.array([i for i, r in enumerate(self.rows) if r["split"] == name], dtype=int)
@@ -70,7 +71,7 @@ def labeled_features(cfg: Params) -> Labeled:
     X, _ = features.features_for(model, rows, PREPARED, cfg, torch.device("cpu"), store)
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[r["label"]] for r in rows])
-    return Labeled(rows, X.numpy().astype(np.float64), y, classes, f"{cfg.model.arch} ({start})")
+    return Labeled(rows, X.numpy().astype(np.float64), y, classes, f"{cfg.model.arch} ({start})", model)
 
 
 def make_head(seed: int, c: float = 1.0):
@@ -94,8 +95,8 @@ def choose_c(X: np.ndarray, y: np.ndarray, seed: int) -> float:
     return C_GRID[int(np.argmax(scores))]  # ties: the stronger regularisation
 
 
-def bill(cfg: Params, report: LabelCurve | LabelAudit, started: float) -> None:
-    """The command's wall (from ``started``, a ``time.perf_counter()``: features included) and
+def bill(cfg: Params, report, started: float) -> None:
+    """A ``frugalml labels`` report's wall (from ``started``, a ``time.perf_counter()``: features included) and
     its price on the cost sheet, into its report."""
     report.wall_s = round(time.perf_counter() - started, 3)
     report.usd = round(price({"wall_s": report.wall_s}, cfg.costs)["total_usd"], 6)

@@ -403,6 +403,16 @@ class Store:
         except Exception as exc:
             raise _translate(exc, f"writing s3://{bucket}/{key}") from None
 
+    def presign(self, bucket: str, key: str, expires_s: int) -> str:
+        """A GET URL for ``bucket``/``key`` that works without credentials until it expires (signed
+        here, offline: nothing is sent). Anyone holding it can read the object until then."""
+        try:
+            return self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_s)
+            )
+        except Exception as exc:
+            raise _translate(exc, f"signing a URL for s3://{bucket}/{key}") from None
+
     def list(self, rel_prefix: str = "") -> Iterator[dict]:
         """Objects under a prefix, as dicts with ``key`` (relative), ``size``, ``etag``."""
         paginator = self.client.get_paginator("list_objects_v2")

@@ -1,16 +1,19 @@
 """frugalml labels: the learning curve and the label audit, on the real digits dataset (1,797
 images) with labels flipped on purpose; the pure parts (nested subsets, the power law) alone."""
 
+import hashlib
 import json
 import shutil
 import sys
+import urllib.request
+import uuid
 
 import numpy as np
 import pytest
 
 from frugalml.builtin import write_digits
 from frugalml.labels import fit_power_law, labels_for, nested_subsets, power_law
-from tests.conftest import make_pipeline_repo, run
+from tests.conftest import make_pipeline_repo, run, upload_folder
 
 FRUGALML = [sys.executable, "-m", "frugalml.cli"]
 
@@ -89,3 +92,98 @@ def test_labels_without_a_prepared_dataset_is_one_line(tmp_path, store):
     assert res.returncode != 0 and "run `frugalml run`" in res.stderr and "Traceback" not in res.stderr
     res = run(FRUGALML + ["labels", "audit", "--set", "labels.curve_fractions=[0.5]"], repo, check=False)
     assert res.returncode == 2 and "labels.curve_fractions" in res.stderr
+
+
+@pytest.fixture
+def unlabeled_repo(tmp_path, store):
+    """The digits in S3 minus 300 images, which sit in a flat local folder without labels (their
+    true class kept aside for the annotators), with a copy of a labeled image and a non-image."""
+    src = write_digits(tmp_path / "digits")
+    pool = tmp_path / "unlabeled"
+    pool.mkdir()
+    rng = np.random.default_rng(1)
+    files = sorted(src.rglob("*.png"))
+    truth = {}
+    for i in rng.choice(len(files), 300, replace=False):
+        f = files[i]
+        name = f"img_{len(truth):04d}.png"
+        shutil.move(f, pool / name)
+        truth[name] = f.parent.name
+    shutil.copy(next(iter(sorted(src.rglob("*.png")))), pool / "copy_of_a_labeled_image.png")
+    (pool / "notes.txt").write_text("not an image")
+    source = upload_folder(store, src, f"sources/digits-{uuid.uuid4().hex[:6]}")
+    repo = make_pipeline_repo(
+        tmp_path, store, [f"data.source={source}", f"labels.unlabeled={pool}", "model.image_size=32"]
+    )
+    run(FRUGALML + ["run", "--until", "validate"], repo, timeout=600)
+    return repo, source, truth
+
+
+def _export(tasks: list[dict], truth: dict, label=None) -> list[dict]:
+    """What Label Studio exports after annotators chose a class for each task."""
+    out = []
+    for n, t in enumerate(tasks, 1):
+        choice = label or truth[t["data"]["source_path"]]
+        result = [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [choice]}}]
+        annotation = {"id": 100 + n, "completed_by": {"id": 7, "email": "ann@example.com"}, "result": result}
+        out.append({"id": n, "data": t["data"], "annotations": [annotation], "predictions": []})
+    return out
+
+
+def _objects(store, source: str) -> set[str]:
+    bucket, prefix = source[len("s3://") :].split("/", 1)
+    return {o["key"] for o in store.iter_objects(bucket, prefix + "/")}
+
+
+def test_next_then_import_buys_the_chosen_labels_and_the_run_prices_them(unlabeled_repo, store):
+    repo, source, truth = unlabeled_repo
+    res = run(FRUGALML + ["labels", "next", "--budget", "5", "--set", "labels.unlabeled=null"], repo, check=False)
+    assert res.returncode == 2 and "labels.unlabeled is not set" in res.stderr and "Traceback" not in res.stderr
+    res = run(FRUGALML + ["labels", "next", "--budget", "0"], repo, check=False)
+    assert res.returncode == 2 and "--budget must be at least 1" in res.stderr
+    assert not (repo / "reports" / "labels_next.json").exists()
+
+    batch = json.loads(run(FRUGALML + ["labels", "next", "--budget", "20", "--json"], repo, timeout=600).stdout)
+    assert batch["candidates"] == 300 and len(batch["chosen"]) == 20
+    assert batch["skipped"] == {"already_labeled": 1, "unknown_extension": 1}
+    assert batch["labels_usd"] == pytest.approx(20 * 0.08)
+    assert len({c["sha256"] for c in batch["chosen"]}) == 20
+    first = batch["chosen"][0]
+    with urllib.request.urlopen(first["url"], timeout=10) as r:  # an annotator opens the presigned URL
+        assert hashlib.sha256(r.read()).hexdigest() == first["sha256"]
+    tasks = json.loads((repo / "reports" / "labels_next_tasks.json").read_text())
+    assert [t["data"]["source_path"] for t in tasks] == [c["source_path"] for c in batch["chosen"]]
+    assert '<Choice value="9"/>' in (repo / "reports" / "labels_next_config.xml").read_text()
+
+    before = _objects(store, source)
+    bad = repo / "bad.json"
+    bad.write_text(json.dumps(_export(tasks[:3], truth) + _export(tasks[3:4], truth, label="cat")))
+    res = run(FRUGALML + ["labels", "import", str(bad)], repo, check=False)
+    assert res.returncode == 2 and "unknown class 'cat'" in res.stderr and "nothing imported" in res.stderr
+    assert _objects(store, source) == before and not (repo / ".frugalml" / "labels" / "imports").exists()
+    res = run(FRUGALML + ["labels", "import", str(repo / "missing.json")], repo, check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    (repo / "broken.json").write_text('{"not": "a list"}')
+    res = run(FRUGALML + ["labels", "import", str(repo / "broken.json")], repo, check=False)
+    assert res.returncode == 2 and "not a Label Studio JSON export" in res.stderr
+
+    good = repo / "export.json"
+    good.write_text(json.dumps(_export(tasks, truth)))
+    out = run(FRUGALML + ["labels", "import", str(good)], repo).stderr
+    assert "imported 20 labels" in out, out
+    added = _objects(store, source) - before
+    assert len(added) == 20
+    assert all(
+        k.split("/")[-2] == truth[next(t["data"]["source_path"] for t in tasks if t["data"]["sha256"][:32] in k)]
+        for k in added
+    )
+    prov = json.loads(next((repo / ".frugalml" / "labels" / "imports").glob("*.json")).read_text())
+    assert len(prov["labels"]) == 20 and {x["annotator"] for x in prov["labels"]} == {"ann@example.com"}
+    assert {x["task_id"] for x in prov["labels"]} == set(range(1, 21))
+    run(FRUGALML + ["labels", "import", str(good)], repo)  # a replay writes the same objects again
+    assert _objects(store, source) - before == added
+
+    run(FRUGALML + ["run", "--until", "ingest"], repo, timeout=600)
+    ingest = json.loads((repo / "metrics" / "headline" / "ingest.json").read_text())
+    cost = json.loads((repo / "costs" / "ingest.json").read_text())
+    assert ingest["new_images"] == 20 and cost["labeled_images"] == 20  # only those, and priced

@@ -1,0 +1,187 @@
+"""What `frugalml labels` is worth, on the demo's digits (1,797 images, 10 classes, 32 px).
+
+    .venv/bin/python benchmarks/labels.py [--rounds 5] [--seeds 3]
+
+Two throwaway pipeline repos, each with its own embedded SeaweedFS, prepared with
+`frugalml run --until validate`:
+
+* **curve backtest** (clean digits): `frugalml labels curve --json`; the curve fitted on the
+  fractions <= 0.5 predicts the accuracy on the whole train split, against the measured one
+  (target: within 2 pp);
+* **audit** (5% of the labels flipped at random to another class before ingest):
+  `frugalml labels audit --json`; precision and recall of the flagged images against the flipped
+  ones (target: both >= 0.8);
+* **active vs random** (clean digits, on the frozen features the commands use): from 10% of the
+  train split labeled (stratified), ``--rounds`` rounds that each add 4% of the train split,
+  chosen by `labels next`'s selection (``annotation.choose``: margin + k-center greedy) or at
+  random; test accuracy of the head after each round, averaged over ``--seeds`` starts.
+  Target: active reaches random's final accuracy with >= 30% fewer labels, or is >= 2 pp higher
+  at equal labels.
+
+Prints each command's wall time and USD, and the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BENCH_DIR, ROOT, bin_on_path, exit_cleanly_on_sigterm, pipeline_repo  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+CLI = [sys.executable, "-m", "frugalml.cli"]
+
+
+def sh(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr[-4000:]}")
+    return res
+
+
+def prepared_repo(path: Path, source: Path, env: dict, started: list[Path]) -> Path:
+    """A pipeline repo on ``source`` with its own embedded store (listed in ``started`` before it
+    starts, so that the caller stops it), prepared up to validation."""
+    from frugalml.config import write_overrides
+
+    repo = pipeline_repo(path, env)
+    started.append(repo)
+    write_overrides(repo / "params.yaml", [f"data.source={source}", "model.image_size=32"])
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"], repo, env)
+    sh(CLI + ["storage", "up"], repo, env)
+    sh(CLI + ["run", "--until", "validate"], repo, env)
+    return repo
+
+
+def flip(src: Path, share: float, seed: int) -> set[str]:
+    """Move ``share`` of the images to another class folder; their new source paths."""
+    rng = np.random.default_rng(seed)
+    files = sorted(src.rglob("*.png"))
+    classes = sorted(p.name for p in src.iterdir() if p.is_dir())
+    flipped = set()
+    for i in rng.choice(len(files), round(share * len(files)), replace=False):
+        f = files[i]
+        wrong = rng.choice([c for c in classes if c != f.parent.name])
+        shutil.move(f, src / wrong / f.name)
+        flipped.add(f"{wrong}/{f.name}")
+    return flipped
+
+
+def active_vs_random(repo: Path, rounds: int, seeds: int) -> dict:
+    """Rounds of labels chosen by `labels next`'s selection vs at random, on the cached features."""
+    os.chdir(repo)
+    from frugalml import config, labels
+    from frugalml.annotation import choose
+
+    cfg = config.load()
+    data = labels.labeled_features(cfg)
+    train, test = data.split("train"), data.split("test")
+    X, y = data.X[train], data.y[train]
+    c_head = labels.choose_c(X, y, 0)
+    step = round(0.04 * len(train))
+    curves = {"active": [], "random": []}
+    for seed in range(seeds):
+        start = labels.nested_subsets(y, [0.1], seed)[0]
+        for how in curves:
+            have, rng, accs = list(start), np.random.default_rng(seed), []
+            for r in range(rounds + 1):
+                head = labels.make_head(0, c_head).fit(X[have], y[have])
+                accs.append(float((head.predict(data.X[test]) == data.y[test]).mean()))
+                if r == rounds:
+                    break
+                rest = np.setdiff1d(np.arange(len(train)), have)
+                if how == "active":
+                    picked, _, _ = choose(X[have], y[have], X[rest], step, "margin", 10, 0)
+                    have += [int(rest[i]) for i in picked]
+                else:
+                    have += [int(i) for i in rng.choice(rest, step, replace=False)]
+            curves[how].append(accs)
+    n = [len(start) + r * step for r in range(rounds + 1)]  # the same sizes for every seed (stratified)
+    mean = {k: np.mean(v, axis=0) for k, v in curves.items()}
+    final_random = mean["random"][-1]
+    reach = next((n[i] for i, a in enumerate(mean["active"]) if a >= final_random), None)
+    return {
+        "labels": n,
+        "active_accuracy": [round(a, 4) for a in mean["active"]],
+        "random_accuracy": [round(a, 4) for a in mean["random"]],
+        "gain_at_equal_labels_pp": [round(100 * (a - b), 2) for a, b in zip(mean["active"], mean["random"])],
+        "active_labels_to_reach_random_final": reach,
+        "labels_saved_share": None if reach is None else round(1 - (reach - n[0]) / (n[-1] - n[0]), 3),
+        "seeds": seeds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+    exit_cleanly_on_sigterm()
+    from frugalml.builtin import write_digits
+
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    env = bin_on_path({k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FRUGALML_", "PREFECT_API"))})
+    env["PYTHONPATH"] = str(ROOT)
+    out: dict = {}
+    with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
+        tmp = Path(tmp)
+        repos = []
+        try:
+            print("clean digits: preparing ...", file=sys.stderr, flush=True)
+            clean = prepared_repo(tmp / "clean", write_digits(tmp / "digits"), env, repos)
+            curve = json.loads(sh(CLI + ["labels", "curve", "--json"], clean, env).stdout)
+            out["curve"] = {
+                "backtest_predicted": round(curve["backtest_predicted"], 4),
+                "backtest_measured": round(curve["backtest_measured"], 4),
+                "backtest_error_pp": curve["backtest_error_pp"],
+                "fit": curve["fit"],
+                "wall_s": curve["wall_s"],
+                "usd": curve["usd"],
+                "target": "|error| <= 2 pp",
+            }
+            print(f"curve: {json.dumps(out['curve'])}", file=sys.stderr, flush=True)
+
+            print("flipped digits: preparing ...", file=sys.stderr, flush=True)
+            noisy_src = write_digits(tmp / "noisy")
+            flipped = flip(noisy_src, 0.05, seed=11)
+            noisy = prepared_repo(tmp / "noisy-repo", noisy_src, env, repos)
+            audit = json.loads(sh(CLI + ["labels", "audit", "--json"], noisy, env).stdout)
+            csv_rows = (noisy / "reports" / "label_audit.csv").read_text().splitlines()[1:]
+            flagged = {r.split(",")[0] for r in csv_rows}
+            hit = len(flagged & flipped)
+            out["audit"] = {
+                "flipped": len(flipped),
+                "flagged": len(flagged),
+                "precision": round(hit / max(1, len(flagged)), 3),
+                "recall": round(hit / len(flipped), 3),
+                "wall_s": audit["wall_s"],
+                "usd": audit["usd"],
+                "target": "precision and recall >= 0.8",
+            }
+            print(f"audit: {json.dumps(out['audit'])}", file=sys.stderr, flush=True)
+
+            print("active vs random ...", file=sys.stderr, flush=True)
+            cwd = os.getcwd()
+            try:
+                out["active_vs_random"] = active_vs_random(clean, args.rounds, args.seeds)
+            finally:
+                os.chdir(cwd)
+            out["active_vs_random"]["target"] = ">= 30% fewer labels to random's final accuracy, or >= 2 pp at equal"
+        finally:
+            for repo in repos:
+                subprocess.run(CLI + ["storage", "down"], cwd=repo, env=env, capture_output=True)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

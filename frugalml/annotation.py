@@ -1,0 +1,403 @@
+"""``frugalml labels next`` and ``frugalml labels import``: the loop with the annotators.
+
+``next`` reads ``labels.unlabeled`` (a folder, an archive or an s3:// prefix of images without
+labels) with the same capped, safe readers and decoder as ingest, skips content that is labeled
+already, computes each image's frozen-backbone features (cached like the labeled ones), and ranks
+the images by the doubt of the head trained on every label so far (margin or entropy). The
+``budget x labels.candidates`` most uncertain are the pool; k-center greedy on the standardised
+features then picks ``budget`` of them, each as far as possible from the labeled images and from
+the ones already picked, so that one batch does not buy ten labels of the same confusion. It
+writes a CSV, a Label Studio import file (tasks whose image is a presigned URL on the store) and
+a labeling interface for the classes, and prices the labels.
+
+``import`` takes a Label Studio JSON export of those tasks (a "choices" annotation each) and
+writes each image as ``<class>/<sha256 prefix><ext>`` into ``data.source`` (an s3:// prefix or a
+folder), keeping the task id and annotator in a provenance record. Everything is checked first
+(the export's shape, each class, each image's bytes against its sha256): with any problem, all of
+them are listed and nothing is written. The next run ingests only the new files, and prices them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from frugalml.config import Params
+from frugalml.contracts import ImportedLabel, ImportRecord, NextBatch, NextImage, read_manifest
+from frugalml.errors import ConfigError, DataError, FrugalError
+from frugalml.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+from frugalml.sources import describe, is_hidden, iter_archive, iter_folder, iter_s3
+from frugalml.store import Store, source_settings, split_s3_uri
+
+IMPORTS = Path(".frugalml") / "labels" / "imports"
+
+
+@dataclass
+class Unlabeled:
+    entries: list  # sources.Entry of the new images, in the order of ``X``
+    sha256: list[str]
+    X: np.ndarray
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def _entries(cfg: Params, source: str, what: str):
+    """The entries of a source, read as ingest reads ``data.source``."""
+    kind, cap = describe(source), cfg.data.max_file_bytes
+    if kind == "s3":
+        return iter_s3(source, Store(source_settings(cfg.data.endpoint_url, cfg.storage)), cap)
+    if kind == "archive":
+        return iter_archive(Path(source).expanduser(), cap)
+    if kind == "folder":
+        return iter_folder(Path(source).expanduser(), cap)
+    raise ConfigError(f"{what} must be a folder, a .zip/.tar archive or an s3:// prefix (got {source!r})")
+
+
+def _count(skipped: dict[str, int], reason: str) -> None:
+    skipped[reason] = skipped.get(reason, 0) + 1
+
+
+def read_unlabeled(cfg: Params, model, progress=lambda line: None) -> Unlabeled:
+    """The unlabeled images not labeled yet, with their frozen-backbone features (cached)."""
+    import torch  # lazy: the CLI starts without torch
+
+    from frugalml import features
+    from frugalml.console import Progress
+    from frugalml.images import ImageRejected, decode
+    from frugalml.modeling import eval_transform
+
+    src = cfg.labels.unlabeled
+    if not src:
+        raise ConfigError("labels.unlabeled is not set: a folder, archive or s3:// prefix of images without labels")
+    labeled = {r["sha256"] for r in read_manifest()}
+    cache = features.FeatureCache(features.cache_key(cfg, features.backbone_sha256(model)), _store(cfg))
+    known = cache.load()
+    before = len(known)
+    m = cfg.model
+    transform = eval_transform(m.image_size, m.mean, m.std)
+    headless = features.headless(model)
+    out = Unlabeled([], [], np.empty((0, 0)))
+    seen: set[str] = set()
+    pending: list[tuple[str, torch.Tensor]] = []
+    bar = Progress("labels next: reading the unlabeled images", None, "images")
+
+    def flush() -> None:
+        if pending:
+            with torch.no_grad():
+                feats = headless(torch.stack([x for _, x in pending])).float()
+            for (sha, _), f in zip(pending, feats):
+                known[sha] = f
+            pending.clear()
+
+    for e in _entries(cfg, src, "labels.unlabeled"):
+        bar.update()
+        if is_hidden(e.path) or e.problem:
+            _count(out.skipped, "hidden" if is_hidden(e.path) else e.problem)
+            continue
+        if PurePosixPath(e.path).suffix.lower() not in cfg.data.extensions:
+            _count(out.skipped, "unknown_extension")
+            continue
+        try:
+            data = e.read()
+            rgb, _ = decode(data, cfg.data.max_pixels)
+        except (OSError, ImageRejected) as exc:
+            _count(out.skipped, getattr(exc, "reason", "unreadable"))
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        if sha in labeled or sha in seen:
+            _count(out.skipped, "already_labeled" if sha in labeled else "duplicate")
+            continue
+        seen.add(sha)
+        out.entries.append(e)
+        out.sha256.append(sha)
+        if sha not in known:
+            pending.append((sha, transform(rgb)))
+            if len(pending) >= cfg.train.batch_size:
+                flush()
+    flush()
+    bar.close()
+    if len(known) > before:
+        cache.save(known)
+    if not out.entries:
+        raise DataError(f"labels.unlabeled {src}: no new images to rank ({_skipped_text(out.skipped)})")
+    out.X = torch.stack([known[s] for s in out.sha256]).numpy().astype(np.float64)
+    progress(f"labels next: {len(out.entries)} new images ({_skipped_text(out.skipped)})")
+    return out
+
+
+def _skipped_text(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in sorted(skipped.items())) or "none skipped"
+
+
+def _store(cfg: Params) -> Store | None:
+    return Store.optional(cfg.storage, tolerate_transient=True)
+
+
+# -- choosing ---------------------------------------------------------------------------------------
+def uncertainty(probs: np.ndarray, how: str) -> np.ndarray:
+    """Higher = the head doubts more: 1 - (top-1 - top-2 probability), or the entropy."""
+    if how == "entropy":
+        p = np.clip(probs, 1e-12, 1.0)
+        return -(p * np.log(p)).sum(axis=1)
+    top = np.sort(probs, axis=1)
+    return 1.0 - (top[:, -1] - (top[:, -2] if probs.shape[1] > 1 else 0.0))
+
+
+def k_center_greedy(pool: np.ndarray, labeled: np.ndarray, k: int, chunk: int = 256) -> list[int]:
+    """``k`` rows of ``pool``, each the farthest (Euclidean) from the labeled rows and the rows
+    picked before it (Sener & Savarese's core-set greedy)."""
+    pool32, lab32 = pool.astype(np.float32), labeled.astype(np.float32)
+    nearest = np.full(len(pool), np.inf, dtype=np.float32)
+    for i in range(0, len(lab32), chunk):  # distance to the nearest labeled row, a chunk at a time
+        block = lab32[i : i + chunk]
+        d = (pool32**2).sum(1)[:, None] - 2 * pool32 @ block.T + (block**2).sum(1)[None, :]
+        nearest = np.minimum(nearest, d.min(axis=1))
+    picked: list[int] = []
+    for _ in range(min(k, len(pool))):
+        j = int(np.argmax(nearest))
+        picked.append(j)
+        nearest = np.minimum(nearest, ((pool32 - pool32[j]) ** 2).sum(1))
+        nearest[picked] = -1.0
+    return picked
+
+
+def choose(
+    X_lab: np.ndarray, y_lab: np.ndarray, X_new: np.ndarray, budget: int, how: str, candidates: int, seed: int
+) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Indices into ``X_new`` to label next (in pick order), with every image's uncertainty and
+    the head's predicted class."""
+    from frugalml.labels import choose_c, make_head
+
+    head = make_head(seed, choose_c(X_lab, y_lab, seed)).fit(X_lab, y_lab)
+    probs = head.predict_proba(X_new)
+    doubt = uncertainty(probs, how)
+    pool = np.argsort(-doubt, kind="stable")[: max(budget, budget * candidates)]
+    scaler = head[0]  # the head's StandardScaler: distances in the space the head sees
+    picked = k_center_greedy(scaler.transform(X_new[pool]), scaler.transform(X_lab), budget)
+    return [int(pool[j]) for j in picked], doubt, head.classes_[probs.argmax(axis=1)]
+
+
+# -- what the annotators get -------------------------------------------------------------------------
+def image_url(cfg: Params, store: Store | None, entry, sha: str) -> str:
+    """A presigned URL for one image: the object itself for an s3:// source, else a copy in the
+    store under ``labels/queue/<sha256><ext>`` (content-addressed: a replay writes the same)."""
+    if store is None:
+        raise ConfigError("labels next needs the store to serve images to annotators: `frugalml storage up`")
+    src, expiry = cfg.labels.unlabeled, cfg.labels.url_expiry_s
+    if describe(src) == "s3":
+        bucket, prefix = split_s3_uri(src)
+        key = (prefix.rstrip("/") + "/" if prefix.strip("/") else "") + entry.path
+        return Store(source_settings(cfg.data.endpoint_url, cfg.storage)).presign(bucket, key, expiry)
+    rel = f"labels/queue/{sha}{PurePosixPath(entry.path).suffix.lower()}"
+    if not store.exists(rel):
+        store.put_bytes(rel, entry.read())
+    return store.presign(store.bucket, store.key(rel), expiry)
+
+
+def label_studio_config(classes: list[str]) -> str:
+    from html import escape
+
+    choices = "\n".join(f'    <Choice value="{escape(c, quote=True)}"/>' for c in classes)
+    return (
+        '<View>\n  <Image name="image" value="$image"/>\n'
+        f'  <Choices name="label" toName="image" choice="single" showInLine="true">\n{choices}\n  </Choices>\n</View>\n'
+    )
+
+
+def write_next(batch: NextBatch, classes: list[str]) -> None:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["rank", "source_path", "sha256", "uncertainty", "predicted", "url"])
+    for c in batch.chosen:
+        w.writerow([c.rank, c.source_path, c.sha256, f"{c.uncertainty:.6f}", c.predicted, c.url])
+    atomic_write_text(NextBatch.CSV, buf.getvalue())
+    tasks = [
+        {"data": {"image": c.url, "source_path": c.source_path, "sha256": c.sha256, "frugalml_batch": batch.id}}
+        for c in batch.chosen
+    ]
+    atomic_write_json(NextBatch.TASKS, tasks)
+    atomic_write_text(NextBatch.CONFIG, label_studio_config(classes))
+    batch.write()
+
+
+def next_batch(cfg: Params, budget: int, progress=lambda line: None) -> tuple[NextBatch, list[str]]:
+    from frugalml.labels import labeled_features
+
+    if budget < 1:
+        raise ConfigError("--budget must be at least 1 (images to label next)")
+    data = labeled_features(cfg)
+    new = read_unlabeled(cfg, data.model, progress)
+    lc = cfg.labels
+    picked, doubt, predicted = choose(data.X, data.y, new.X, budget, lc.uncertainty, lc.candidates, lc.seed)
+    store = _store(cfg)
+    chosen = []
+    for rank, i in enumerate(picked, 1):
+        url = image_url(cfg, store, new.entries[i], new.sha256[i])
+        chosen.append(
+            NextImage(
+                rank=rank,
+                source_path=new.entries[i].path,
+                sha256=new.sha256[i],
+                uncertainty=round(float(doubt[i]), 6),
+                predicted=data.classes[int(predicted[i])],
+                url=url,
+            )
+        )
+    batch = NextBatch(
+        id=time.strftime("n%Y%m%d-%H%M%S", time.gmtime()),
+        unlabeled=lc.unlabeled,
+        candidates=len(new.entries),
+        skipped=new.skipped,
+        budget=budget,
+        uncertainty=lc.uncertainty,
+        chosen=chosen,
+        labels_usd=round(len(chosen) * cfg.costs.prices.labeling_usd_per_image, 2),
+        url_expiry_s=lc.url_expiry_s,
+    )
+    return batch, data.classes
+
+
+# -- import -----------------------------------------------------------------------------------------
+def _choice(task: dict) -> tuple[str | None, dict | None, str | None]:
+    """(the chosen class, its annotation, or why there is none) for one exported task: the latest
+    annotation that was not cancelled and holds exactly one choice."""
+    annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+    if not annotations:
+        return None, None, "no annotation (or only cancelled ones)"
+    latest = max(annotations, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), str(a.get("id"))))
+    picks = [
+        c
+        for r in latest.get("result") or []
+        if isinstance(r, dict) and r.get("type") == "choices"
+        for c in (r.get("value") or {}).get("choices") or []
+    ]
+    if len(picks) != 1:
+        return None, latest, f"{len(picks)} choices in the annotation (one class per image)"
+    return str(picks[0]), latest, None
+
+
+def _annotator(annotation: dict) -> str:
+    who = annotation.get("completed_by")
+    if isinstance(who, dict):
+        return str(who.get("email") or who.get("id") or "unknown")
+    return str(who) if who is not None else "unknown"
+
+
+def _read_export(path: Path) -> tuple[list, str]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the export ({exc.strerror})") from None
+    try:
+        tasks = json.loads(raw)
+    except ValueError as exc:
+        raise DataError(f"{path} is not JSON ({exc}): export the project as 'JSON' from Label Studio") from None
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+        raise DataError(f"{path} is not a Label Studio JSON export (a list of tasks)")
+    return tasks, hashlib.sha256(raw).hexdigest()[:16]
+
+
+def plan_import(cfg: Params, export: Path) -> tuple[ImportRecord, dict[str, bytes], list[str]]:
+    """Every label of the export checked, with the bytes to write; or the list of problems."""
+    from frugalml.ingestion import unsafe_name
+
+    tasks, export_id = _read_export(export)
+    if not tasks:
+        raise DataError(f"{export} holds no tasks")
+    manifest = read_manifest()
+    known = list(cfg.validate_.expected_classes or sorted({r["label"] for r in manifest}))
+    labeled = {r["sha256"]: r["label"] for r in manifest}
+    if not cfg.labels.unlabeled:
+        raise ConfigError("labels.unlabeled is not set: the images of the export are read from there")
+    by_path = {e.path: e for e in _entries(cfg, cfg.labels.unlabeled, "labels.unlabeled") if not e.problem}
+    problems, blobs, labels, again = [], {}, [], 0
+    for n, task in enumerate(tasks):
+        tid = task.get("id", f"#{n}")
+        data = task.get("data") or {}
+        label, annotation, why = _choice(task)
+        path, sha = data.get("source_path"), data.get("sha256")
+        if why:
+            problems.append(f"task {tid}: {why}")
+        elif not isinstance(path, str) or not isinstance(sha, str):
+            problems.append(f"task {tid}: no source_path/sha256 in its data (not a `frugalml labels next` task)")
+        elif known and label not in known:
+            problems.append(f"task {tid}: unknown class {label!r} (known: {', '.join(known)})")
+        elif bad := unsafe_name([label]):
+            problems.append(f"task {tid}: class {label!r} cannot be a folder name ({bad})")
+        elif path not in by_path:
+            problems.append(f"task {tid}: image {path!r} is not in labels.unlabeled {cfg.labels.unlabeled}")
+        elif labeled.get(sha) not in (None, label):
+            problems.append(f"task {tid}: {path} is labeled {labeled[sha]!r} already, the export says {label!r}")
+        elif sha in labeled:
+            again += 1
+        else:
+            try:
+                blob = by_path[path].read()
+            except OSError as exc:
+                problems.append(f"task {tid}: {path} cannot be read ({exc})")
+                continue
+            if hashlib.sha256(blob).hexdigest() != sha:
+                problems.append(f"task {tid}: {path} changed since it was sent for labeling (sha256 differs)")
+                continue
+            dest = f"{label}/{sha[:32]}{PurePosixPath(path).suffix.lower()}"
+            blobs[dest] = blob
+            labels.append(
+                ImportedLabel(
+                    task_id=tid,
+                    annotation_id=annotation.get("id"),
+                    annotator=_annotator(annotation),
+                    label=label,
+                    source_path=path,
+                    sha256=sha,
+                    dest=dest,
+                )
+            )
+    record = ImportRecord(
+        id=export_id,
+        export=str(export),
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        destination=cfg.data.source,
+        labels=labels,
+        already_labeled=again,
+    )
+    return record, blobs, problems
+
+
+def write_import(cfg: Params, record: ImportRecord, blobs: dict[str, bytes]) -> None:
+    """The images into ``data.source`` (each write whole; a replay writes the same bytes to the
+    same names), then the provenance record, locally and in the store."""
+    dest = cfg.data.source
+    kind = describe(dest)
+    if kind == "s3":
+        bucket, prefix = split_s3_uri(dest)
+        prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+        target = Store(source_settings(cfg.data.endpoint_url, cfg.storage))
+        for rel, blob in blobs.items():
+            target.write_object(bucket, prefix + rel, blob)
+    elif kind == "folder":
+        root = Path(dest).expanduser()
+        for rel, blob in blobs.items():
+            atomic_write_bytes(root / rel, blob)
+    else:
+        raise ConfigError(f"data.source {dest} is {kind}: imported labels go to an s3:// prefix or a folder")
+    path = IMPORTS / f"{record.id}.json"
+    atomic_write_text(path, record.model_dump_json(indent=2))
+    store = _store(cfg)
+    if store is not None:
+        try:
+            store.put_file(f"labels/imports/{record.id}.json", path)
+        except FrugalError:
+            pass  # the local record stands; the next import uploads its own
+
+
+def check_destination(cfg: Params) -> None:
+    kind = describe(cfg.data.source)
+    if kind not in ("s3", "folder"):
+        raise ConfigError(f"data.source {cfg.data.source} is {kind}: imported labels go to an s3:// prefix or a folder")
