@@ -76,6 +76,10 @@ class ValidateConfig(_Strict):
     max_reject_ratio: float = Field(0.05, ge=0, le=1)
     max_label_drift: float = Field(0.15, ge=0, le=1)
     drift_action: Literal["warn", "fail"] = "warn"
+    # the share of labels a k-fold audit flags (frugalml labels audit); null = not checked (it costs
+    # a backbone pass over every image, cached by content); computed with model.* as it is then
+    max_label_issue_ratio: float | None = Field(None, ge=0, le=1)
+    label_issue_action: Literal["warn", "fail"] = "warn"
     min_width: int = Field(1, ge=1)
     min_height: int = Field(1, ge=1)
     max_width: int = Field(20_000, ge=1)

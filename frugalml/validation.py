@@ -72,6 +72,7 @@ def _frames(cfg: Params):
                 "reject_ratio": ingest.counts.reject_ratio if ingest else 0.0,
                 "n_classes": int(len(counts)),
                 "label_drift": drift,
+                "label_issue_ratio": label_issue_ratio(cfg),
             }
         ]
     )
@@ -83,6 +84,18 @@ def _frames(cfg: Params):
         "_shares": shares,
         "_reference": reference,
     }
+
+
+def label_issue_ratio(cfg: Params) -> float:
+    """The share of labels the audit flags (``frugalml labels audit``), when
+    ``validate.max_label_issue_ratio`` asks for it; else 0 (not checked)."""
+    if cfg.validate_.max_label_issue_ratio is None:
+        return 0.0
+    from frugalml import labels  # lazy: torch, scikit-learn, cleanlab: only when the expectation is on
+
+    report, _ = labels.audit(cfg, labels.labeled_features(cfg))
+    info(f"validate: the label audit flags {report.issues} of {report.images} labels (`frugalml labels audit`: which)")
+    return report.issue_ratio
 
 
 def label_drift(p: dict[str, float], q: dict[str, float]) -> float:
@@ -159,6 +172,13 @@ def _suites(cfg: Params, has_reference: bool = False):
                 E.ExpectColumnMaxToBeBetween(column="label_drift", max_value=v.max_label_drift),
             )
         )
+    if v.max_label_issue_ratio is not None:
+        suites["dataset"].append(
+            (
+                "label issue ratio",
+                E.ExpectColumnMaxToBeBetween(column="label_issue_ratio", max_value=v.max_label_issue_ratio),
+            )
+        )
     if v.expected_classes is not None:
         suites["classes"].append(
             (
@@ -216,7 +236,10 @@ def _gx_context():
 
 def _check(label: str, asset: str, r, cfg: Params) -> Expectation:
     cfg_ = r.expectation_config
-    warn = label == "label-distribution drift" and cfg.validate_.drift_action == "warn"
+    v = cfg.validate_
+    warn = (label == "label-distribution drift" and v.drift_action == "warn") or (
+        label == "label issue ratio" and v.label_issue_action == "warn"
+    )
     return Expectation(
         name=label,
         asset=asset,
