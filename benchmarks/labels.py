@@ -11,10 +11,11 @@ Two throwaway pipeline repos, each with its own embedded SeaweedFS, prepared wit
 * **audit** (5% of the labels flipped at random to another class before ingest):
   `frugalml labels audit --json`; precision and recall of the flagged images against the flipped
   ones (target: both >= 0.8);
-* **active vs random** (clean digits, on the frozen features the commands use): from 10% of the
-  train split labeled (stratified), ``--rounds`` rounds that each add 4% of the train split,
-  chosen by `labels next`'s selection (``annotation.choose``: margin + k-center greedy) or at
-  random; test accuracy of the head after each round, averaged over ``--seeds`` starts.
+* **active vs random** (clean digits, on the frozen features the commands use): the train and val
+  splits are the pool; from 10% of it labeled (stratified), ``--rounds`` rounds that each add 4%
+  of it, chosen by `labels next`'s selection (``annotation.choose``: margin, then k-center greedy
+  over ``labels.candidates`` x the batch) or at random; test accuracy of the head after each
+  round, averaged over ``--seeds`` starts.
   Target: active reaches random's final accuracy with >= 30% fewer labels, or is >= 2 pp higher
   at equal labels.
 
@@ -85,10 +86,11 @@ def active_vs_random(repo: Path, rounds: int, seeds: int) -> dict:
 
     cfg = config.load()
     data = labels.labeled_features(cfg)
-    train, test = data.split("train"), data.split("test")
-    X, y = data.X[train], data.y[train]
+    pool, test = np.concatenate([data.split("train"), data.split("val")]), data.split("test")
+    X, y = data.X[pool], data.y[pool]
     c_head = labels.choose_c(X, y, 0)
-    step = round(0.04 * len(train))
+    step = round(0.04 * len(pool))
+    how_many = cfg.labels.candidates
     curves = {"active": [], "random": []}
     for seed in range(seeds):
         start = labels.nested_subsets(y, [0.1], seed)[0]
@@ -99,9 +101,9 @@ def active_vs_random(repo: Path, rounds: int, seeds: int) -> dict:
                 accs.append(float((head.predict(data.X[test]) == data.y[test]).mean()))
                 if r == rounds:
                     break
-                rest = np.setdiff1d(np.arange(len(train)), have)
+                rest = np.setdiff1d(np.arange(len(pool)), have)
                 if how == "active":
-                    picked, _, _ = choose(X[have], y[have], X[rest], step, "margin", 10, 0)
+                    picked, _, _ = choose(X[have], y[have], X[rest], step, cfg.labels.uncertainty, how_many, 0)
                     have += [int(rest[i]) for i in picked]
                 else:
                     have += [int(i) for i in rng.choice(rest, step, replace=False)]
@@ -111,6 +113,9 @@ def active_vs_random(repo: Path, rounds: int, seeds: int) -> dict:
     final_random = mean["random"][-1]
     reach = next((n[i] for i, a in enumerate(mean["active"]) if a >= final_random), None)
     return {
+        "pool": len(pool),
+        "test_images": len(test),
+        "candidates": how_many,
         "labels": n,
         "active_accuracy": [round(a, 4) for a in mean["active"]],
         "random_accuracy": [round(a, 4) for a in mean["random"]],
@@ -124,7 +129,7 @@ def active_vs_random(repo: Path, rounds: int, seeds: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=4)
     args = parser.parse_args()
     exit_cleanly_on_sigterm()
     from frugalml.builtin import write_digits
