@@ -200,10 +200,18 @@ class GatesConfig(_Strict):
     max_model_size_mb: float | None = Field(None, gt=0)
     max_train_usd: float | None = Field(None, ge=0)
     max_serving_usd_per_1k: float | None = Field(None, ge=0)
+    max_variant_accuracy_drop: float | None = Field(0.01, ge=0, le=1)  # a variant may lose this much vs fp32
 
 
 class PromotionConfig(_Strict):
     auto: Literal["none", "staging", "production"] = "none"
+
+
+class CompressConfig(_Strict):
+    """The compress stage: cheaper-to-serve variants of the trained model, each measured."""
+
+    variants: list[Literal["fp32", "onnx", "int8"]] = ["fp32", "onnx", "int8"]
+    calibration_images: int = Field(64, ge=1, le=100_000)  # int8 calibration, from the val split
 
 
 class Prices(_Strict):
@@ -243,6 +251,7 @@ class ServingConfig(_Strict):
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_images_per_request: int = Field(8, ge=1, le=32)
     top_k: int = Field(3, ge=1)
+    variant: Literal["auto", "fp32", "onnx", "int8"] = "auto"  # the compress stage's choice (see README)
 
 
 class Range(_Strict):
@@ -320,6 +329,7 @@ class Params(_Strict):
     promotion: PromotionConfig = PromotionConfig()
     sweep: SweepConfig = SweepConfig()
     labels: LabelsConfig = LabelsConfig()
+    compress: CompressConfig = CompressConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -23,13 +23,14 @@ from frugalml.errors import DataError
 from frugalml.fsutil import atomic_write_json, atomic_write_text
 
 # -- where things are ---------------------------------------------------------------------------
-STAGES = ("ingest", "validate", "train", "evaluate", "gate", "package")  # the order of dvc.yaml
+STAGES = ("ingest", "validate", "train", "evaluate", "compress", "gate", "package")  # the order of dvc.yaml
 PREPARED = Path("data/prepared")
 MANIFEST = Path("data/manifest.csv")
 INGEST_REPORT = Path("metrics/ingest.json")
 VALIDATION_REPORT = Path("metrics/validation.json")
 VALIDATION_HTML = Path("reports/validation")
 MODEL = Path("models/model.pt")
+VARIANTS_DIR = Path("models/variants")  # ONNX and int8 variants of MODEL (the compress stage)
 TRAIN_REPORT = Path("metrics/train.json")
 TRAIN_CURVES = Path("plots/train.csv")
 EVAL_REPORT = Path("metrics/eval.json")
@@ -700,3 +701,40 @@ class ImportRecord(BaseModel):
     destination: str  # data.source
     labels: list[ImportedLabel]
     already_labeled: int = 0  # the same image with the same label was there already
+
+
+class VariantScore(BaseModel):
+    """One servable variant of the trained model, measured on the test split."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["fp32", "onnx", "int8"]
+    runtime: str  # torch | onnxruntime
+    status: Literal["built", "skipped"]
+    reason: str = ""  # why it was skipped
+    file: str = ""
+    size_bytes: int = 0
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    worst_class_recall: float | None = None
+    accuracy_delta: float | None = None  # vs fp32
+    latency_ms_p50: float | None = None  # batch 1
+    latency_ms_p95: float | None = None
+    throughput_images_per_s: float | None = None  # batch 16
+    usd_per_1k: float | None = None  # at costs.prices.serving_usd_per_hour, one request at a time
+
+
+class VariantsReport(Contract):
+    """``metrics/variants.json`` (the compress stage): every variant and the one to serve."""
+
+    PATH: ClassVar[Path] = Path("metrics/variants.json")
+    variants: list[VariantScore]
+    chosen: str
+    why: str
+
+    def headline(self) -> dict[str, Any]:
+        chosen = next(v for v in self.variants if v.name == self.chosen)
+        return {
+            "variant": self.chosen,
+            "variant_usd_per_1k": chosen.usd_per_1k,
+            "variant_mb": round(chosen.size_bytes / 1e6, 3),
+        }

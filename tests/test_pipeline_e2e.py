@@ -24,9 +24,16 @@ def _check_outputs(repo, store):
     assert ev["accuracy"] >= 0.6 and 0 <= ev["macro_f1"] <= 1
     assert ev["latency_ms_p95"] >= ev["latency_ms_p50"] > 0
     assert gate["decision"] == "accept"
-    for stage in ("ingest", "validate", "train", "evaluate", "gate", "package"):
+    for stage in ("ingest", "validate", "train", "evaluate", "compress", "gate", "package"):
         cost = json.loads((repo / "costs" / f"{stage}.json").read_text())
         assert cost["wall_s"] > 0 and cost["total_usd"] >= 0 and cost["peak_rss_mb"] > 0
+    built = {v["name"]: v for v in json.loads((repo / "metrics/variants.json").read_text())["variants"]}
+    assert set(built) == {"fp32", "onnx", "int8"} and all(v["status"] == "built" for v in built.values()), built
+    # the same test images and model as evaluate (batching may flip one near-tie, no more)
+    assert abs(built["fp32"]["accuracy"] - ev["accuracy"]) <= 1 / ev["test_images"] + 1e-9
+    assert (
+        abs(built["onnx"]["accuracy_delta"]) <= 0.02 and built["int8"]["size_bytes"] < 0.5 * built["onnx"]["size_bytes"]
+    )
     name, version = pkg["model"], pkg["version"]
     bento = store.head(f"bentos/{name}/{version}.bento")
     assert bento is not None and bento["ContentLength"] == pkg["bento_bytes"]
