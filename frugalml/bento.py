@@ -38,7 +38,9 @@ def package_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def save_model(name: str, version: str, model_file: Path, info: dict) -> str:
+def save_model(name: str, version: str, model_file: Path, info: dict, onnx_file: Path | None = None) -> str:
+    """The BentoML model: ``model.pt`` (classes, transforms; the fp32 weights), ``model.onnx``
+    when the chosen variant runs on ONNX Runtime, and the registry record as ``frugalml.json``."""
     import bentoml  # lazy: BentoML: its submodules load the serving stack
 
     tag = f"{name}:{version}"
@@ -49,6 +51,8 @@ def save_model(name: str, version: str, model_file: Path, info: dict) -> str:
     labels = {"run_id": str(info.get("run_id", "")), "gate": str(info.get("gate", {}).get("decision", ""))}
     with bentoml.models.create(tag, labels=labels, metadata=_metadata(info)) as ref:
         shutil.copyfile(model_file, ref.path_of("model.pt"))
+        if onnx_file is not None:
+            shutil.copyfile(onnx_file, ref.path_of("model.onnx"))
         Path(ref.path_of("frugalml.json")).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
     return tag
 
@@ -77,7 +81,7 @@ def build_bento(name: str, version: str, model_tag: str, serving) -> str:
         build_ctx=str(package_root()),
         include=BENTO_INCLUDE,
         labels={"frugalml": "true"},
-        python={"packages": ["torch", "torchvision", "pillow", "pydantic"], "lock_packages": False},
+        python={"packages": ["torch", "torchvision", "pillow", "pydantic", "onnxruntime"], "lock_packages": False},
         args={
             "model_tag": model_tag,
             "max_image_bytes": serving.max_image_bytes,

@@ -219,6 +219,7 @@ class GateDecision(Contract):
     serving_usd_per_1k: float
     train_usd: float
     champion: str | None = None
+    variant: str = "fp32"  # the variant judged (and packaged): metrics/variants.json's choice
 
     def headline(self) -> dict[str, Any]:
         return {"decision": self.decision}
@@ -731,8 +732,11 @@ class VariantsReport(Contract):
     chosen: str
     why: str
 
+    def chosen_score(self) -> VariantScore:
+        return next(v for v in self.variants if v.name == self.chosen)
+
     def headline(self) -> dict[str, Any]:
-        chosen = next(v for v in self.variants if v.name == self.chosen)
+        chosen = self.chosen_score()
         return {
             "variant": self.chosen,
             "variant_usd_per_1k": chosen.usd_per_1k,

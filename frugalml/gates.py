@@ -7,7 +7,7 @@ Every configured check is listed with its value, threshold and verdict; a gate s
 from __future__ import annotations
 
 from frugalml.config import Params
-from frugalml.contracts import EvalReport, GateCheck, GateDecision
+from frugalml.contracts import EvalReport, GateCheck, GateDecision, VariantsReport
 
 
 def serving_usd_per_1k(latency_ms_p50: float, cfg: Params) -> float:
@@ -15,7 +15,25 @@ def serving_usd_per_1k(latency_ms_p50: float, cfg: Params) -> float:
     return round(latency_ms_p50 / 1000 * 1000 * cfg.costs.prices.serving_usd_per_hour / 3600, 8)
 
 
-def decide(cfg: Params, ev: EvalReport, train_usd: float = 0.0) -> GateDecision:
+def as_served(ev: EvalReport, variants: VariantsReport | None) -> tuple[EvalReport, str]:
+    """The evaluation as the chosen variant would serve: its accuracy, macro-F1, latency and size
+    (the per-class figures stay the fp32 model's)."""
+    if variants is None or variants.chosen == "fp32":
+        return ev, "fp32"
+    v = variants.chosen_score()
+    served = ev.model_copy(
+        update={
+            "accuracy": v.accuracy,
+            "macro_f1": v.macro_f1,
+            "latency_ms_p50": v.latency_ms_p50,
+            "latency_ms_p95": v.latency_ms_p95,
+            "model_size_bytes": v.size_bytes,
+        }
+    )
+    return served, v.name
+
+
+def decide(cfg: Params, ev: EvalReport, train_usd: float = 0.0, variant: str = "fp32") -> GateDecision:
     g = cfg.gates
     checks: list[GateCheck] = []
 
@@ -46,4 +64,5 @@ def decide(cfg: Params, ev: EvalReport, train_usd: float = 0.0) -> GateDecision:
         serving_usd_per_1k=serving,
         train_usd=round(train_usd, 6),
         champion=champ.version if champ else None,
+        variant=variant,
     )

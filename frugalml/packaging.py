@@ -21,8 +21,19 @@ from pathlib import Path
 from frugalml import bento
 from frugalml.config import Params, dump
 from frugalml.console import err, info
-from frugalml.contracts import MANIFEST, MODEL, STAGES, CostEntry, EvalReport, GateDecision, PackageReport, TrainReport
+from frugalml.contracts import (
+    MANIFEST,
+    MODEL,
+    STAGES,
+    CostEntry,
+    EvalReport,
+    GateDecision,
+    PackageReport,
+    TrainReport,
+    VariantsReport,
+)
 from frugalml.costs import CostMeter
+from frugalml.errors import DataError
 from frugalml.fsutil import to_json
 from frugalml.lineage import file_hash, git_commit
 from frugalml.registry import Registry
@@ -82,6 +93,7 @@ def version_record(cfg: Params, run_id: str, version: str, model_sha: str, gate:
             "final_val_acc": tr.final_val_acc,
         },
         "gate": gate.model_dump(mode="json", exclude_none=True),
+        "variant": _variant(gate.variant),
         "costs_usd": _costs_so_far(),
         "lineage": {
             "git_commit": git_commit(),
@@ -92,6 +104,26 @@ def version_record(cfg: Params, run_id: str, version: str, model_sha: str, gate:
             "pretrained": tr.pretrained.model_dump(mode="json", exclude_none=True),
         },
     }
+
+
+def _variant(name: str) -> dict:
+    """The served variant's measured figures (metrics/variants.json), as the registry keeps them."""
+    report = VariantsReport.read_if_exists()
+    score = next((v for v in report.variants if v.name == name), None) if report else None
+    if score is None:
+        return {"name": name}
+    return score.model_dump(mode="json", exclude_none=True, exclude={"reason", "status"})
+
+
+def _onnx_file(gate: GateDecision) -> Path | None:
+    """The ONNX file the chosen variant runs, which the bento ships (None: the PyTorch model)."""
+    if gate.variant == "fp32":
+        return None
+    report = VariantsReport.read()
+    path = Path(next(v for v in report.variants if v.name == gate.variant).file)
+    if not path.is_file():
+        raise DataError(f"the gate judged the {gate.variant} variant, but {path} is missing: run the compress stage")
+    return path
 
 
 def _report(store: Store, record: dict) -> PackageReport:
@@ -126,7 +158,7 @@ def package(cfg: Params, meter: CostMeter, run_id: str) -> PackageReport:
         info(f"package: {name} {version} is already registered by this run (a replay); nothing to do")
         return _report(store, done)
     record = version_record(cfg, run_id, version, model_sha, gate)
-    model_tag = bento.save_model(name, version, MODEL, record)
+    model_tag = bento.save_model(name, version, MODEL, record, _onnx_file(gate))
     info(f"package: BentoML model {model_tag}; building the bento")
     bento_tag = bento.build_bento(name, version, model_tag, cfg.serving)
     archive = bento.export_bento(bento_tag, EXPORT_DIR / f"{name}-{version}.bento")

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from frugalml.config import Params
 from frugalml.console import info
-from frugalml.contracts import CostEntry, EvalReport, GateDecision
+from frugalml.contracts import CostEntry, EvalReport, GateDecision, VariantsReport
 from frugalml.costs import CostMeter
-from frugalml.gates import decide
+from frugalml.gates import as_served, decide
 from tasks._stage import stage_main
 
 
 def run(cfg: Params, meter: CostMeter) -> GateDecision:
     train_cost = CostEntry.for_stage("train")
-    result = decide(cfg, EvalReport.read(), train_cost.total_usd if train_cost else 0.0)
+    served, variant = as_served(EvalReport.read(), VariantsReport.read_if_exists())
+    result = decide(cfg, served, train_cost.total_usd if train_cost else 0.0, variant)
     result.write()
+    info(f"gate: judging the {variant} variant (the one the package stage ships)")
     for c in result.checks:
         note = f" ({c.note})" if c.note else ""
         info(f"gate: {c.name}: {c.value:.6g} {c.op} {c.threshold}{note} -> {'pass' if c.passed else 'FAIL'}")

@@ -111,6 +111,7 @@ def test_prefect_flow_runs_pipeline_records_run_and_rejects_bad_data(pipeline_re
         "validate",
         "train",
         "evaluate",
+        "compress",
         "gate",
         "package",
         "dvc push",

@@ -1,5 +1,6 @@
 """A real `frugalml serve` (bentoml serve) answering real HTTP requests."""
 
+import csv
 import io
 import json
 import os
@@ -90,7 +91,7 @@ def served(ctx, tmp_path_factory, s3_server):
         ],
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for stage in ("ingest", "validate", "train", "evaluate", "gate", "package"):
+    for stage in ("ingest", "validate", "train", "evaluate", "compress", "gate", "package"):
         res = subprocess.run(
             [sys.executable, "-m", f"tasks.{stage}"], cwd=work, env=env, capture_output=True, text=True
         )
@@ -151,6 +152,29 @@ def test_bad_input_gets_400_with_a_message(served):
         code, body = _post(url + "/classify", {"image": (f"{case}.png", data, "application/octet-stream")})
         assert code == 400, (case, code, body)
         assert json.dumps(body) and ("error" in json.dumps(body).lower() or body), case
+
+
+def test_the_served_variant_is_the_chosen_one_and_scores_as_evaluated(served, ctx):
+    """The compress stage chose a variant (on this tiny model ONNX Runtime answers faster than
+    eager PyTorch); the bento runs it, and its answers on the test images score what the stage
+    measured."""
+    url, _, src = served
+    work = ctx.work
+    report = json.loads((work / "metrics/variants.json").read_text())
+    chosen = next(v for v in report["variants"] if v["name"] == report["chosen"])
+    assert report["chosen"] != "fp32", report  # the ONNX Runtime path is the one exercised here
+    assert json.loads((work / "metrics/gate.json").read_text())["variant"] == report["chosen"]
+    req = urllib.request.Request(url + "/metadata", data=b"{}", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert json.loads(r.read())["variant"]["name"] == report["chosen"]
+    rows = [r for r in csv.DictReader(open(work / "data/manifest.csv")) if r["split"] == "test"]
+    right = 0
+    for row in rows:
+        data = (src / row["source_path"]).read_bytes()
+        code, body = _post(url + "/classify", {"image": ("x.png", data, "image/png")})
+        assert code == 200, body
+        right += body["predictions"][0]["label"] == row["label"]
+    assert right / len(rows) == pytest.approx(chosen["accuracy"], abs=1e-6), (right, len(rows), chosen)
 
 
 def test_metadata_and_batch(served):

@@ -93,6 +93,12 @@ class Classifier:
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         self.model, self.meta = load_model(self.model_ref.path_of("model.pt"), "cpu")
+        onnx = Path(self.model_ref.path_of("model.onnx"))
+        if onnx.exists():  # the chosen variant runs on ONNX Runtime (ONNX fp32 or int8)
+            import onnxruntime as ort  # lazy: only bentos that ship an ONNX variant load it
+
+            session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+            self.model = lambda x: torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
         self.classes = self.meta["classes"]
         self.transform = eval_transform(self.meta["image_size"], self.meta["mean"], self.meta["std"])
         _SIDE["image_size"] = int(self.meta["image_size"])
