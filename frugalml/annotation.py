@@ -34,7 +34,7 @@ from frugalml.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_
 from frugalml.sources import describe, is_hidden, iter_archive, iter_folder, iter_s3
 from frugalml.store import Store, source_settings, split_s3_uri
 
-IMPORTS = Path(".frugalml") / "labels" / "imports"
+IMPORTS = ImportRecord.DIR
 
 
 @dataclass

@@ -572,8 +572,13 @@ def labels_import(
     err.print(
         f"imported {len(record.labels)} labels into {cfg.data.source}"
         + (f" ({record.already_labeled} were labeled already)" if record.already_labeled else "")
-        + f"; provenance: .frugalml/labels/imports/{record.id}.json. The next `frugalml run` ingests them "
-        f"and prices them (${len(record.labels) * price:,.2f} at ${price:g} per label)"
+        + f"; provenance: .frugalml/labels/imports/{record.id}.json. "
+        + (
+            f"The next `frugalml run` ingests them and prices them (${len(record.labels) * price:,.2f} at "
+            f"${price:g} per label; `frugalml estimate` counts them)"
+            if record.labels
+            else "Nothing new to ingest."
+        )
     )
 
 

@@ -695,6 +695,7 @@ class ImportedLabel(BaseModel):
 class ImportRecord(BaseModel):
     """``frugalml labels import``: provenance of each imported label (``labels/imports/<id>.json``)."""
 
+    DIR: ClassVar[Path] = Path(".frugalml") / "labels" / "imports"
     model_config = ConfigDict(extra="forbid")
     id: str  # the export's sha256 (first 16 hex): a replayed import is the same record
     export: str  # the file imported
@@ -702,6 +703,17 @@ class ImportRecord(BaseModel):
     destination: str  # data.source
     labels: list[ImportedLabel]
     already_labeled: int = 0  # the same image with the same label was there already
+
+    @classmethod
+    def pending(cls, labeled: set[str]) -> int:
+        """Imported images whose content is not in the manifest yet: the next ingest's new labels."""
+        shas = set()
+        for path in sorted(cls.DIR.glob("*.json")) if cls.DIR.is_dir() else []:
+            try:
+                shas |= {x.sha256 for x in cls.model_validate_json(path.read_text()).labels}
+            except (OSError, ValidationError):
+                continue  # a record this version cannot read does not make the estimate fail
+        return len(shas - labeled)
 
 
 class VariantScore(BaseModel):

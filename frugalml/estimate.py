@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from frugalml.config import Params, TrainConfig, dump, feature_cache_off
-from frugalml.contracts import MANIFEST, PREPARED, STAGES, RunRecord, read_manifest
+from frugalml.contracts import MANIFEST, PREPARED, STAGES, ImportRecord, RunRecord, read_manifest
 from frugalml.costs import price
 from frugalml.errors import ConfigError
 
@@ -73,11 +73,12 @@ class Estimate:
 # -- the images a run will see ---------------------------------------------------------------------
 def split_counts(cfg: Params) -> tuple[dict[str, int], int]:
     """Images per split, and how many are new (to be labeled): from the manifest when the source
-    was ingested before, else from the source's known size and ``data.splits``."""
+    was ingested before (new: what `frugalml labels import` wrote since), else from the source's
+    known size and ``data.splits``."""
     rows = read_manifest() if MANIFEST.exists() else []
     if rows:
         counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
-        return counts, 0
+        return counts, ImportRecord.pending({r["sha256"] for r in rows})  # `frugalml labels import`ed
     n = BUILTIN_IMAGES.get(cfg.data.source)
     if n is None:
         raise ConfigError(

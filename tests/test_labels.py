@@ -190,6 +190,8 @@ def test_next_then_import_buys_the_chosen_labels_and_the_run_prices_them(unlabel
     prov = json.loads(next((repo / ".frugalml" / "labels" / "imports").glob("*.json")).read_text())
     assert len(prov["labels"]) == 20 and {x["annotator"] for x in prov["labels"]} == {"ann@example.com"}
     assert {x["task_id"] for x in prov["labels"]} == set(range(1, 21))
+    est = json.loads(run(FRUGALML + ["estimate", "--json", "--no-probe"], repo).stdout)
+    assert est["new_images"] == 20 and est["labeling_usd"] == pytest.approx(1.60)  # priced before the run
     run(FRUGALML + ["labels", "import", str(good)], repo)  # a replay writes the same objects again
     assert _objects(store, source) - before == added
 
