@@ -61,69 +61,76 @@ def _count(skipped: dict[str, int], reason: str) -> None:
     skipped[reason] = skipped.get(reason, 0) + 1
 
 
-def read_unlabeled(cfg: Params, model, progress=lambda line: None) -> Unlabeled:
-    """The unlabeled images not labeled yet, with their frozen-backbone features (cached)."""
-    import torch  # lazy: the CLI starts without torch
-
-    from frugalml import features
+def _new_images(cfg: Params, skipped: dict[str, int]):
+    """(entry, sha256, decoded RGB image) for each image of ``labels.unlabeled`` whose content is
+    not labeled yet, read and decoded as ingest reads them; the rest counted in ``skipped``."""
     from frugalml.console import Progress
     from frugalml.images import ImageRejected, decode
-    from frugalml.modeling import eval_transform
 
     src = cfg.labels.unlabeled
     if not src:
         raise ConfigError("labels.unlabeled is not set: a folder, archive or s3:// prefix of images without labels")
     labeled = {r["sha256"] for r in read_manifest()}
-    cache = features.FeatureCache(features.cache_key(cfg, features.backbone_sha256(model)), _store(cfg))
-    known = cache.load()
-    before = len(known)
-    m = cfg.model
-    transform = eval_transform(m.image_size, m.mean, m.std)
-    headless = features.headless(model)
-    out = Unlabeled([], [], np.empty((0, 0)))
     seen: set[str] = set()
-    pending: list[tuple[str, torch.Tensor]] = []
     bar = Progress("labels next: reading the unlabeled images", None, "images")
-
-    def flush() -> None:
-        if pending:
-            with torch.no_grad():
-                feats = headless(torch.stack([x for _, x in pending])).float()
-            for (sha, _), f in zip(pending, feats):
-                known[sha] = f
-            pending.clear()
-
     for e in _entries(cfg, src, "labels.unlabeled"):
         bar.update()
         if is_hidden(e.path) or e.problem:
-            _count(out.skipped, "hidden" if is_hidden(e.path) else e.problem)
+            _count(skipped, "hidden" if is_hidden(e.path) else e.problem)
             continue
         if PurePosixPath(e.path).suffix.lower() not in cfg.data.extensions:
-            _count(out.skipped, "unknown_extension")
+            _count(skipped, "unknown_extension")
             continue
         try:
             data = e.read()
             rgb, _ = decode(data, cfg.data.max_pixels)
         except (OSError, ImageRejected) as exc:
-            _count(out.skipped, getattr(exc, "reason", "unreadable"))
+            _count(skipped, getattr(exc, "reason", "unreadable"))
             continue
         sha = hashlib.sha256(data).hexdigest()
         if sha in labeled or sha in seen:
-            _count(out.skipped, "already_labeled" if sha in labeled else "duplicate")
+            _count(skipped, "already_labeled" if sha in labeled else "duplicate")
             continue
         seen.add(sha)
-        out.entries.append(e)
+        yield e, sha, rgb
+    bar.close()
+
+
+def read_unlabeled(cfg: Params, model, progress=lambda line: None) -> Unlabeled:
+    """The unlabeled images not labeled yet, with their frozen-backbone features (cached by
+    content with the labeled ones; computed a batch at a time, so no image stays in memory)."""
+    import torch  # lazy: the CLI starts without torch
+
+    from frugalml import features
+    from frugalml.modeling import eval_transform
+
+    cache = features.FeatureCache(features.cache_key(cfg, features.backbone_sha256(model)), _store(cfg))
+    known = cache.load()
+    before = len(known)
+    transform = eval_transform(cfg.model.image_size, cfg.model.mean, cfg.model.std)
+    headless = features.headless(model)
+    out = Unlabeled([], [], np.empty((0, 0)))
+    pending: list[tuple[str, torch.Tensor]] = []
+
+    def flush() -> None:
+        if pending:
+            with torch.no_grad():
+                feats = headless(torch.stack([x for _, x in pending])).float()
+            known.update((sha, f) for (sha, _), f in zip(pending, feats))
+            pending.clear()
+
+    for entry, sha, rgb in _new_images(cfg, out.skipped):
+        out.entries.append(entry)
         out.sha256.append(sha)
         if sha not in known:
             pending.append((sha, transform(rgb)))
             if len(pending) >= cfg.train.batch_size:
                 flush()
     flush()
-    bar.close()
     if len(known) > before:
         cache.save(known)
     if not out.entries:
-        raise DataError(f"labels.unlabeled {src}: no new images to rank ({_skipped_text(out.skipped)})")
+        raise DataError(f"labels.unlabeled {cfg.labels.unlabeled}: no new images ({_skipped_text(out.skipped)})")
     out.X = torch.stack([known[s] for s in out.sha256]).numpy().astype(np.float64)
     progress(f"labels next: {len(out.entries)} new images ({_skipped_text(out.skipped)})")
     return out
@@ -304,61 +311,75 @@ def _read_export(path: Path) -> tuple[list, str]:
     return tasks, hashlib.sha256(raw).hexdigest()[:16]
 
 
-def plan_import(cfg: Params, export: Path) -> tuple[ImportRecord, dict[str, bytes], list[str]]:
-    """Every label of the export checked, with the bytes to write; or the list of problems."""
+def _task_problem(task: dict, known: list[str], labeled: dict[str, str], by_path: dict) -> str | None:
+    """Why one exported task cannot be imported, or None."""
     from frugalml.ingestion import unsafe_name
 
+    data = task.get("data") or {}
+    label, _, why = _choice(task)
+    path, sha = data.get("source_path"), data.get("sha256")
+    if why:
+        return why
+    if not isinstance(path, str) or not isinstance(sha, str):
+        return "no source_path/sha256 in its data (not a `frugalml labels next` task)"
+    if known and label not in known:
+        return f"unknown class {label!r} (known: {', '.join(known)})"
+    if bad := unsafe_name([label]):
+        return f"class {label!r} cannot be a folder name ({bad})"
+    if path not in by_path:
+        return f"image {path!r} is not in labels.unlabeled"
+    if labeled.get(sha) not in (None, label):
+        return f"{path} is labeled {labeled[sha]!r} already, the export says {label!r}"
+    return None
+
+
+def _take(task: dict, tid, entry) -> tuple[ImportedLabel, bytes]:
+    """The label and the image bytes of a checked task; OSError or DataError if the image cannot
+    be read or changed since it was sent for labeling."""
+    label, annotation, _ = _choice(task)
+    path, sha = task["data"]["source_path"], task["data"]["sha256"]
+    blob = entry.read()
+    if hashlib.sha256(blob).hexdigest() != sha:
+        raise DataError(f"{path} changed since it was sent for labeling (sha256 differs)")
+    dest = f"{label}/{sha[:32]}{PurePosixPath(path).suffix.lower()}"
+    imported = ImportedLabel(
+        task_id=tid,
+        annotation_id=annotation.get("id"),
+        annotator=_annotator(annotation),
+        label=label,
+        source_path=path,
+        sha256=sha,
+        dest=dest,
+    )
+    return imported, blob
+
+
+def plan_import(cfg: Params, export: Path) -> tuple[ImportRecord, dict[str, bytes], list[str]]:
+    """Every label of the export checked, with the bytes to write; or the list of problems."""
     tasks, export_id = _read_export(export)
     if not tasks:
         raise DataError(f"{export} holds no tasks")
+    if not cfg.labels.unlabeled:
+        raise ConfigError("labels.unlabeled is not set: the images of the export are read from there")
     manifest = read_manifest()
     known = list(cfg.validate_.expected_classes or sorted({r["label"] for r in manifest}))
     labeled = {r["sha256"]: r["label"] for r in manifest}
-    if not cfg.labels.unlabeled:
-        raise ConfigError("labels.unlabeled is not set: the images of the export are read from there")
     by_path = {e.path: e for e in _entries(cfg, cfg.labels.unlabeled, "labels.unlabeled") if not e.problem}
     problems, blobs, labels, again = [], {}, [], 0
     for n, task in enumerate(tasks):
         tid = task.get("id", f"#{n}")
-        data = task.get("data") or {}
-        label, annotation, why = _choice(task)
-        path, sha = data.get("source_path"), data.get("sha256")
-        if why:
+        if why := _task_problem(task, known, labeled, by_path):
             problems.append(f"task {tid}: {why}")
-        elif not isinstance(path, str) or not isinstance(sha, str):
-            problems.append(f"task {tid}: no source_path/sha256 in its data (not a `frugalml labels next` task)")
-        elif known and label not in known:
-            problems.append(f"task {tid}: unknown class {label!r} (known: {', '.join(known)})")
-        elif bad := unsafe_name([label]):
-            problems.append(f"task {tid}: class {label!r} cannot be a folder name ({bad})")
-        elif path not in by_path:
-            problems.append(f"task {tid}: image {path!r} is not in labels.unlabeled {cfg.labels.unlabeled}")
-        elif labeled.get(sha) not in (None, label):
-            problems.append(f"task {tid}: {path} is labeled {labeled[sha]!r} already, the export says {label!r}")
-        elif sha in labeled:
-            again += 1
+        elif task["data"]["sha256"] in labeled:
+            again += 1  # the same image with the same label: imported before
         else:
             try:
-                blob = by_path[path].read()
-            except OSError as exc:
-                problems.append(f"task {tid}: {path} cannot be read ({exc})")
+                label, blob = _take(task, tid, by_path[task["data"]["source_path"]])
+            except (OSError, DataError) as exc:
+                problems.append(f"task {tid}: {exc}")
                 continue
-            if hashlib.sha256(blob).hexdigest() != sha:
-                problems.append(f"task {tid}: {path} changed since it was sent for labeling (sha256 differs)")
-                continue
-            dest = f"{label}/{sha[:32]}{PurePosixPath(path).suffix.lower()}"
-            blobs[dest] = blob
-            labels.append(
-                ImportedLabel(
-                    task_id=tid,
-                    annotation_id=annotation.get("id"),
-                    annotator=_annotator(annotation),
-                    label=label,
-                    source_path=path,
-                    sha256=sha,
-                    dest=dest,
-                )
-            )
+            blobs[label.dest] = blob
+            labels.append(label)
     record = ImportRecord(
         id=export_id,
         export=str(export),
