@@ -582,7 +582,7 @@ def labels_import(
     )
 
 
-EXPS_COLUMNS = ["--only-changed", "--drop", ".*/"]  # the deps columns are paths (they hold a '/')
+EXPS_COLUMNS = ["--only-changed", "--drop", ".*/|^Created$|^typ$"]  # deps columns are paths (with a '/')
 
 
 @app.command("exps", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -9,7 +9,8 @@ import time
 
 from rich.console import Console
 
-err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 140)
+# not a terminal (logs, CI, pipes): wide enough for the cost tables (a stage per column) without cutting them
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
 
 
 def info(msg: str) -> None:

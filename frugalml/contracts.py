@@ -748,9 +748,4 @@ class VariantsReport(Contract):
         return next(v for v in self.variants if v.name == self.chosen)
 
     def headline(self) -> dict[str, Any]:
-        chosen = self.chosen_score()
-        return {
-            "variant": self.chosen,
-            "variant_usd_per_1k": chosen.usd_per_1k,
-            "variant_mb": round(chosen.size_bytes / 1e6, 3),
-        }
+        return {"variant": self.chosen, "variant_usd_per_1k": self.chosen_score().usd_per_1k}

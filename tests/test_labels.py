@@ -85,15 +85,14 @@ def test_curve_and_audit_on_the_digits_with_flipped_labels(digits_repo):
     text = run(FRUGALML + ["labels", "curve", "--set", "labels.target_accuracy=0.999"], repo).stderr
     assert "beyond the fitted ceiling" in text or "more train labels" in text
 
-    # the audit as a validation expectation: 2.2% flipped labels against a 1% ceiling
-    strict = ["--set", "validate.max_label_issue_ratio=0.01", "--set", "validate.label_issue_action=fail"]
-    res = run(FRUGALML + ["run", "--until", "validate", *strict], repo, check=False, timeout=600)
-    assert res.returncode == 3 and "label issue ratio" in res.stderr, res.stderr[-3000:]
-    res = run(FRUGALML + ["run", "--until", "validate", "--set", "validate.label_issue_action=warn"], repo, timeout=600)
+    # the audit as a validation expectation: 2.2% flipped labels against a 1% ceiling (warn: the run goes on)
+    strict = ["--set", "validate.max_label_issue_ratio=0.01", "--set", "validate.label_issue_action=warn"]
+    run(FRUGALML + ["run", "--until", "validate", *strict], repo, timeout=600)
     report = json.loads((repo / "metrics" / "validation.json").read_text())
     check = next(c for c in report["expectations"] if c["name"] == "label issue ratio")
     assert report["success"] and not check["success"] and check["severity"] == "warn"
     assert check["observed"] == pytest.approx(audit["issue_ratio"])  # the same audit as the command's
+    assert "label issue ratio" in report["warnings"]
 
 
 def test_labels_without_a_prepared_dataset_is_one_line(tmp_path, store):
