@@ -19,8 +19,6 @@ predictions at ``costs.prices.serving_usd_per_hour``. ``choose`` picks the varia
 
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,8 @@ from frugalml.config import Params
 from frugalml.console import info
 from frugalml.contracts import MODEL, PREPARED, VARIANTS_DIR, VariantScore, read_manifest
 from frugalml.errors import DataError
-from frugalml.evaluation import quality
+from frugalml.evaluation import predict, quality
+from frugalml.evaluation import speed as evaluation_speed
 from frugalml.gates import serving_usd_per_1k
 from frugalml.modeling import ManifestDataset, eval_transform, load_model
 
@@ -142,35 +141,13 @@ class _Session:
         return torch.from_numpy(self.session.run(None, {"image": x.numpy()})[0])
 
 
-def _speed(run, size: int, samples: int) -> dict:
-    x1, xb = torch.randn(1, 3, size, size), torch.randn(THROUGHPUT_BATCH, 3, size, size)
-    for _ in range(3):
-        run(x1), run(xb)
-    lat = []
-    for _ in range(samples):
-        t0 = time.perf_counter()
-        run(x1)
-        lat.append((time.perf_counter() - t0) * 1000)
-    reps = max(3, samples // 10)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        run(xb)
-    q = statistics.quantiles(lat, n=100)
-    return {
-        "latency_ms_p50": round(q[49], 3),
-        "latency_ms_p95": round(q[94], 3),
-        "throughput_images_per_s": round(reps * THROUGHPUT_BATCH / (time.perf_counter() - t0), 1),
-    }
-
-
-@torch.no_grad()
 def score(cfg: Params, name: str, run, meta: dict, rows: list[dict], size_bytes: int) -> VariantScore:
-    y_true, probs = [], []
-    for x, y in _loader(rows, meta, THROUGHPUT_BATCH):
-        probs.append(torch.softmax(run(x).float(), dim=1))
-        y_true += y.tolist()
-    q = quality(y_true, torch.cat(probs), meta["classes"])
-    speed = _speed(run, meta["image_size"], cfg.evaluate.latency_samples)
+    """``run`` (the PyTorch model, or an ONNX Runtime session) measured as ``evaluate`` measures."""
+    cpu = torch.device("cpu")
+    y_true, probs = predict(run, rows, meta, cpu, THROUGHPUT_BATCH)
+    q = quality(y_true, probs, meta["classes"])
+    speed = evaluation_speed(run, meta, cpu, THROUGHPUT_BATCH, cfg.evaluate.latency_samples)
+    speed.pop("throughput_batch_size")
     return VariantScore(
         name=name,
         runtime=RUNTIMES[name],
