@@ -112,6 +112,14 @@ class ModelConfig(_Strict):
         raise ValueError("must be 'none', 'torchvision' or 'registry:<model>@<alias or version>'")
 
 
+def registry_ref(ref: str) -> tuple[str, str]:
+    """``registry:<model>@<alias or version>`` -> (model, alias or version)."""
+    name, _, alias = ref.removeprefix("registry:").partition("@")
+    if not ref.startswith("registry:") or not name or not alias:
+        raise ValueError(f"{ref!r} must look like registry:<model>@<alias or version>")
+    return name, alias
+
+
 class AugmentConfig(_Strict):
     hflip: bool = False
     rotation_deg: float = Field(10.0, ge=0, le=180)
@@ -165,6 +173,16 @@ class TrainConfig(_Strict):
     distributed: DistributedConfig = DistributedConfig()
     max_usd: float | None = Field(None, gt=0)  # live budget of the train stage; null = none
     feature_cache: bool = True  # finetune: head without augmentation trains on cached backbone features
+    distill_from: str | None = None  # registry:<model>@<alias or version>: learn from that model's soft targets
+    distill_temperature: float = Field(4.0, gt=0)  # softens both models' outputs in the distillation loss
+    distill_alpha: float = Field(0.7, ge=0, le=1)  # weight of the teacher's soft targets; 1 - alpha: the labels
+
+    @field_validator("distill_from")
+    @classmethod
+    def _registry_ref(cls, v: str | None) -> str | None:
+        if v is not None:
+            registry_ref(v)
+        return v
 
 
 def feature_cache_off(t: TrainConfig, world: int = 1) -> str | None:
@@ -180,6 +198,8 @@ def feature_cache_off(t: TrainConfig, world: int = 1) -> str | None:
         return "distributed training"
     if t.compile:
         return "train.compile is on"
+    if t.distill_from is not None:
+        return "train.distill_from is set (the teacher reads the images)"
     return None
 
 

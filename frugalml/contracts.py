@@ -273,6 +273,7 @@ class TrainReport(Contract):
     max_usd: float | None = None
     usd_when_stopped: float | None = None  # stopped: budget: what the stage had spent then
     feature_cache: str = "off"  # off | on (n cached of m)
+    distilled_from: dict | None = None  # train.distill_from: the teacher's ref, arch and sha256
     classes: int
     train_images: int
     loader_workers: int = 0

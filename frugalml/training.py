@@ -25,11 +25,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from frugalml import features, weights
-from frugalml.config import Params, TrainConfig, dump
+from frugalml import distillation, features, weights
+from frugalml.config import Params, TrainConfig, dump, registry_ref
 from frugalml.console import info
 from frugalml.contracts import MANIFEST, MODEL, PREPARED, TRAIN_CURVES, TrainReport, read_manifest
 from frugalml.costs import CostMeter, price
+from frugalml.distillation import Teacher
 from frugalml.errors import ConfigError, DataError, StorageError
 from frugalml.fsutil import atomic_write_bytes, atomic_write_text
 from frugalml.lineage import file_hash
@@ -103,9 +104,10 @@ def initial_model(cfg: Params, classes: list[str], meter=None) -> tuple[nn.Modul
             f"torchvision {found.file} ({found.source})",
             found.lineage(),
         )
-    name, _, alias = m.pretrained[len("registry:") :].partition("@")
-    if not name or not alias:
-        raise ConfigError("model.pretrained must look like registry:<model>@<alias or version>")
+    try:
+        name, alias = registry_ref(m.pretrained)
+    except ValueError as exc:
+        raise ConfigError(f"model.pretrained: {exc}") from None
     store = Store.from_config(cfg.storage)
     version, blob = fetch_model_blob(store, name, alias)
     if blob["arch"] != m.arch:
@@ -310,9 +312,11 @@ def train_one_epoch(
     channels_last: bool = False,
     progress: Callable[[int, int, float], None] | None = None,
     budget: Budget | None = None,
+    teacher: nn.Module | None = None,
 ) -> EpochResult:
     """One pass over ``loader``. ``progress(step, steps, seconds)`` is called about every 15 s;
-    ``budget`` is checked between steps (``BudgetReached``)."""
+    ``budget`` is checked between steps (``BudgetReached``). With a ``teacher`` (distillation),
+    ``loss_fn(student, labels, teacher_logits)``."""
     net.train()
     freeze_frozen_norms(net)
     loss_sum, correct = _accumulator(device), _accumulator(device)
@@ -325,7 +329,8 @@ def train_one_epoch(
         opt.zero_grad(set_to_none=True)
         with precision.autocast():
             out = net(x)
-            loss = loss_fn(out.float(), y)
+            soft = () if teacher is None else (teacher(x).float(),)
+            loss = loss_fn(out.float(), y, *soft)
         precision.backward_step(loss, opt)
         sched.step()
         steps += 1
@@ -503,6 +508,7 @@ class Trainer:
     eval_net: nn.Module | None = None  # what validation runs (the head alone on cached features)
     cached: int | None = None  # images whose features came from the feature cache; None = no cache
     trial: TrialLink | None = None  # a sweep trial: report each epoch's val accuracy, stop when pruned
+    teacher: Teacher | None = None  # train.distill_from: the model whose soft targets the loss follows
 
     def dataset_size(self) -> int:
         return len(self.train_loader.dataset) + (len(self.val_loader.dataset) if self.val_loader is not None else 0)
@@ -577,6 +583,7 @@ def _epoch(tr: Trainer, epoch: int) -> EpochResult:
         channels_last=tr.channels_last,
         progress=tr.progress(epoch),
         budget=tr.budget if world() == 1 else None,  # under DDP: checked between epochs only
+        teacher=tr.teacher.net if tr.teacher is not None else None,
     )
 
 
@@ -687,6 +694,9 @@ def build_trainer(
     sched = create_scheduler(opt, t, t.epochs * len(train_loader))
     weights = class_weights(rows, classes).to(device) if t.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=t.label_smoothing)
+    teacher = distillation.load_teacher(cfg, classes, device)
+    if teacher is not None:
+        loss_fn = distillation.DistillLoss(loss_fn, t.distill_temperature, t.distill_alpha)
     net = model if cached is None else head_module(model)[1]  # cached: the head alone trains
     if world() > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -707,6 +717,7 @@ def build_trainer(
         channels_last,
         eval_net=None if cached is None else net,
         cached=cached,
+        teacher=teacher,
     )
     if t.finetune == "head" and no_cache is not None and t.feature_cache and is_main():
         info(f"train: no feature cache: {no_cache}")
@@ -741,6 +752,7 @@ def _report(
         max_usd=t.max_usd,
         usd_when_stopped=round(tr.budget.stopped_at, 6) if tr.budget and tr.budget.stopped_at else None,
         feature_cache="off" if tr.cached is None else f"on ({tr.cached} of {tr.dataset_size()} cached)",
+        distilled_from=tr.teacher.lineage() if tr.teacher is not None else None,
         classes=classes,
         train_images=len(tr.train_loader.dataset),
         loader_workers=tr.train_loader.num_workers,
@@ -785,7 +797,8 @@ def train(cfg: Params, meter: CostMeter | None, run_id: str, started: float | No
         raise DataError("data/manifest.csv is missing or empty: run the ingest stage first")
     classes = sorted({r["label"] for r in rows})
     tr, start, pretrained = build_trainer(cfg, rows, classes, device, meter)
-    ckpt = Checkpointer(cfg, fingerprint(cfg, file_hash(MANIFEST)), run_id)
+    teacher_id = tr.teacher.ref if tr.teacher is not None else ""  # an alias may move to another version
+    ckpt = Checkpointer(cfg, fingerprint(cfg, file_hash(MANIFEST) + teacher_id), run_id)
     state, blob = TrainState(), ckpt.load()
     if blob is not None:
         state = TrainState.restore(blob, tr.model, tr.opt, tr.sched, tr.gen, tr.precision)
@@ -795,7 +808,9 @@ def train(cfg: Params, meter: CostMeter | None, run_id: str, started: float | No
         info(
             f"train: {m.arch} on {device.type} ({tr.precision.name}), {len(classes)} classes, "
             f"{len(tr.train_loader.dataset)} train images, {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g}, "
-            f"finetune={t.finetune}, start={start}" + (f", {world()} processes" if world() > 1 else "")
+            f"finetune={t.finetune}, start={start}"
+            + (f", {world()} processes" if world() > 1 else "")
+            + (f", distilled from {tr.teacher.ref} ({tr.teacher.arch})" if tr.teacher is not None else "")
         )
     tr.budget = budget_for(cfg, device, started)
     tr.trial = TrialLink.from_env() if world() == 1 else None

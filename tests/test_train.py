@@ -212,3 +212,88 @@ def test_warm_start_keeps_backbone_when_classes_change():
     assert "head re-initialised" in how
     assert torch.equal(new.layer4[1].conv2.weight, old.layer4[1].conv2.weight)
     assert new.fc.weight.shape == (4, 512)
+
+
+def _publish(store, name: str, workspace: Path) -> None:
+    """A trained workspace's model as version v1 of ``name``, laid out as the package stage
+    publishes it: a bento archive holding models/<tag>/model.pt, then the version record."""
+    import io
+    import tarfile
+
+    from frugalml.registry import Registry
+
+    data = (workspace / "models" / "model.pt").read_bytes()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        info = tarfile.TarInfo("models/teacher/v1/model.pt")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    store.put_bytes(f"bentos/{name}/v1.bento", buf.getvalue())
+    Registry(store, name).register("v1", {"version": "v1", "run_id": "teacher", "lineage": {"model_sha256": "t"}})
+
+
+def _rotate_labels(workspace: Path) -> None:
+    """Every image gets the next class's label: the hard targets are all wrong."""
+    import csv
+
+    path = workspace / "data" / "manifest.csv"
+    rows = list(csv.DictReader(path.open()))
+    classes = sorted({r["label"] for r in rows})
+    for r in rows:
+        r["label"] = classes[(classes.index(r["label"]) + 1) % len(classes)]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_distillation_learns_from_the_teacher_alone_at_alpha_1(tmp_path, s3_server):
+    """train.distill_from: a resnet18 teacher (16 px) from the registry teaches a mobilenet_v3_small
+    student (32 px: the teacher's input is resized). At alpha 1 the labels play no part: a student
+    trained on all-wrong labels ends bitwise equal to one trained on the right ones, and both
+    differ from a student trained without the teacher."""
+    import json
+
+    from frugalml.config import StorageConfig
+    from frugalml.store import Store
+
+    store = Store.from_config(StorageConfig())  # where the workspaces' params point
+    name = f"teacher-{uuid.uuid4().hex[:6]}"
+    teacher = _workspace(tmp_path / "teacher", "train.epochs=3")
+    _train(teacher)
+    _publish(store, name, teacher)
+    student = ["model.arch=mobilenet_v3_small", "model.image_size=32", "train.epochs=2"]
+    distil = [*student, f"train.distill_from=registry:{name}@v1", "train.distill_alpha=1.0"]
+    right = _workspace(tmp_path / "right", *distil)
+    wrong = _workspace(tmp_path / "wrong", *distil)
+    _rotate_labels(wrong)
+    plain = _workspace(tmp_path / "plain", *student)
+    for w in (right, wrong, plain):
+        _train(w)
+    assert _same(_weights(right), _weights(wrong))
+    assert not _same(_weights(right), _weights(plain))
+    report = json.loads((right / "metrics/train.json").read_text())
+    assert report["distilled_from"] == {"ref": f"registry:{name}@v1", "arch": "resnet18", "sha256": "t"}
+    assert report["arch"] == "mobilenet_v3_small" and report["feature_cache"] == "off"
+    assert "distilled_from" not in json.loads((plain / "metrics/train.json").read_text())  # None is not written
+
+    # A teacher that knows other classes is refused, in one line, before training starts.
+    other = _workspace(tmp_path / "other", *distil)
+    (other / "data" / "manifest.csv").write_text(
+        (other / "data" / "manifest.csv").read_text().replace(",red,", ",crimson,")
+    )
+    res = _train(other, check=False)
+    assert res.returncode != 0 and "a teacher must know the same classes" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_distill_loss_is_the_temperature_scaled_mixture():
+    from frugalml.distillation import DistillLoss
+
+    torch.manual_seed(0)
+    s, t, y = torch.randn(8, 3), torch.randn(8, 3), torch.randint(0, 3, (8,))
+    ce = torch.nn.CrossEntropyLoss()
+    loss = DistillLoss(ce, temperature=2.0, alpha=0.25)(s, y, t)
+    p_t = torch.softmax(t / 2, 1)
+    kl = (p_t * (p_t.log() - torch.log_softmax(s / 2, 1))).sum(1).mean()
+    assert loss.item() == pytest.approx(0.25 * 4 * kl.item() + 0.75 * ce(s, y).item(), rel=1e-5)
