@@ -13,6 +13,13 @@ against its own embedded S3 server, promotes it, starts `frugalml serve`, then m
 Targets: at concurrency 16, service req/s >= 0.6 x raw batched images/s; at concurrency 1,
 p50 overhead (service p50 - raw p50) under 10 ms.
 
+``--variants`` (the compress stage's variants, at --image-size 224 by default): for resnet18 and
+mobilenet_v3_small (``--archs``) on builtin:shapes (full fine-tuning, ``--epochs``), the compress
+stage builds and scores fp32, ONNX and int8; each variant is then packaged, promoted and served
+in turn (``metrics/variants.json`` rewritten with it as the chosen one, as ``serving.variant:
+<name>`` would): req/s at concurrency 16, p50 at concurrency 1, size and accuracy delta vs fp32
+on the test split. Targets: int8 >= 2x fp32 req/s, <= 1 pp accuracy drop, size <= 0.3x.
+
 ``--memory``: instead, 32 clients at once each send one 6000x6000 PNG (36 M pixels, a few
 hundred kB) to /classify_batch, plus one text upload in the same burst; prints the serving
 worker's peak RSS (VmHWM) before and after, the statuses, and the stated bound.
@@ -34,6 +41,7 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,6 +203,140 @@ def memory_burst(serve_pid: int, port: int, clients: int = 32, side: int = 6000)
     }
 
 
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@contextmanager
+def serving(work: Path, env: dict):
+    """`frugalml serve` of the production model, ready; stopped (its process group) on exit."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "frugalml.cli", "serve", "--port", str(port)],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        for _ in range(240):
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                c.request("GET", "/readyz")
+                if c.getresponse().status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield port, proc
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait()
+
+
+def package_and_promote(work: Path, env: dict) -> None:
+    for stage in ("gate", "package"):
+        sh([sys.executable, "-m", f"tasks.{stage}"], work, env)
+    version = json.loads((work / "metrics/package.json").read_text())["version"]
+    sh([sys.executable, "-m", "frugalml.cli", "promote", version, "--to", "production"], work, env)
+
+
+def clean_env() -> dict:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("FRUGALML_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    }
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def variant_rows(arch: str, args, root: Path) -> list[dict]:
+    """One row per variant of ``arch`` at ``--image-size`` on builtin:shapes: the compress stage's
+    accuracy delta and size, then each variant served in turn: req/s at concurrency 16, p50 at 1."""
+    from frugalml.contracts import VariantsReport
+    from frugalml.embedded import EmbeddedS3
+
+    work = root / arch
+    work.mkdir()
+    (work / "params.yaml").write_text(
+        "data:\n  source: builtin:shapes\n"
+        f"model:\n  arch: {arch}\n  image_size: {args.image_size}\n  name: bench-{arch.replace('_', '-')}\n"
+        f"train:\n  epochs: {args.epochs}\n  checkpoint_to_s3: false\n  finetune: full\n"
+        "evaluate:\n  latency_samples: 20\ngates:\n  min_accuracy: 0.0\n  max_variant_accuracy_drop: null\n"
+        f"compress:\n  calibration_images: {args.calibration}\n"
+    )
+    env = clean_env()
+    server = EmbeddedS3(work)
+    server.up()
+    try:
+        t0 = time.perf_counter()
+        for stage in ("ingest", "validate", "train", "evaluate", "compress"):
+            sh([sys.executable, "-m", f"tasks.{stage}"], work, env)
+        built = time.perf_counter() - t0
+        report = VariantsReport.read(work / VariantsReport.PATH)
+        images = [p.read_bytes() for p in sorted((work / ".frugalml/builtin/shapes").rglob("*.png"))[:64]]
+        bodies = [multipart(d) for d in images]
+        fp32 = next(v for v in report.variants if v.name == "fp32")
+        rows = []
+        for v in report.variants:
+            if v.status != "built":
+                rows.append({"arch": arch, "variant": v.name, "skipped": v.reason})
+                continue
+            # what the compress stage writes with serving.variant: <v> (and no drop limit)
+            report.model_copy(update={"chosen": v.name, "why": "serving.variant"}).write(work / VariantsReport.PATH)
+            package_and_promote(work, env)
+            with serving(work, env) as (port, _):
+                load(port, bodies, 4, 40)  # warm-up
+                c16 = load(port, bodies, 16, args.requests)
+                c1 = load(port, bodies, 1, args.requests // 2)
+            rows.append(
+                {
+                    "arch": arch,
+                    "variant": v.name,
+                    "runtime": v.runtime,
+                    "req_per_s_c16": c16["requests_per_s"],
+                    "p50_ms_c1": c1["p50_ms"],
+                    "errors": c16["errors"] + c1["errors"],
+                    "size_mb": round(v.size_bytes / 1e6, 2),
+                    "size_vs_fp32": round(v.size_bytes / fp32.size_bytes, 3),
+                    "accuracy": v.accuracy,
+                    "accuracy_delta_pp": round(100 * v.accuracy_delta, 2),
+                }
+            )
+        for r in rows:
+            if "req_per_s_c16" in r:
+                base = next(x for x in rows if x["variant"] == "fp32")
+                r["throughput_vs_fp32"] = round(r["req_per_s_c16"] / base["req_per_s_c16"], 2)
+        print(f"{arch}: trained and compressed in {built:.0f} s", file=sys.stderr)
+        return rows
+    finally:
+        server.down()
+        shutil.rmtree(work / ".frugalml" / "bentoml", ignore_errors=True)
+
+
+def variants_main(args) -> None:
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
+        rows = [r for arch in args.archs.split(",") for r in variant_rows(arch, args, Path(tmp))]
+    print(json.dumps({"image_size": args.image_size, "cores": os.cpu_count(), "rows": rows}, indent=2))
+    head = ("req/s c16", "x fp32", "p50 c1", "MB", "x size", "acc pp")
+    print(f"{'arch':20s} {'variant':8s} " + " ".join(f"{h:>9s}" for h in head))
+    for r in rows:
+        if "skipped" in r:
+            print(f"{r['arch']:20s} {r['variant']:8s} skipped: {r['skipped']}")
+            continue
+        print(
+            f"{r['arch']:20s} {r['variant']:8s} {r['req_per_s_c16']:9.1f} {r['throughput_vs_fp32']:9.2f} "
+            f"{r['p50_ms_c1']:9.2f} {r['size_mb']:9.2f} {r['size_vs_fp32']:9.3f} {r['accuracy_delta_pp']:+9.2f}"
+        )
+    print("targets: int8 >= 2x fp32 req/s at c16, <= 1 pp accuracy drop, size <= 0.3x fp32")
+
+
 def main() -> None:
     from _common import exit_cleanly_on_sigterm
 
@@ -207,10 +349,18 @@ def main() -> None:
     ap.add_argument(
         "--image-size",
         type=int,
-        default=32,
-        help="32 (the demo: per-request HTTP work dominates) or e.g. 224 (compute dominates)",
+        default=None,
+        help="32 (the demo: per-request HTTP work dominates) or e.g. 224 (compute dominates); --variants: 224",
     )
+    ap.add_argument("--variants", action="store_true", help="one row per serving variant (fp32, onnx, int8)")
+    ap.add_argument("--archs", default="resnet18,mobilenet_v3_small", help="--variants: the architectures")
+    ap.add_argument("--epochs", type=int, default=2, help="--variants: training epochs (full fine-tuning)")
+    ap.add_argument("--calibration", type=int, default=256, help="--variants: int8 calibration images")
     args = ap.parse_args()
+    if args.variants:
+        args.image_size = args.image_size or 224
+        return variants_main(args)
+    args.image_size = args.image_size or 32
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
         work = Path(tmp)
@@ -221,61 +371,35 @@ def main() -> None:
             f"  finetune: {'head' if args.image_size >= 96 else 'full'}\n"
             "evaluate:\n  latency_samples: 10\ngates:\n  min_accuracy: 0.0\n"
         )
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("FRUGALML_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-        }
-        env["PYTHONPATH"] = str(ROOT)
+        env = clean_env()
         server = EmbeddedS3(work)
         server.up()
-        proc = None
         try:
-            for stage in ("ingest", "validate", "train", "evaluate", "gate", "package"):
+            for stage in ("ingest", "validate", "train", "evaluate", "compress"):
                 sh([sys.executable, "-m", f"tasks.{stage}"], work, env)
-            version = json.loads((work / "metrics/package.json").read_text())["version"]
-            cli = [sys.executable, "-m", "frugalml.cli"]
-            sh(cli + ["promote", version, "--to", "production"], work, env)
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-            s.close()
-            proc = subprocess.Popen(
-                cli + ["serve", "--port", str(port)],
-                cwd=work,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            for _ in range(240):
-                try:
-                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                    c.request("GET", "/readyz")
-                    if c.getresponse().status == 200:
-                        break
-                except OSError:
-                    time.sleep(0.5)
-            if args.memory:
-                return print(json.dumps(memory_burst(proc.pid, port), indent=2))
-            images = [p.read_bytes() for p in sorted((work / ".frugalml/builtin/digits").rglob("*.png"))[:64]]
-            bodies = [multipart(d) for d in images]
-            load(port, bodies, 4, 50)  # warm-up
-            c1 = load(port, bodies, 1, args.requests)
-            c16 = load(port, bodies, 16, args.requests * 2)
-            # one image per request to the batchable endpoint: adaptive batching groups them
-            batch_bodies = [multipart(d, "images") for d in images]
-            c16_batch = load(port, batch_bodies, 16, args.requests * 2, "/classify_batch")
+            package_and_promote(work, env)
+            with serving(work, env) as (port, proc):
+                if args.memory:
+                    return print(json.dumps(memory_burst(proc.pid, port), indent=2))
+                images = [p.read_bytes() for p in sorted((work / ".frugalml/builtin/digits").rglob("*.png"))[:64]]
+                bodies = [multipart(d) for d in images]
+                load(port, bodies, 4, 50)  # warm-up
+                c1 = load(port, bodies, 1, args.requests)
+                c16 = load(port, bodies, 16, args.requests * 2)
+                # one image per request to the batchable endpoint: adaptive batching groups them
+                batch_bodies = [multipart(d, "images") for d in images]
+                c16_batch = load(port, batch_bodies, 16, args.requests * 2, "/classify_batch")
             r = raw(work / "models/model.pt", images, 16, args.requests)
+            variant = json.loads((work / "metrics/variants.json").read_text())["chosen"]
             print(
                 json.dumps(
                     {
-                        "model": f"resnet18 {args.image_size}px",
+                        "model": f"resnet18 {args.image_size}px, served variant {variant}",
                         "cores": os.cpu_count(),
                         "service_c1": c1,
                         "service_c16": c16,
                         "service_c16_classify_batch": c16_batch,
-                        "raw_in_process": r,
+                        "raw_in_process_torch_fp32": r,
                         "c1_p50_overhead_ms": round(c1["p50_ms"] - r["batch1_p50_ms"], 2),
                         "target_c1_overhead_ms": 10,
                         "c16_ratio_to_raw_batched": round(c16["requests_per_s"] / r["batch16_images_per_s"], 3),
@@ -288,9 +412,6 @@ def main() -> None:
                 )
             )
         finally:
-            if proc is not None:
-                os.killpg(proc.pid, 15)
-                proc.wait()
             server.down()
             shutil.rmtree(work / ".frugalml" / "bentoml", ignore_errors=True)
 

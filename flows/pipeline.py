@@ -35,6 +35,7 @@ from frugalml.contracts import (
     StageStatus,
     StorageUse,
     ValidationReport,
+    VariantsReport,
     status_file,
 )
 from frugalml.costs import price
@@ -305,7 +306,7 @@ def write_cost_metrics(record: RunRecord) -> CostMetrics:
 
 
 def _artifacts(run_id: str, rows: list[StageRow], gate: GateDecision | None) -> None:
-    """Prefect artifacts: data summary, validation result, metrics, gate decision, cost table."""
+    """Prefect artifacts: data summary, validation result, metrics, variants, gate decision, cost table."""
     ingest = IngestReport.read_if_exists()
     if ingest is not None:
         c = ingest.counts
@@ -327,6 +328,12 @@ def _artifacts(run_id: str, rows: list[StageRow], gate: GateDecision | None) -> 
     if ev is not None:
         table = [{"metric": k, "value": v} for k, v in ev.model_dump().items() if isinstance(v, (int, float))]
         create_table_artifact(key="metrics", table=table, description=f"Evaluation on the test split, run {run_id}")
+    variants = VariantsReport.read_if_exists()
+    if variants is not None:
+        table = [v.model_dump(mode="json", exclude_none=True) for v in variants.variants]
+        create_table_artifact(
+            key="variants", table=table, description=f"Serving variants on the test split, run {run_id}: {variants.why}"
+        )
     table = [r.model_dump(mode="json", exclude_none=True) for r in rows]
     create_table_artifact(key="cost-table", table=table, description=f"Per-stage cost of run {run_id}")
     if gate:

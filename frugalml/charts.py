@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 
 from frugalml.config import GatesConfig
-from frugalml.contracts import STAGES, LabelCurve, RunRecord, SweepRecord
+from frugalml.contracts import STAGES, LabelCurve, RunRecord, SweepRecord, VariantsReport
 from frugalml.fsutil import atomic_write_bytes
 
 STAGE_COLORS = dict(zip(STAGES, ("#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974", "#64b5cd")))
@@ -152,4 +152,38 @@ def plot_label_curve(curve: LabelCurve, path: Path) -> None:
     )
     usd.set_xlabel("USD of train labels", fontsize=8)
     ax.legend(fontsize=7, loc="lower right")
+    _save(plt, fig, path)
+
+
+def plot_variants(report: VariantsReport, path: Path, max_drop: float | None) -> None:
+    """Test accuracy vs USD per 1k predictions per built variant (marker area: file size), the
+    allowed accuracy drop below fp32 drawn, the chosen variant circled."""
+    plt, fig, axes = _figure(6.5, 4.2)
+    ax = axes[0][0]
+    built = [v for v in report.variants if v.status == "built"]
+    biggest = max(v.size_bytes for v in built)
+    for v in built:
+        ax.scatter(
+            v.usd_per_1k, v.accuracy, s=40 + 400 * v.size_bytes / biggest, color=STAGE_COLORS["evaluate"], alpha=0.6
+        )
+        ax.annotate(
+            f"{v.name} ({v.runtime})\n{v.size_bytes / 1e6:.1f} MB, p50 {v.latency_ms_p50:.2f} ms",
+            (v.usd_per_1k, v.accuracy),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=7,
+        )
+    fp32 = next(v for v in built if v.name == "fp32")
+    if max_drop is not None:
+        ax.axhline(fp32.accuracy - max_drop, color=STAGE_COLORS["train"], linestyle="--", linewidth=1)
+        ax.text(0, fp32.accuracy - max_drop, " fp32 - gates.max_variant_accuracy_drop", va="top", fontsize=7)
+    chosen = report.chosen_score()
+    ax.scatter(chosen.usd_per_1k, chosen.accuracy, s=500, facecolors="none", edgecolors=LABEL_COLOR, linewidths=2)
+    ax.set_xlim(0, 1.6 * max(v.usd_per_1k for v in built))  # room for the labels
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+    ax.margins(y=0.2)
+    ax.set(xlabel="USD per 1k predictions (batch 1)", ylabel="test accuracy")
+    skipped = [f"{v.name}: {v.reason}" for v in report.variants if v.status == "skipped"]
+    title = f"Variants: {report.chosen} chosen (ring)" + (f"; skipped {'; '.join(skipped)}" if skipped else "")
+    ax.set_title(title[:110], fontsize=9)
     _save(plt, fig, path)

@@ -26,10 +26,11 @@ import torch
 
 from frugalml.config import Params
 from frugalml.console import info
-from frugalml.contracts import MODEL, PREPARED, VARIANTS_DIR, VariantScore, read_manifest
+from frugalml.contracts import MODEL, PREPARED, VARIANTS_CSV, VARIANTS_DIR, VariantScore, VariantsReport, read_manifest
 from frugalml.errors import DataError
 from frugalml.evaluation import predict, quality
 from frugalml.evaluation import speed as evaluation_speed
+from frugalml.fsutil import atomic_write_text
 from frugalml.gates import serving_usd_per_1k
 from frugalml.modeling import ManifestDataset, eval_transform, load_model
 
@@ -204,3 +205,15 @@ def choose(cfg: Params, scores: list[VariantScore]) -> tuple[str, str]:
         return want, "serving.variant"
     best = min(ok, key=lambda s: (s.usd_per_1k, s.size_bytes))
     return best.name, f"cheapest per 1k predictions within {drop} accuracy of fp32"
+
+
+def write_plot(report: VariantsReport) -> None:
+    """``plots/variants.csv``: one row per built variant, for ``dvc plots show`` (x: USD per 1k, y: accuracy)."""
+    cols = ("variant", "usd_per_1k", "accuracy", "size_mb", "latency_ms_p50", "chosen")
+    rows = [
+        f"{v.name},{v.usd_per_1k:.8f},{v.accuracy:.6f},{v.size_bytes / 1e6:.3f},{v.latency_ms_p50:.3f},"
+        f"{int(v.name == report.chosen)}"
+        for v in report.variants
+        if v.status == "built"
+    ]
+    atomic_write_text(VARIANTS_CSV, "\n".join([",".join(cols), *rows]) + "\n")

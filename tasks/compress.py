@@ -3,15 +3,16 @@
 Builds ``compress.variants`` under ``models/variants/`` (ONNX fp32, int8 static quantization by
 ONNX Runtime), scores each beside the PyTorch model on the same test images and writes
 ``metrics/variants.json``: accuracy, delta vs fp32, latency, throughput, size, USD per 1k
-predictions, and the variant ``serving.variant`` chooses. The work is ``frugalml.variants``.
+predictions, and the variant ``serving.variant`` chooses; ``plots/variants.csv`` (a DVC plot)
+and ``plots/variants.png`` draw accuracy against USD per 1k. The work is ``frugalml.variants``.
 """
 
 from __future__ import annotations
 
-from frugalml import variants
+from frugalml import charts, variants
 from frugalml.config import Params
 from frugalml.console import info
-from frugalml.contracts import VariantsReport
+from frugalml.contracts import VARIANTS_PNG, VariantsReport
 from frugalml.costs import CostMeter
 from tasks._stage import stage_main
 
@@ -21,6 +22,8 @@ def run(cfg: Params, meter: CostMeter) -> VariantsReport:
     chosen, why = variants.choose(cfg, scores)
     report = VariantsReport(variants=scores, chosen=chosen, why=why)
     report.write()
+    variants.write_plot(report)
+    charts.plot_variants(report, VARIANTS_PNG, cfg.gates.max_variant_accuracy_drop)
     for s in scores:
         if s.status == "built":
             info(

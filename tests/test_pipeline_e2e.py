@@ -34,6 +34,11 @@ def _check_outputs(repo, store):
     assert (
         abs(built["onnx"]["accuracy_delta"]) <= 0.02 and built["int8"]["size_bytes"] < 0.5 * built["onnx"]["size_bytes"]
     )
+    chosen = json.loads((repo / "metrics/variants.json").read_text())["chosen"]
+    plot = (repo / "plots/variants.csv").read_text().splitlines()  # the DVC plot: a row per variant
+    assert plot[0].startswith("variant,usd_per_1k,accuracy") and len(plot) == 4
+    assert [r.split(",")[0] for r in plot[1:] if r.endswith(",1")] == [chosen]
+    assert (repo / "plots/variants.png").read_bytes()[:4] == b"\x89PNG"
     name, version = pkg["model"], pkg["version"]
     bento = store.head(f"bentos/{name}/{version}.bento")
     assert bento is not None and bento["ContentLength"] == pkg["bento_bytes"]

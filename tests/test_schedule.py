@@ -72,4 +72,4 @@ def test_scheduled_deployment_run_completes_on_a_real_prefect_server(prefect_ser
     assert len(mine) == 1 and mine[0]["status"] == "succeeded" and mine[0]["orchestrator"] == "prefect"
     query = {"artifacts": {"flow_run_id": {"any_": [done["id"]]}}}
     keys = {a["key"] for a in prefect_api(api, "/artifacts/filter", query)}
-    assert {"data-summary", "validation-result", "metrics", "gate-decision", "cost-table"} <= keys
+    assert {"data-summary", "validation-result", "metrics", "variants", "gate-decision", "cost-table"} <= keys
