@@ -131,6 +131,7 @@ def make_pipeline_repo(tmp_path: Path, store, extra: list[str] | None = None) ->
             "validate.min_images_per_class=5",
             "gates.min_accuracy=0.6",
             "evaluate.latency_samples=10",
+            "compress.variants=[fp32]",  # ONNX export + int8: ~10 s a run; the tests of variants ask for them
             *(extra or []),
         ],
     )
