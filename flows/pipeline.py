@@ -20,7 +20,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from frugalml import config
+from frugalml import config, dispatch
 from frugalml.contracts import (
     CostEntry,
     CostMetrics,
@@ -40,7 +40,7 @@ from frugalml.contracts import (
 )
 from frugalml.costs import price
 from frugalml.dvcconf import write_local_config
-from frugalml.errors import FrugalError, Rejected, TransientStorageError
+from frugalml.errors import FrugalError, Rejected, StorageError, TransientStorageError
 from frugalml.lineage import git_commit, git_dirty
 from frugalml.locks import RUN_LOCK, workspace_lock
 from frugalml.procs import dvc_env
@@ -60,6 +60,7 @@ class StageOutcome:
     wall_s: float
     cost: CostEntry | None = None  # this run's cost entry of the stage; None when it did not run
     failed: bool = False
+    pool: str | None = None  # orchestration.pools: the work pool it ran on (None: here)
 
 
 def _env(run_id: str) -> dict:
@@ -154,6 +155,86 @@ def run_stage(stage: str, run_id: str) -> StageOutcome:
     return StageOutcome(stage, ran, wall, cost if ran else None)
 
 
+def _wait_for(flow_run_id, stage: str, pool: str, submit_timeout_s: float):
+    """The final state of a remote stage's flow run. One that no worker picks up within
+    ``submit_timeout_s`` is cancelled (no orphaned flow run) and the stage fails, naming the pool."""
+    from prefect.client.orchestration import get_client  # lazy: Prefect client, only for remote stages
+    from prefect.states import Cancelled
+
+    submitted = time.monotonic()
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(flow_run_id).state
+            if state is not None and state.is_final():
+                return state
+            if (state is None or state.is_scheduled()) and time.monotonic() - submitted > submit_timeout_s:
+                client.set_flow_run_state(flow_run_id, Cancelled(message="no worker picked it up"), force=True)
+                raise StageFailed(
+                    f"stage {stage}: no worker of work pool {pool!r} picked it up within {submit_timeout_s:g} s "
+                    f"(orchestration.submit_timeout_s); start one: prefect worker start --pool {pool}"
+                )
+            time.sleep(1.0)
+
+
+def _submit(stage: str, run_id: str, pool: str, cfg):
+    from prefect.deployments import run_deployment  # lazy: only for remote stages
+    from prefect.exceptions import ObjectNotFound
+
+    name = f"{dispatch.FLOW_NAME}/{pool}"
+    params = {
+        "stage": stage,
+        "run_id": run_id,
+        "commit": git_commit(),
+        "repo_url": dispatch.repo_url(cfg.orchestration.git_remote),
+        "pool": pool,
+        "storage": cfg.storage.model_dump(),
+    }
+    try:
+        return run_deployment(name, parameters=params, timeout=0, tags=["frugalml", f"run:{run_id}"])
+    except ObjectNotFound:
+        raise StageFailed(
+            f"stage {stage}: no deployment {name} for work pool {pool!r}; register it "
+            f"(infra/prefect.yaml: `prefect deploy --name {pool}`)"
+        ) from None
+
+
+@task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient)
+def run_remote_stage(stage: str, run_id: str, pool: str, cfg) -> StageOutcome:
+    """``stage`` on a worker of ``pool`` (``flows/remote_stage.py``): its deps pushed and sent,
+    the flow run awaited, its dvc.lock entry and outputs merged, its outs pulled."""
+    t0 = time.perf_counter()
+    if nothing_changed.fn([stage], run_id):
+        return StageOutcome(stage, False, time.perf_counter() - t0, pool=pool)
+    cached, _ = dispatch.inputs_of(stage)
+    if cached:
+        _checked_dvc(["push", *cached], run_id, f"stage {stage}: pushing its inputs")
+    store = Store.from_config(cfg.storage)
+    dispatch.send_inputs(store, run_id, stage)
+    flow_run = _submit(stage, run_id, pool, cfg)
+    state = _wait_for(flow_run.id, stage, pool, cfg.orchestration.submit_timeout_s)
+    try:
+        result = dispatch.merge(store, run_id, stage)
+    except StorageError:
+        if state.is_completed():
+            raise
+        raise StageFailed(f"stage {stage} on work pool {pool}: {state.name}: {state.message}") from None
+    if result.exit_code == 3:
+        raise Rejected(result.message)
+    if result.exit_code != 0 or not state.is_completed():
+        raise StageFailed(f"stage {stage} on work pool {pool} failed: {result.message or state.message}")
+    _checked_dvc(["pull", stage], run_id, f"stage {stage}: pulling its outputs")
+    cost = CostEntry.for_stage(stage)
+    ran = cost is not None and cost.run_id == run_id
+    return StageOutcome(stage, ran, time.perf_counter() - t0, cost if ran else None, pool=pool)
+
+
+def _checked_dvc(args: list[str], run_id: str, what: str) -> None:
+    code, tail = _dvc(args, run_id, echo=False)
+    if code != 0:
+        error = TransientStorageError if is_transient_dvc_failure(tail) else StageFailed
+        raise error(f"{what}: dvc {args[0]} failed (exit {code}):\n{tail}")
+
+
 @task
 def nothing_changed(stages: list[str], run_id: str) -> bool:
     """One ``dvc status`` over the stages (and the source data): True when all are up to date."""
@@ -235,11 +316,12 @@ def auto_promote(cfg, version: str, alias: str) -> Promotion:
     return Promotion(alias=alias, version=version)
 
 
-def _failed_outcome(stage: str, run_id: str) -> StageOutcome:
+def _failed_outcome(stage: str, run_id: str, pool: str) -> StageOutcome:
     """The cost of a stage that ended in rejection or failure (it still ran and cost money)."""
     cost = CostEntry.for_stage(stage)
     ran = cost is not None and cost.run_id == run_id
-    return StageOutcome(stage, ran, cost.wall_s if ran else 0.0, cost if ran else None, failed=True)
+    where = None if pool == "local" else pool
+    return StageOutcome(stage, ran, cost.wall_s if ran else 0.0, cost if ran else None, failed=True, pool=where)
 
 
 def push_row(push: DvcPush, costs) -> StageRow:
@@ -256,16 +338,22 @@ def orchestration_row(wall_s: float, costs) -> StageRow:
     )
 
 
-def cost_rows(outcomes: list[StageOutcome]) -> list[StageRow]:
+def cost_rows(outcomes: list[StageOutcome], pool_usd_per_hour: dict[str, float] | None = None) -> list[StageRow]:
+    """A row per stage. A stage on a work pool with a node price (``orchestration.pool_usd_per_hour``)
+    is billed the node's hour for its wall time, instead of its CPU and GPU share."""
     rows = []
     for o in outcomes:
         c = o.cost or CostEntry(stage=o.stage, run_id="", wall_s=0.0)
+        usd = c.total_usd
+        if o.pool is not None and (rate := (pool_usd_per_hour or {}).get(o.pool)) is not None:
+            usd = round(usd - c.compute_usd - c.gpu_usd + rate * c.wall_s / 3600, 6)
         rows.append(
             StageRow(
                 stage=o.stage,
                 status="failed" if o.failed else "ran" if o.ran else "up to date",
                 wall_s=round(c.wall_s, 2),
-                usd=c.total_usd,
+                usd=usd,
+                pool=o.pool,
                 check_wall_s=round(o.wall_s, 2),
                 cpu_s=round(c.cpu_s, 2),
                 peak_rss_mb=c.peak_rss_mb,
@@ -376,7 +464,9 @@ def _build_record(
     t0: float,
     flow_run_id: str,
 ) -> RunRecord:
-    rows = cost_rows(outcomes) + ([push_row(push, cfg.costs)] if push.wall_s else [])
+    rows = cost_rows(outcomes, cfg.orchestration.pool_usd_per_hour) + (
+        [push_row(push, cfg.costs)] if push.wall_s else []
+    )
     own = time.perf_counter() - t0 - sum(r.wall_s for r in rows)
     rows.append(orchestration_row(max(0.0, own), cfg.costs))
     ran = {o.stage for o in outcomes}
@@ -462,6 +552,8 @@ def _pipeline(run_id: str | None, overrides: list[str] | None, until: str | None
     cfg, stages = _prepare(run_id, overrides, until)
     outcomes: list[StageOutcome] = []
     status, message = "succeeded", ""
+    if any(cfg.orchestration.pool_for(s) != "local" for s in stages):  # before any stage runs
+        dispatch.check_reachable(dispatch.repo_url(cfg.orchestration.git_remote), git_commit())
     unchanged = False if checked_changed else nothing_changed(stages, run_id)
     if unchanged:
         logger.info("dvc status: every stage is up to date; nothing to run")
@@ -472,12 +564,16 @@ def _pipeline(run_id: str | None, overrides: list[str] | None, until: str | None
         if stage == "package" and outcomes and (rejection := _gate_rejection()):
             status, message = "rejected", rejection
             break
+        pool = cfg.orchestration.pool_for(stage)
         try:
-            outcomes.append(run_stage.with_options(name=stage)(stage, run_id))
+            if pool == "local":
+                outcomes.append(run_stage.with_options(name=stage)(stage, run_id))
+            else:
+                outcomes.append(run_remote_stage.with_options(name=f"{stage}@{pool}")(stage, run_id, pool, cfg))
         except FrugalError as exc:
             status = "rejected" if isinstance(exc, Rejected) else "failed"
             message = str(exc)
-            outcomes.append(_failed_outcome(stage, run_id))
+            outcomes.append(_failed_outcome(stage, run_id, pool))
             break
     if status == "succeeded" and "package" not in stages and any(o.stage == "gate" for o in outcomes):
         if rejection := _gate_rejection():  # --until gate: the decision is the outcome

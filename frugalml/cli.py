@@ -670,7 +670,7 @@ def print_summary(record: RunRecord) -> None:
         t.add_column(col, justify="left" if col in ("stage", "status") else "right")
     for r in record.stages:
         t.add_row(
-            r.stage,
+            f"{r.stage} @{r.pool}" if r.pool else r.stage,  # a stage on a work pool: its pool
             r.status,
             f"{r.wall_s:.1f}",
             f"{r.cpu_s:.1f}",

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML
 
+from frugalml.contracts import STAGES
 from frugalml.errors import ConfigError
 from frugalml.fsutil import atomic_write_text
 
@@ -336,6 +337,26 @@ class LabelsConfig(_Strict):
         return v
 
 
+class OrchestrationConfig(_Strict):
+    """Where each stage runs: ``local`` (this workspace) or a Prefect work pool (a deployment of
+    ``flows/remote_stage.py`` named after the pool: ``frugalml-stage/<pool>``)."""
+
+    pools: dict[str, str] = {"default": "local"}  # stage -> pool; "default" for the stages not listed
+    submit_timeout_s: float = Field(600, gt=0)  # a remote stage no worker picks up fails after this
+    git_remote: str = "origin"  # where workers fetch the run's commit: a remote's name, a URL or a path
+    pool_usd_per_hour: dict[str, float] = {}  # a pool's node price: its stages are billed wall x this
+
+    @model_validator(mode="after")
+    def _known_stages(self):
+        unknown = set(self.pools) - {"default", *STAGES}
+        if unknown:
+            raise ValueError(f"unknown stage(s) {sorted(unknown)} in pools; stages: {', '.join(STAGES)}")
+        return self
+
+    def pool_for(self, stage: str) -> str:
+        return self.pools.get(stage, self.pools.get("default", "local"))
+
+
 class Params(_Strict):
     data: DataConfig = DataConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
@@ -350,6 +371,7 @@ class Params(_Strict):
     sweep: SweepConfig = SweepConfig()
     labels: LabelsConfig = LabelsConfig()
     compress: CompressConfig = CompressConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

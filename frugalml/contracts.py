@@ -445,6 +445,7 @@ class StageRow(BaseModel):
     image_epochs: int = 0
     startup_s: float = 0.0  # of the stage process: interpreter and imports
     bytes: int | None = None  # dvc push: bytes added to the remote
+    pool: str | None = None  # orchestration.pools: the work pool it ran on (None: this workspace)
 
 
 class DvcPush(BaseModel):
@@ -752,3 +753,22 @@ class VariantsReport(Contract):
 
     def headline(self) -> dict[str, Any]:
         return {"variant": self.chosen, "variant_usd_per_1k": self.chosen_score().usd_per_1k}
+
+
+class RemoteStage(Contract):
+    """``runs/<run_id>/stages/<stage>/result.json``: a stage that ran on a work pool's worker,
+    what the orchestrating flow merges (the stage's dvc.lock entry and its uncached outputs)."""
+
+    PATH: ClassVar[Path] = Path(".frugalml/remote/result.json")
+    stage: str
+    run_id: str
+    pool: str
+    commit: str
+    worker: str  # the worker's host name
+    exit_code: int
+    message: str = ""  # the stage's one-line error when it failed
+    lock_entry: dict | None = None  # dvc.lock's stages.<stage> as the worker wrote it
+    files: list[str] = []  # uncached outputs uploaded beside this record (metrics, costs, plots)
+    materialize_s: float = 0.0  # clone + checkout + dvc pull of the deps
+    repro_s: float = 0.0
+    publish_s: float = 0.0  # dvc push of the outs + uploads

@@ -23,7 +23,8 @@ def test_scheduled_deployment_run_completes_on_a_real_prefect_server(prefect_ser
     shutil.copytree(ROOT / "infra", repo / "infra")
     run([str(BIN / "prefect"), "work-pool", "create", "frugalml", "--type", "process"], repo, env=env)
     run(
-        [str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml"],
+        [str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "nightly", "--name", "promote"]
+        + ["--prefect-file", "infra/prefect.yaml"],
         repo,
         env={**env, "FRUGALML_REPO": str(repo)},
     )

@@ -1,0 +1,88 @@
+"""One pipeline stage on a Prefect work pool's worker: the flow behind ``frugalml-stage/<pool>``.
+
+The orchestrating run (``flows/pipeline.py``, ``orchestration.pools``) starts it with
+``run_deployment``. In a fresh folder under the worker's working directory it materializes the
+workspace at the run's commit (``git clone`` + ``checkout``, the run's params.yaml and dvc.lock,
+``dvc pull`` of the stage's deps), runs ``dvc repro --single-item <stage>``, pushes the outs to the
+DVC remote and publishes the stage's dvc.lock entry, metrics and cost file under
+``runs/<run_id>/stages/<stage>/``; the folder is removed afterwards, also on failure. The work is
+``frugalml.dispatch``; the S3 endpoint and credentials come from the worker's environment.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from prefect import flow
+
+from frugalml import config, dispatch
+from frugalml.config import StorageConfig
+from frugalml.contracts import RemoteStage, StageStatus, status_file
+from frugalml.dvcconf import write_local_config
+from frugalml.errors import FrugalError
+from frugalml.procs import dvc_env
+from frugalml.store import Store, resolve_settings
+
+WORK = Path(".frugalml") / "remote"
+
+
+def _dvc(args: list[str], cwd: Path, run_id: str) -> tuple[int, str]:
+    env = dvc_env({"FRUGALML_RUN_ID": run_id, "PYTHONUNBUFFERED": "1"})
+    res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    sys.stderr.write(res.stdout + res.stderr)
+    return res.returncode, (res.stdout + res.stderr)[-1500:]
+
+
+def _checked(args: list[str], cwd: Path, run_id: str) -> None:
+    code, tail = _dvc(args, cwd, run_id)
+    if code != 0:
+        raise FrugalError(f"dvc {args[0]} failed on the worker (exit {code}): {tail}")
+
+
+def _repro(work: Path, stage: str, run_id: str) -> tuple[int, str]:
+    code, tail = _dvc(["repro", "--single-item", stage], work, run_id)
+    status = work / status_file(stage)
+    if code != 0 and status.exists():
+        st = StageStatus.read(status)
+        return st.exit_code or code, st.message
+    return code, "" if code == 0 else tail
+
+
+@flow(name=dispatch.FLOW_NAME, log_prints=True)
+def remote_stage(stage: str, run_id: str, commit: str, repo_url: str, pool: str, storage: dict) -> dict:
+    """Run ``stage`` of run ``run_id`` at ``commit`` of ``repo_url`` here; publish its result."""
+    work = WORK / f"{run_id}-{stage}-{uuid.uuid4().hex[:6]}"
+    work.parent.mkdir(parents=True, exist_ok=True)
+    store = Store.from_config(StorageConfig(**storage))
+    result = RemoteStage(stage=stage, run_id=run_id, pool=pool, commit=commit, worker=socket.gethostname(), exit_code=0)
+    try:
+        t0 = time.perf_counter()
+        dispatch.materialize(store, run_id, stage, repo_url, commit, work)
+        cfg = config.load(work / "params.yaml")
+        write_local_config(cfg, resolve_settings(cfg.storage), work)
+        cached, _ = dispatch.inputs_of(stage, work)
+        if cached:
+            _checked(["pull", *cached], work, run_id)
+        t1 = time.perf_counter()
+        result.exit_code, result.message = _repro(work, stage, run_id)
+        t2 = time.perf_counter()
+        if result.exit_code == 0:
+            _checked(["push", stage], work, run_id)
+        result.materialize_s, result.repro_s = round(t1 - t0, 2), round(t2 - t1, 2)
+        result.publish_s = round(time.perf_counter() - t2, 2)
+        dispatch.publish(store, work, result)
+        print(
+            f"{stage} on pool {pool} ({result.worker}): exit {result.exit_code}; materialize {result.materialize_s} s, "
+            f"repro {result.repro_s} s, push {result.publish_s} s"
+        )
+        if result.exit_code != 0:
+            raise FrugalError(f"stage {stage} on pool {pool}: {result.message}")
+        return result.model_dump()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,165 @@
+"""Stages on Prefect work pools: a real Prefect server, process pools `cpu` and `gpu` with a worker
+each in its own clone of the repo, the flow in a third workspace; train runs on the `gpu` worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import BIN, ROOT, make_pipeline_repo, prefect_api, prefect_client_env, run
+
+pytestmark = pytest.mark.slow
+FRUGALML = [sys.executable, "-m", "frugalml.cli"]
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+
+
+def _workers(tmp_path: Path, origin: Path, env: dict):
+    """A process pool and a worker per pool, each in its own clone of ``origin``."""
+    procs = []
+    for pool in ("cpu", "gpu"):
+        clone = tmp_path / f"worker-{pool}"
+        run(["git", "clone", "-q", str(origin), str(clone)], tmp_path)
+        run([str(BIN / "prefect"), "work-pool", "create", pool, "--type", "process"], clone, env=env)
+        deploy = [str(BIN / "prefect"), "--no-prompt", "deploy", "--name", pool, "--prefect-file", "infra/prefect.yaml"]
+        run(deploy, clone, env={**env, "FRUGALML_REPO": str(clone)})
+        log = open(tmp_path / f"worker-{pool}.log", "w")
+        procs.append(
+            subprocess.Popen(
+                [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
+                cwd=clone,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+    return procs
+
+
+def _stop(procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def _lock_essentials(repo: Path) -> dict:
+    """dvc.lock's stages without what differs between any two ingests of the same images (the
+    shard names in the manifest carry the ingest time) or any two runs (reports and cost ledgers
+    hold times): the code deps, the params and the model's md5."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {
+        stage: {
+            "deps": sorted(
+                (d["path"], d.get("md5"))
+                for d in e.get("deps", [])
+                if d["path"].split("/")[0] in ("frugalml", "tasks")
+            ),
+            "outs": sorted((o["path"], o.get("md5")) for o in e.get("outs", []) if o["path"] == "models/model.pt"),
+            "params": e.get("params"),
+        }
+        for stage, e in lock.items()
+    }
+
+
+def test_train_runs_on_the_gpu_pool_and_the_workspace_ends_as_after_a_local_run(prefect_server, store, tmp_path):
+    api = prefect_server
+    env = prefect_client_env(api, tmp_path / "client-home")
+    pools = ["orchestration.pools={default: local, train: gpu}", "orchestration.submit_timeout_s=120"]
+    (tmp_path / "flow").mkdir()
+    repo = make_pipeline_repo(tmp_path / "flow", store, pools)
+    shutil.copytree(ROOT / "infra", repo / "infra")
+    run(["git", "add", "-A"], repo)
+    run([*GIT, "commit", "-qm", "infra"], repo)
+    origin = tmp_path / "origin.git"
+    run(["git", "init", "-q", "--bare", "--initial-branch=main", str(origin)], tmp_path)
+    run(["git", "remote", "add", "origin", str(origin)], repo)
+    run(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], repo)
+
+    # An unpushed commit: refused before any stage runs, naming the commit (no worker needed).
+    (repo / "notes.txt").write_text("not pushed")
+    run(["git", "add", "notes.txt"], repo)
+    run([*GIT, "commit", "-qm", "local only"], repo)
+    head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    res = run(FRUGALML + ["run", "--until", "evaluate"], repo, check=False, env=env)
+    assert res.returncode != 0 and f"commit {head[:12]} is not on {origin}" in res.stderr, res.stderr[-2000:]
+    assert "Running stage" not in res.stderr and not (repo / "data" / "manifest.csv").exists()
+    run(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], repo)
+
+    workers = _workers(tmp_path, origin, env)
+    try:
+        res = run(FRUGALML + ["run", "--until", "evaluate"], repo, env=env, timeout=900)
+    finally:
+        _stop(workers)
+    gpu_log = (tmp_path / "worker-gpu.log").read_text()
+    assert "train on pool gpu" in gpu_log, gpu_log[-3000:]
+    assert "on pool" not in (tmp_path / "worker-cpu.log").read_text()
+    runs = prefect_api(api, "/flow_runs/filter", {"deployments": {"name": {"any_": ["gpu"]}}})
+    assert [(r["state_type"], r["work_pool_name"], r["parameters"]["stage"]) for r in runs] == [
+        ("COMPLETED", "gpu", "train")
+    ]
+    assert not any((tmp_path / "worker-gpu" / ".frugalml" / "remote").iterdir())  # the materialized copy is gone
+
+    # The cost table shows the remote stage and its pool; the record names it.
+    assert "train @gpu" in res.stderr  # the cost table's row
+    run_id = next(o["key"].split("/")[1] for o in store.list("runs/") if o["key"].endswith("/record.json"))
+    record = store.get_json(f"runs/{run_id}/record.json")
+    pools_by_stage = {s["stage"]: s.get("pool") for s in record["stages"]}
+    assert pools_by_stage["train"] == "gpu" and pools_by_stage["ingest"] is None and pools_by_stage["evaluate"] is None
+    train_row = next(s for s in record["stages"] if s["stage"] == "train")
+    assert train_row["status"] == "ran" and train_row["usd"] > 0
+    result = store.get_json(f"runs/{run_id}/stages/train/result.json")
+    assert result["exit_code"] == 0 and result["pool"] == "gpu" and "metrics/train.json" in result["files"]
+
+    # The orchestrating workspace is as after a local run: dvc status clean, same lock and metrics.
+    status = run([str(BIN / "dvc"), "status", "evaluate"], repo, env=env).stdout  # the run stopped there
+    assert "up to date" in status, status
+    (tmp_path / "local").mkdir()
+    name = yaml.safe_load((repo / "params.yaml").read_text())["model"]["name"]
+    local = make_pipeline_repo(tmp_path / "local", store, [f"model.name={name}"])  # the same params
+    run(FRUGALML + ["run", "--until", "evaluate"], local, env=env, timeout=900)
+    assert _lock_essentials(repo) == _lock_essentials(local)
+    assert _lock_essentials(repo)["train"]["outs"]  # the model's md5: bitwise the same weights
+    for name in ("eval.json", "train.json"):
+        a, b = (json.loads((r / "metrics" / name).read_text()) for r in (repo, local))
+        keys = ("accuracy", "macro_f1", "final_val_acc", "final_train_loss", "epochs_run")
+        assert {k: a.get(k) for k in keys} == {k: b.get(k) for k in keys}, name
+
+
+def test_a_pool_without_a_worker_fails_in_bounded_time_naming_the_pool(prefect_server, store, tmp_path):
+    api = prefect_server
+    env = prefect_client_env(api, tmp_path / "client-home")
+    extra = ["orchestration.pools={default: local, validate: idle}", "orchestration.submit_timeout_s=5"]
+    (tmp_path / "flow").mkdir()
+    repo = make_pipeline_repo(tmp_path / "flow", store, extra)
+    shutil.copytree(ROOT / "infra", repo / "infra")
+    (repo / "infra" / "prefect.yaml").write_text(
+        (repo / "infra" / "prefect.yaml").read_text().replace("name: cpu\n", "name: idle\n")
+    )
+    run(["git", "add", "-A"], repo)
+    run([*GIT, "commit", "-qm", "infra"], repo)
+    run(["git", "remote", "add", "origin", str(repo)], repo)  # the repo itself: the commit is reachable
+    run([str(BIN / "prefect"), "work-pool", "create", "idle", "--type", "process"], repo, env=env)
+    deploy = [str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "idle", "--prefect-file", "infra/prefect.yaml"]
+    run(deploy, repo, env={**env, "FRUGALML_REPO": str(repo)})
+    t0 = time.monotonic()
+    res = run(FRUGALML + ["run", "--until", "validate"], repo, check=False, env=env)
+    assert res.returncode != 0 and time.monotonic() - t0 < 180
+    assert "no worker of work pool 'idle' picked it up within 5 s" in res.stderr, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    runs = prefect_api(api, "/flow_runs/filter", {"deployments": {"name": {"any_": ["idle"]}}})
+    assert [r["state_type"] for r in runs] == ["CANCELLED"]  # not left scheduled for a worker that may come later
