@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -61,6 +61,7 @@ class StageOutcome:
     cost: CostEntry | None = None  # this run's cost entry of the stage; None when it did not run
     failed: bool = False
     pool: str | None = None  # orchestration.pools: the work pool it ran on (None: here)
+    interrupted: list[CostEntry] = field(default_factory=list)  # attempts a SIGTERM stopped
 
 
 def _env(run_id: str) -> dict:
@@ -198,6 +199,9 @@ def _submit(stage: str, run_id: str, pool: str, cfg):
         ) from None
 
 
+_INTERRUPTED: dict[tuple[str, str], list[CostEntry]] = {}  # (run, stage) -> the cost of attempts SIGTERM stopped
+
+
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient)
 def run_remote_stage(stage: str, run_id: str, pool: str, cfg) -> StageOutcome:
     """``stage`` on a worker of ``pool`` (``flows/remote_stage.py``): its deps pushed and sent,
@@ -218,6 +222,10 @@ def run_remote_stage(stage: str, run_id: str, pool: str, cfg) -> StageOutcome:
         if state.is_completed():
             raise
         raise StageFailed(f"stage {stage} on work pool {pool}: {state.name}: {state.message}") from None
+    if result.transient:  # e.g. a spot notice: the retry resumes from the checkpoint in the store
+        lost = CostEntry.for_stage(stage)
+        _INTERRUPTED.setdefault((run_id, stage), []).extend([lost] if lost and lost.run_id == run_id else [])
+        raise TransientStorageError(f"stage {stage} on work pool {pool} was interrupted: {result.message}")
     if result.exit_code == 3:
         raise Rejected(result.message)
     if result.exit_code != 0 or not state.is_completed():
@@ -225,7 +233,8 @@ def run_remote_stage(stage: str, run_id: str, pool: str, cfg) -> StageOutcome:
     _checked_dvc(["pull", stage], run_id, f"stage {stage}: pulling its outputs")
     cost = CostEntry.for_stage(stage)
     ran = cost is not None and cost.run_id == run_id
-    return StageOutcome(stage, ran, time.perf_counter() - t0, cost if ran else None, pool=pool)
+    interrupted = _INTERRUPTED.pop((run_id, stage), [])
+    return StageOutcome(stage, ran, time.perf_counter() - t0, cost if ran else None, pool=pool, interrupted=interrupted)
 
 
 def _checked_dvc(args: list[str], run_id: str, what: str) -> None:
@@ -338,15 +347,22 @@ def orchestration_row(wall_s: float, costs) -> StageRow:
     )
 
 
+def _billed(e: CostEntry, pool_usd_per_hour: float | None) -> float:
+    """A stage's cost entry, with its CPU and GPU share replaced by the pool's node hour when priced."""
+    if pool_usd_per_hour is None:
+        return e.total_usd
+    return e.total_usd - e.compute_usd - e.gpu_usd + pool_usd_per_hour * e.wall_s / 3600
+
+
 def cost_rows(outcomes: list[StageOutcome], pool_usd_per_hour: dict[str, float] | None = None) -> list[StageRow]:
     """A row per stage. A stage on a work pool with a node price (``orchestration.pool_usd_per_hour``)
     is billed the node's hour for its wall time, instead of its CPU and GPU share."""
     rows = []
     for o in outcomes:
         c = o.cost or CostEntry(stage=o.stage, run_id="", wall_s=0.0)
-        usd = c.total_usd
-        if o.pool is not None and (rate := (pool_usd_per_hour or {}).get(o.pool)) is not None:
-            usd = round(usd - c.compute_usd - c.gpu_usd + rate * c.wall_s / 3600, 6)
+        rate = (pool_usd_per_hour or {}).get(o.pool or "")
+        lost = round(sum(_billed(e, rate) for e in o.interrupted), 6)
+        usd = round(_billed(c, rate) + lost, 6)
         rows.append(
             StageRow(
                 stage=o.stage,
@@ -354,6 +370,8 @@ def cost_rows(outcomes: list[StageOutcome], pool_usd_per_hour: dict[str, float] 
                 wall_s=round(c.wall_s, 2),
                 usd=usd,
                 pool=o.pool,
+                interruptions=len(o.interrupted),
+                interrupted_usd=lost,
                 check_wall_s=round(o.wall_s, 2),
                 cpu_s=round(c.cpu_s, 2),
                 peak_rss_mb=c.peak_rss_mb,

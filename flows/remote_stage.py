@@ -45,13 +45,14 @@ def _checked(args: list[str], cwd: Path, run_id: str) -> None:
         raise FrugalError(f"dvc {args[0]} failed on the worker (exit {code}): {tail}")
 
 
-def _repro(work: Path, stage: str, run_id: str) -> tuple[int, str]:
+def _repro(work: Path, stage: str, run_id: str) -> tuple[int, str, bool]:
+    """(exit code, message, transient) of ``dvc repro --single-item <stage>`` in ``work``."""
     code, tail = _dvc(["repro", "--single-item", stage], work, run_id)
     status = work / status_file(stage)
     if code != 0 and status.exists():
         st = StageStatus.read(status)
-        return st.exit_code or code, st.message
-    return code, "" if code == 0 else tail
+        return st.exit_code or code, st.message, st.transient
+    return code, "" if code == 0 else tail, False
 
 
 @flow(name=dispatch.FLOW_NAME, log_prints=True)
@@ -70,7 +71,7 @@ def remote_stage(stage: str, run_id: str, commit: str, repo_url: str, pool: str,
         if cached:
             _checked(["pull", *cached], work, run_id)
         t1 = time.perf_counter()
-        result.exit_code, result.message = _repro(work, stage, run_id)
+        result.exit_code, result.message, result.transient = _repro(work, stage, run_id)
         t2 = time.perf_counter()
         if result.exit_code == 0:
             _checked(["push", stage], work, run_id)

@@ -446,6 +446,8 @@ class StageRow(BaseModel):
     startup_s: float = 0.0  # of the stage process: interpreter and imports
     bytes: int | None = None  # dvc push: bytes added to the remote
     pool: str | None = None  # orchestration.pools: the work pool it ran on (None: this workspace)
+    interruptions: int = 0  # attempts stopped by SIGTERM (spot notices) before the one that finished
+    interrupted_usd: float = 0.0  # what those attempts cost: work lost, included in usd
 
 
 class DvcPush(BaseModel):
@@ -767,6 +769,7 @@ class RemoteStage(Contract):
     worker: str  # the worker's host name
     exit_code: int
     message: str = ""  # the stage's one-line error when it failed
+    transient: bool = False  # worth retrying (SIGTERM: a spot notice; the store not answering)
     lock_entry: dict | None = None  # dvc.lock's stages.<stage> as the worker wrote it
     files: list[str] = []  # uncached outputs uploaded beside this record (metrics, costs, plots)
     materialize_s: float = 0.0  # clone + checkout + dvc pull of the deps

@@ -7,6 +7,7 @@ class FrugalError(Exception):
     """An error the user can act on: the message says what is wrong and what to do."""
 
     exit_code = 1
+    transient = False  # worth retrying as it is: the flow's tasks retry these
 
 
 class ConfigError(FrugalError):
@@ -23,6 +24,15 @@ class StorageError(FrugalError):
 
 class TransientStorageError(StorageError):
     """A fault worth retrying: connection refused, timeout, 5xx."""
+
+    transient = True
+
+
+class Preempted(FrugalError):
+    """The stage was told to stop (SIGTERM: a spot notice, a node drain) and saved what it could."""
+
+    exit_code = 75  # EX_TEMPFAIL
+    transient = True
 
 
 class NotFound(StorageError):

@@ -31,7 +31,7 @@ from frugalml.console import info
 from frugalml.contracts import MANIFEST, MODEL, PREPARED, TRAIN_CURVES, TrainReport, read_manifest
 from frugalml.costs import CostMeter, price
 from frugalml.distillation import Teacher
-from frugalml.errors import ConfigError, DataError, StorageError
+from frugalml.errors import ConfigError, DataError, Preempted, StorageError
 from frugalml.fsutil import atomic_write_bytes, atomic_write_text
 from frugalml.lineage import file_hash
 from frugalml.modeling import (
@@ -251,6 +251,24 @@ def _accumulator(device: torch.device) -> torch.Tensor:
 
 
 # -- the live budget ------------------------------------------------------------------------------
+class StopSignal:
+    """SIGTERM (a spot notice, a node drain) asks training to stop: checked between steps, like
+    the budget. The last completed epoch's checkpoint is already in the store (saved before the
+    next epoch starts), so stopping loses only the current epoch's work."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None  # when SIGTERM arrived (perf_counter)
+
+    def install(self) -> None:
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "at", time.perf_counter()))
+
+    def check(self) -> None:
+        if self.at is not None:
+            raise Preempted("SIGTERM")
+
+
 class BudgetReached(Exception):
     """Raised inside an epoch when going on would pass ``train.max_usd``."""
 
@@ -313,6 +331,7 @@ def train_one_epoch(
     progress: Callable[[int, int, float], None] | None = None,
     budget: Budget | None = None,
     teacher: nn.Module | None = None,
+    stop: StopSignal | None = None,
 ) -> EpochResult:
     """One pass over ``loader``. ``progress(step, steps, seconds)`` is called about every 15 s;
     ``budget`` is checked between steps (``BudgetReached``). With a ``teacher`` (distillation),
@@ -339,6 +358,8 @@ def train_one_epoch(
         correct += (out.argmax(1) == y).sum()
         if budget is not None:
             budget.check()
+        if stop is not None:
+            stop.check()
         now = time.perf_counter()
         if progress is not None and now - last_log > LOG_EVERY_S:
             progress(steps, len(loader), now - t0)
@@ -509,6 +530,7 @@ class Trainer:
     cached: int | None = None  # images whose features came from the feature cache; None = no cache
     trial: TrialLink | None = None  # a sweep trial: report each epoch's val accuracy, stop when pruned
     teacher: Teacher | None = None  # train.distill_from: the model whose soft targets the loss follows
+    stop: StopSignal | None = None  # SIGTERM: stop between steps (one process only)
 
     def dataset_size(self) -> int:
         return len(self.train_loader.dataset) + (len(self.val_loader.dataset) if self.val_loader is not None else 0)
@@ -584,6 +606,7 @@ def _epoch(tr: Trainer, epoch: int) -> EpochResult:
         progress=tr.progress(epoch),
         budget=tr.budget if world() == 1 else None,  # under DDP: checked between epochs only
         teacher=tr.teacher.net if tr.teacher is not None else None,
+        stop=tr.stop,
     )
 
 
@@ -610,8 +633,16 @@ def fit(tr: Trainer, state: TrainState, ckpt: Checkpointer) -> tuple[TrainState,
                 info(f"train: stopping before epoch {epoch}: it would pass train.max_usd ${t.max_usd:g}")
             return state, "budget", time.perf_counter() - t_start
         usd0 = tr.budget.spent() if tr.budget is not None else 0.0
+        epoch_start = time.perf_counter()
         try:
             res = _epoch(tr, epoch)
+        except Preempted:
+            lost = time.perf_counter() - epoch_start
+            raise Preempted(
+                f"stopped by SIGTERM in epoch {epoch} ({lost:.1f} s of it lost); "
+                + (f"epoch {state.epoch}'s checkpoint is in the store" if state.epoch else "no epoch was complete")
+                + ": a retry of the stage resumes from it"
+            ) from None
         except BudgetReached as exc:
             _stop_on_budget(tr, state, ckpt, str(exc))
             return state, "budget", time.perf_counter() - t_start
@@ -814,6 +845,9 @@ def train(cfg: Params, meter: CostMeter | None, run_id: str, started: float | No
         )
     tr.budget = budget_for(cfg, device, started)
     tr.trial = TrialLink.from_env() if world() == 1 else None
+    if world() == 1:
+        tr.stop = StopSignal()
+        tr.stop.install()
     state, stopped, wall = fit(tr, state, ckpt)
     if world() > 1:
         dist.barrier()

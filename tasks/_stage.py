@@ -20,7 +20,7 @@ from frugalml.config import Params
 from frugalml.console import err, fast_exit
 from frugalml.contracts import Contract, CostEntry, CostMetrics, StageStatus, cost_file, headline_file, status_file
 from frugalml.costs import CostMeter, price
-from frugalml.errors import FrugalError, TransientStorageError
+from frugalml.errors import FrugalError
 from frugalml.fsutil import atomic_write_json
 
 
@@ -39,7 +39,7 @@ def stage_main(stage: str, run: Callable[[Params, CostMeter], object]) -> None:
             report = run(cfg, meter)
     except FrugalError as exc:
         code, message = exc.exit_code, str(exc)
-        transient = isinstance(exc, TransientStorageError)
+        transient = exc.transient
         label = "REJECTED" if code == 3 else "ERROR"
         err.print(f"[bold red]{stage}: {label}[/bold red] {message}")
     except KeyboardInterrupt:

@@ -65,9 +65,7 @@ def _lock_essentials(repo: Path) -> dict:
     return {
         stage: {
             "deps": sorted(
-                (d["path"], d.get("md5"))
-                for d in e.get("deps", [])
-                if d["path"].split("/")[0] in ("frugalml", "tasks")
+                (d["path"], d.get("md5")) for d in e.get("deps", []) if d["path"].split("/")[0] in ("frugalml", "tasks")
             ),
             "outs": sorted((o["path"], o.get("md5")) for o in e.get("outs", []) if o["path"] == "models/model.pt"),
             "params": e.get("params"),
@@ -76,7 +74,7 @@ def _lock_essentials(repo: Path) -> dict:
     }
 
 
-def test_train_runs_on_the_gpu_pool_and_the_workspace_ends_as_after_a_local_run(prefect_server, store, tmp_path):
+def test_train_on_the_gpu_pool_equals_a_local_run_also_through_a_spot_interruption(prefect_server, store, tmp_path):
     api = prefect_server
     env = prefect_client_env(api, tmp_path / "client-home")
     pools = ["orchestration.pools={default: local, train: gpu}", "orchestration.submit_timeout_s=120"]
@@ -103,8 +101,14 @@ def test_train_runs_on_the_gpu_pool_and_the_workspace_ends_as_after_a_local_run(
     workers = _workers(tmp_path, origin, env)
     try:
         res = run(FRUGALML + ["run", "--until", "evaluate"], repo, env=env, timeout=900)
+        _check_remote_run(api, store, tmp_path, repo, res)
+        local = _check_equals_a_local_run(tmp_path, store, repo, env)
+        _spot_notice_mid_training_resumes_to_the_same_weights(api, store, tmp_path, repo, local, env)
     finally:
         _stop(workers)
+
+
+def _check_remote_run(api, store, tmp_path, repo, res) -> None:
     gpu_log = (tmp_path / "worker-gpu.log").read_text()
     assert "train on pool gpu" in gpu_log, gpu_log[-3000:]
     assert "on pool" not in (tmp_path / "worker-cpu.log").read_text()
@@ -125,7 +129,9 @@ def test_train_runs_on_the_gpu_pool_and_the_workspace_ends_as_after_a_local_run(
     result = store.get_json(f"runs/{run_id}/stages/train/result.json")
     assert result["exit_code"] == 0 and result["pool"] == "gpu" and "metrics/train.json" in result["files"]
 
-    # The orchestrating workspace is as after a local run: dvc status clean, same lock and metrics.
+
+def _check_equals_a_local_run(tmp_path, store, repo, env) -> Path:
+    """The orchestrating workspace is as after a local run: dvc status clean, same lock and metrics."""
     status = run([str(BIN / "dvc"), "status", "evaluate"], repo, env=env).stdout  # the run stopped there
     assert "up to date" in status, status
     (tmp_path / "local").mkdir()
@@ -138,6 +144,58 @@ def test_train_runs_on_the_gpu_pool_and_the_workspace_ends_as_after_a_local_run(
         a, b = (json.loads((r / "metrics" / name).read_text()) for r in (repo, local))
         keys = ("accuracy", "macro_f1", "final_val_acc", "final_train_loss", "epochs_run")
         assert {k: a.get(k) for k in keys} == {k: b.get(k) for k in keys}, name
+    return local
+
+
+def _train_process(worker: Path) -> int | None:
+    """The pid of the train stage a worker runs (``python -m tasks.train`` in its materialized copy)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(proc / "cwd")
+        except (OSError, ValueError):
+            continue
+        if b"tasks.train" in cmd and cwd.startswith(str(worker)):
+            return int(proc.name)
+    return None
+
+
+def _spot_notice_mid_training_resumes_to_the_same_weights(api, store, tmp_path, repo, local, env) -> None:
+    """SIGTERM to the gpu worker's training after its first epoch (a spot notice): the stage exits
+    as transient, Prefect retries it, the retry resumes from the checkpoint in the store, and the
+    weights equal an uninterrupted run's, bitwise. The ledger shows the interrupted attempt."""
+    longer = ["--until", "train", "--set", "train.epochs=10", "--set", "train.batch_size=4"]
+    log = open(tmp_path / "spot-run.log", "w")
+    proc = subprocess.Popen(FRUGALML + ["run", *longer], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        worker, pid, deadline = tmp_path / "worker-gpu", None, time.monotonic() + 600
+        while pid is None and time.monotonic() < deadline and proc.poll() is None:
+            copies = list((worker / ".frugalml" / "remote").glob("*-train-*"))
+            run_id = copies[0].name.rsplit("-train-", 1)[0] if copies else None
+            done = run_id and any(store.list(f"checkpoints/{run_id}/epoch-"))  # epoch 1 is in the store
+            pid = _train_process(worker) if done else None
+            time.sleep(0.1)
+        assert pid is not None, (tmp_path / "spot-run.log").read_text()[-3000:]
+        os.kill(pid, signal.SIGTERM)
+        assert proc.wait(timeout=900) == 0, (tmp_path / "spot-run.log").read_text()[-5000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    out = (tmp_path / "spot-run.log").read_text()
+    assert "was interrupted: stopped by SIGTERM in epoch" in out, out[-3000:]
+    assert "resuming after epoch" in (tmp_path / "worker-gpu.log").read_text()
+    flow_runs = prefect_api(api, "/flow_runs/filter", {"flow_runs": {"tags": {"all_": [f"run:{run_id}"]}}})
+    assert sorted(r["state_type"] for r in flow_runs if r["parameters"].get("stage") == "train") == [
+        "COMPLETED",
+        "FAILED",
+    ]
+    record = store.get_json(f"runs/{run_id}/record.json")
+    train = next(s for s in record["stages"] if s["stage"] == "train")
+    assert train["interruptions"] == 1 and 0 < train["interrupted_usd"] < train["usd"]
+
+    run(FRUGALML + ["run", *longer], local, env=env, timeout=900)  # the same, uninterrupted, here
+    assert _lock_essentials(repo)["train"] == _lock_essentials(local)["train"]
 
 
 def test_a_pool_without_a_worker_fails_in_bounded_time_naming_the_pool(prefect_server, store, tmp_path):
