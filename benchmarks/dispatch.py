@@ -110,8 +110,8 @@ def main() -> None:
                 start_new_session=True,
             )
             timed_run(cli + ["run", "--until", "ingest"], repo, env)  # Prefect's first run: not measured
+            os.environ.update(s3)  # this process reads the records
             store = Store.from_config(StorageConfig())
-            os.environ.update(s3)
             remote, local, parts = [], [], []
             for r in range(args.rounds):
                 print(f"round {r + 1}/{args.rounds}: train on the gpu pool, then here ...", flush=True)

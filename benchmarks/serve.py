@@ -33,7 +33,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from _common import BENCH_DIR  # noqa: E402
+from frugalml.serving.runner import free_port  # noqa: E402
 
 
 def sh(cmd, cwd, env):
@@ -201,14 +201,6 @@ def memory_burst(serve_pid: int, port: int, clients: int = 32, side: int = 6000)
         "decoded_all_at_once_would_need_mb": round(clients * side * side * 3 / 1e6),
         "stated_bound_extra_mb": round(side * side * 8 / 1e6),
     }
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @contextmanager

@@ -74,15 +74,25 @@ def _lock_essentials(repo: Path) -> dict:
     }
 
 
+def _flow_repo(tmp_path: Path, store, params: list[str], rename_pool: tuple[str, str] | None = None) -> Path:
+    """The orchestrating workspace: the pipeline with ``params`` and infra/, committed."""
+    (tmp_path / "flow").mkdir()
+    repo = make_pipeline_repo(tmp_path / "flow", store, params)
+    shutil.copytree(ROOT / "infra", repo / "infra")
+    if rename_pool:
+        deployments = repo / "infra" / "prefect.yaml"
+        old, new = rename_pool
+        deployments.write_text(deployments.read_text().replace(f"name: {old}\n", f"name: {new}\n"))
+    run(["git", "add", "-A"], repo)
+    run([*GIT, "commit", "-qm", "infra"], repo)
+    return repo
+
+
 def test_train_on_the_gpu_pool_equals_a_local_run_also_through_a_spot_interruption(prefect_server, store, tmp_path):
     api = prefect_server
     env = prefect_client_env(api, tmp_path / "client-home")
     pools = ["orchestration.pools={default: local, train: gpu}", "orchestration.submit_timeout_s=120"]
-    (tmp_path / "flow").mkdir()
-    repo = make_pipeline_repo(tmp_path / "flow", store, pools)
-    shutil.copytree(ROOT / "infra", repo / "infra")
-    run(["git", "add", "-A"], repo)
-    run([*GIT, "commit", "-qm", "infra"], repo)
+    repo = _flow_repo(tmp_path, store, pools)
     origin = tmp_path / "origin.git"
     run(["git", "init", "-q", "--bare", "--initial-branch=main", str(origin)], tmp_path)
     run(["git", "remote", "add", "origin", str(origin)], repo)
@@ -202,14 +212,7 @@ def test_a_pool_without_a_worker_fails_in_bounded_time_naming_the_pool(prefect_s
     api = prefect_server
     env = prefect_client_env(api, tmp_path / "client-home")
     extra = ["orchestration.pools={default: local, validate: idle}", "orchestration.submit_timeout_s=5"]
-    (tmp_path / "flow").mkdir()
-    repo = make_pipeline_repo(tmp_path / "flow", store, extra)
-    shutil.copytree(ROOT / "infra", repo / "infra")
-    (repo / "infra" / "prefect.yaml").write_text(
-        (repo / "infra" / "prefect.yaml").read_text().replace("name: cpu\n", "name: idle\n")
-    )
-    run(["git", "add", "-A"], repo)
-    run([*GIT, "commit", "-qm", "infra"], repo)
+    repo = _flow_repo(tmp_path, store, extra, rename_pool=("cpu", "idle"))
     run(["git", "remote", "add", "origin", str(repo)], repo)  # the repo itself: the commit is reachable
     run([str(BIN / "prefect"), "work-pool", "create", "idle", "--type", "process"], repo, env=env)
     deploy = [str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "idle", "--prefect-file", "infra/prefect.yaml"]
