@@ -117,6 +117,9 @@ def main() -> None:
                 print(f"round {r + 1}/{args.rounds}: train on the gpu pool, then here ...", flush=True)
                 one(cli, repo, env, 200 + r, "{default: local, train: gpu}")
                 row, result = train_row(store, repo)
+                if r == args.rounds - 1:  # the cost table of a run with the remote stage
+                    run_id = json.loads((repo / "costs" / "train.json").read_text())["run_id"]
+                    _, table = timed_run(cli + ["costs", "--run", run_id], repo, env)
                 remote.append((row["check_wall_s"], row["wall_s"]))
                 parts.append((result["materialize_s"], result["repro_s"], result["publish_s"]))
                 one(cli, repo, env, 200 + r, "{default: local}")
@@ -130,6 +133,8 @@ def main() -> None:
                 prefect_proc.terminate()
                 prefect_proc.wait()
             server.down()
+
+    print(table)
 
     def med(values):
         return round(statistics.median(values), 2)
