@@ -68,7 +68,7 @@ def _env(run_id: str) -> dict:
     return dvc_env({"FRUGALML_RUN_ID": run_id, "PYTHONUNBUFFERED": "1"})  # DVC's shell finds this venv's python
 
 
-def _dvc(args: list[str], run_id: str, echo: bool = True) -> tuple[int, str]:
+def _dvc(args: list[str], run_id: str, echo: bool = True, cwd: Path | None = None) -> tuple[int, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "dvc", *args],
         stdout=subprocess.PIPE,
@@ -76,6 +76,7 @@ def _dvc(args: list[str], run_id: str, echo: bool = True) -> tuple[int, str]:
         text=True,
         env=_env(run_id),
         bufsize=1,
+        cwd=cwd,
     )
     tail: deque[str] = deque(maxlen=40)
     assert proc.stdout is not None
@@ -237,8 +238,8 @@ def run_remote_stage(stage: str, run_id: str, pool: str, cfg) -> StageOutcome:
     return StageOutcome(stage, ran, time.perf_counter() - t0, cost if ran else None, pool=pool, interrupted=interrupted)
 
 
-def _checked_dvc(args: list[str], run_id: str, what: str) -> None:
-    code, tail = _dvc(args, run_id, echo=False)
+def _checked_dvc(args: list[str], run_id: str, what: str, cwd: Path | None = None, echo: bool = False) -> None:
+    code, tail = _dvc(args, run_id, echo=echo, cwd=cwd)
     if code != 0:
         error = TransientStorageError if is_transient_dvc_failure(tail) else StageFailed
         raise error(f"{what}: dvc {args[0]} failed (exit {code}):\n{tail}")

@@ -13,41 +13,26 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 from prefect import flow
 
+from flows.pipeline import _checked_dvc, _dvc
 from frugalml import config, dispatch
 from frugalml.config import StorageConfig
 from frugalml.contracts import RemoteStage, StageStatus, status_file
 from frugalml.dvcconf import write_local_config
 from frugalml.errors import FrugalError
-from frugalml.procs import dvc_env
 from frugalml.store import Store, resolve_settings
 
 WORK = Path(".frugalml") / "remote"
 
 
-def _dvc(args: list[str], cwd: Path, run_id: str) -> tuple[int, str]:
-    env = dvc_env({"FRUGALML_RUN_ID": run_id, "PYTHONUNBUFFERED": "1"})
-    res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    sys.stderr.write(res.stdout + res.stderr)
-    return res.returncode, (res.stdout + res.stderr)[-1500:]
-
-
-def _checked(args: list[str], cwd: Path, run_id: str) -> None:
-    code, tail = _dvc(args, cwd, run_id)
-    if code != 0:
-        raise FrugalError(f"dvc {args[0]} failed on the worker (exit {code}): {tail}")
-
-
 def _repro(work: Path, stage: str, run_id: str) -> tuple[int, str, bool]:
     """(exit code, message, transient) of ``dvc repro --single-item <stage>`` in ``work``."""
-    code, tail = _dvc(["repro", "--single-item", stage], work, run_id)
+    code, tail = _dvc(["repro", "--single-item", stage], run_id, cwd=work)
     status = work / status_file(stage)
     if code != 0 and status.exists():
         st = StageStatus.read(status)
@@ -69,12 +54,12 @@ def remote_stage(stage: str, run_id: str, commit: str, repo_url: str, pool: str,
         write_local_config(cfg, resolve_settings(cfg.storage), work)
         cached, _ = dispatch.inputs_of(stage, work)
         if cached:
-            _checked(["pull", *cached], work, run_id)
+            _checked_dvc(["pull", *cached], run_id, f"stage {stage} on the worker: pulling its deps", work, echo=True)
         t1 = time.perf_counter()
         result.exit_code, result.message, result.transient = _repro(work, stage, run_id)
         t2 = time.perf_counter()
         if result.exit_code == 0:
-            _checked(["push", stage], work, run_id)
+            _checked_dvc(["push", stage], run_id, f"stage {stage} on the worker: pushing its outs", work, echo=True)
         result.materialize_s, result.repro_s = round(t1 - t0, 2), round(t2 - t1, 2)
         result.publish_s = round(time.perf_counter() - t2, 2)
         dispatch.publish(store, work, result)
