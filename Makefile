@@ -26,7 +26,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check frugalml tasks flows tests benchmarks
 	$(BIN)/ruff format --check frugalml tasks flows tests benchmarks
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 # Fix what ruff can fix, and format.
 lint: $(STAMP)
