@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from frugalml import config, dispatch
+from frugalml.config import OrchestrationConfig
 from frugalml.contracts import (
     CostEntry,
     CostMetrics,
@@ -348,31 +349,49 @@ def orchestration_row(wall_s: float, costs) -> StageRow:
     )
 
 
-def _billed(e: CostEntry, pool_usd_per_hour: float | None) -> float:
-    """A stage's cost entry, with its CPU and GPU share replaced by the pool's node hour when priced."""
-    if pool_usd_per_hour is None:
-        return e.total_usd
-    return e.total_usd - e.compute_usd - e.gpu_usd + pool_usd_per_hour * e.wall_s / 3600
+def _billed(e: CostEntry, pool: str | None, o: OrchestrationConfig) -> tuple[float, float]:
+    """(billed, on-demand) USD of a cost entry. On a pool with a node price for the entry's capacity
+    (``orchestration.pool_usd_per_hour``, ``pool_spot_usd_per_hour``) the node's hour replaces the
+    CPU and GPU share of the price sheet. On-demand: the work kept, on on-demand capacity."""
+    on_demand_rate = o.pool_usd_per_hour.get(pool or "")
+    rate = o.pool_spot_usd_per_hour.get(pool or "") if e.capacity == "spot" else on_demand_rate
+    rest = e.total_usd - e.compute_usd - e.gpu_usd  # S3 requests, labels
+    billed = e.total_usd if rate is None else rest + rate * e.wall_s / 3600
+    on_demand = e.on_demand_usd if e.on_demand_usd is not None else e.total_usd
+    if on_demand_rate is not None:
+        on_demand = rest + on_demand_rate * max(e.wall_s - e.lost_s, 0.0) / 3600
+    return billed, on_demand
 
 
-def cost_rows(outcomes: list[StageOutcome], pool_usd_per_hour: dict[str, float] | None = None) -> list[StageRow]:
-    """A row per stage. A stage on a work pool with a node price (``orchestration.pool_usd_per_hour``)
-    is billed the node's hour for its wall time, instead of its CPU and GPU share."""
+def cost_rows(outcomes: list[StageOutcome], orchestration: OrchestrationConfig | None = None) -> list[StageRow]:
+    """A row per stage, at its capacity's prices, with its interrupted attempts and what the same
+    work costs on demand. A stage on a work pool with a node price is billed the node's hour for
+    its wall time, instead of its CPU and GPU share of the price sheet."""
+    o_cfg = orchestration or OrchestrationConfig()
     rows = []
     for o in outcomes:
         c = o.cost or CostEntry(stage=o.stage, run_id="", wall_s=0.0)
-        rate = (pool_usd_per_hour or {}).get(o.pool or "")
-        lost = round(sum(_billed(e, rate) for e in o.interrupted), 6)
-        usd = round(_billed(c, rate) + lost, 6)
+        usd, on_demand = _billed(c, o.pool, o_cfg)
+        interrupted = lost_usd = 0.0
+        for e in o.interrupted:
+            billed, kept_on_demand = _billed(e, o.pool, o_cfg)
+            interrupted += billed
+            lost_usd += billed * min(e.lost_s / e.wall_s, 1.0) if e.wall_s else 0.0
+            on_demand += kept_on_demand
+        usd += interrupted
         rows.append(
             StageRow(
                 stage=o.stage,
                 status="failed" if o.failed else "ran" if o.ran else "up to date",
                 wall_s=round(c.wall_s, 2),
-                usd=usd,
+                usd=round(usd, 6),
                 pool=o.pool,
                 interruptions=len(o.interrupted),
-                interrupted_usd=lost,
+                interrupted_usd=round(interrupted, 6),
+                capacity=c.capacity,
+                lost_s=round(sum(e.lost_s for e in o.interrupted), 2),
+                lost_usd=round(lost_usd, 6),
+                on_demand_usd=round(on_demand, 6),
                 check_wall_s=round(o.wall_s, 2),
                 cpu_s=round(c.cpu_s, 2),
                 peak_rss_mb=c.peak_rss_mb,
@@ -483,9 +502,7 @@ def _build_record(
     t0: float,
     flow_run_id: str,
 ) -> RunRecord:
-    rows = cost_rows(outcomes, cfg.orchestration.pool_usd_per_hour) + (
-        [push_row(push, cfg.costs)] if push.wall_s else []
-    )
+    rows = cost_rows(outcomes, cfg.orchestration) + ([push_row(push, cfg.costs)] if push.wall_s else [])
     own = time.perf_counter() - t0 - sum(r.wall_s for r in rows)
     rows.append(orchestration_row(max(0.0, own), cfg.costs))
     ran = {o.stage for o in outcomes}

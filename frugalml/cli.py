@@ -682,6 +682,9 @@ def print_summary(record: RunRecord) -> None:
     lab = record.labeling_usd
     t.add_row("total", "", "", "", "", f"{lab:.2f}", f"{record.total_usd - lab:.5f}", f"{record.total_usd:.5f}")
     err.print(t)
+    for r in record.stages:
+        if r.capacity == "spot" or r.interruptions:
+            err.print(_capacity_line(r))
     if record.gate:
         parts = [
             f"{c.name} {c.value:.4f} {c.op} {c.threshold} ({'pass' if c.passed else 'FAIL'})"
@@ -699,6 +702,20 @@ def print_summary(record: RunRecord) -> None:
     if record.status != "succeeded":
         err.print(f"[bold red]run {record.status}[/bold red]: {record.message}")
     err.print(f"run record: {record.record_uri}")
+
+
+def _capacity_line(r) -> str:
+    """A stage's spot bill against on-demand, and what its interruptions cost."""
+    on_demand = r.usd if r.on_demand_usd is None else r.on_demand_usd
+    share = f" ({r.saving_usd / on_demand:.0%})" if on_demand else ""
+    capacity = r.capacity.replace("_", "-")
+    line = f"{r.stage}: {capacity} ${r.usd:.5f}, on-demand ${on_demand:.5f}, saved ${r.saving_usd:.5f}{share}"
+    if r.interruptions:
+        line += (
+            f"; {r.interruptions} interruption(s) cost ${r.interrupted_usd:.5f}, "
+            f"of which {r.lost_s:.1f} s of lost work (${r.lost_usd:.5f})"
+        )
+    return line
 
 
 # -- runs / models --------------------------------------------------------------------------------

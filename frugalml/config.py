@@ -177,6 +177,7 @@ class TrainConfig(_Strict):
     distill_from: str | None = None  # registry:<model>@<alias or version>: learn from that model's soft targets
     distill_temperature: float = Field(4.0, gt=0)  # softens both models' outputs in the distillation loss
     distill_alpha: float = Field(0.7, ge=0, le=1)  # weight of the teacher's soft targets; 1 - alpha: the labels
+    capacity: Literal["on_demand", "spot"] = "on_demand"  # priced at costs.prices' spot rates when spot
 
     @field_validator("distill_from")
     @classmethod
@@ -244,6 +245,16 @@ class Prices(_Strict):
     usd_per_1k_get: float = Field(0.0004, ge=0)
     labeling_usd_per_image: float = Field(0.08, ge=0)
     serving_usd_per_hour: float = Field(0.0893, ge=0)
+    # Spot capacity (train.capacity: spot). Spot prices move hourly: these are placeholders at 40% of
+    # the on-demand ones above; put yours (`aws ec2 describe-spot-price-history`).
+    spot_usd_per_vcpu_hour: float = Field(0.0178, ge=0)
+    spot_usd_per_gpu_hour: dict[str, float] = {"a100": 0.74, "h100": 1.97, "h200": 2.16}
+
+    def rates(self, capacity: str) -> tuple[float, dict[str, float]]:
+        """(USD per vCPU-hour, USD per GPU-hour by type) on ``on_demand`` or ``spot`` capacity."""
+        if capacity == "spot":
+            return self.spot_usd_per_vcpu_hour, self.spot_usd_per_gpu_hour
+        return self.usd_per_vcpu_hour, self.usd_per_gpu_hour
 
 
 class CostsConfig(_Strict):
@@ -345,6 +356,7 @@ class OrchestrationConfig(_Strict):
     submit_timeout_s: float = Field(600, gt=0)  # a remote stage no worker picks up fails after this
     git_remote: str = "origin"  # where workers fetch the run's commit: a remote's name, a URL or a path
     pool_usd_per_hour: dict[str, float] = {}  # a pool's node price: its stages are billed wall x this
+    pool_spot_usd_per_hour: dict[str, float] = {}  # the same node on spot capacity (train.capacity: spot)
 
     @model_validator(mode="after")
     def _known_stages(self):
@@ -374,6 +386,23 @@ class Params(_Strict):
     orchestration: OrchestrationConfig = OrchestrationConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _priced(self):
+        """Every price a run will need is on the sheet: no stage is silently billed at $0."""
+        c = self.costs
+        for capacity in ("on_demand", "spot") if self.train.capacity == "spot" else ("on_demand",):
+            if c.gpu_type not in c.prices.rates(capacity)[1]:
+                key = "usd_per_gpu_hour" if capacity == "on_demand" else "spot_usd_per_gpu_hour"
+                raise ValueError(f"costs.gpu_type {c.gpu_type!r} has no price in costs.prices.{key}")
+        o = self.orchestration
+        pool = o.pool_for("train")
+        if self.train.capacity == "spot" and pool in o.pool_usd_per_hour and pool not in o.pool_spot_usd_per_hour:
+            raise ValueError(
+                f"train.capacity is spot and pool {pool!r} has an on-demand node price: "
+                f"set orchestration.pool_spot_usd_per_hour.{pool} too"
+            )
+        return self
 
 
 def _format_validation_error(err: ValidationError, origin: str) -> str:

@@ -162,6 +162,9 @@ class CostEntry(Contract):
     labeling_usd: float = 0.0
     storage_usd_per_month: float = 0.0
     total_usd: float = 0.0
+    capacity: Literal["on_demand", "spot"] = "on_demand"  # train.capacity for the train stage
+    lost_s: float = 0.0  # train stopped by SIGTERM: seconds of work no checkpoint kept
+    on_demand_usd: float | None = None  # the kept work on on-demand capacity (None: written before spot pricing)
     exit_code: int = 0
 
     @classmethod
@@ -447,7 +450,16 @@ class StageRow(BaseModel):
     bytes: int | None = None  # dvc push: bytes added to the remote
     pool: str | None = None  # orchestration.pools: the work pool it ran on (None: this workspace)
     interruptions: int = 0  # attempts stopped by SIGTERM (spot notices) before the one that finished
-    interrupted_usd: float = 0.0  # what those attempts cost: work lost, included in usd
+    interrupted_usd: float = 0.0  # what those attempts cost (included in usd)
+    capacity: Literal["on_demand", "spot"] = "on_demand"  # what the compute was billed as
+    lost_s: float = 0.0  # the interrupted attempts' seconds after their last checkpoint: work done twice
+    lost_usd: float = 0.0  # what that lost work cost (part of interrupted_usd)
+    on_demand_usd: float | None = None  # the same work on on-demand capacity, uninterrupted (None: = usd)
+
+    @property
+    def saving_usd(self) -> float:
+        """What the capacity saved against on-demand (negative: interruptions cost more than spot saved)."""
+        return round((self.usd if self.on_demand_usd is None else self.on_demand_usd) - self.usd, 6)
 
 
 class DvcPush(BaseModel):
@@ -509,6 +521,10 @@ class RunRecord(BaseModel):
     @property
     def labeling_usd(self) -> float:
         return sum(s.labeling_usd for s in self.stages)
+
+    @property
+    def spot_saving_usd(self) -> float:
+        return round(sum(s.saving_usd for s in self.stages), 6)
 
     def stage(self, name: str) -> StageRow | None:
         return next((s for s in self.stages if s.stage == name), None)

@@ -134,22 +134,29 @@ class CostMeter:
         }
 
 
-def price(entry: dict, costs: CostsConfig) -> dict:
+def price(entry: dict, costs: CostsConfig, capacity: str = "on_demand") -> dict:
     """Dollar figures for one ledger entry.
 
     Compute is billed like a rented machine: wall time x vCPUs x price per vCPU-hour
-    (``costs.vcpus``, 0 = this machine's core count), plus GPU-hours at ``costs.gpu_type``.
+    (``costs.vcpus``, 0 = this machine's core count), plus GPU-hours at ``costs.gpu_type``,
+    at the on-demand or the spot rates of the price sheet (``capacity``).
     """
     p = costs.prices
     vcpus = costs.vcpus or os.cpu_count() or 1
-    compute = entry.get("wall_s", 0) / 3600 * vcpus * p.usd_per_vcpu_hour
-    gpu = entry.get("gpu_s", 0) / 3600 * p.usd_per_gpu_hour.get(costs.gpu_type, 0.0)
+    per_vcpu, per_gpu = p.rates(capacity)
+    compute = entry.get("wall_s", 0) / 3600 * vcpus * per_vcpu
+    gpu = entry.get("gpu_s", 0) / 3600 * per_gpu.get(costs.gpu_type, 0.0)
     requests = (
         entry.get("s3_requests_put", 0) * p.usd_per_1k_put + entry.get("s3_requests_get", 0) * p.usd_per_1k_get
     ) / 1000
     labeling = entry.get("labeled_images", 0) * p.labeling_usd_per_image
     storage_month = entry.get("stored_bytes", 0) / 1e9 * p.usd_per_gb_month
     total = compute + gpu + requests + labeling
+    # The counterfactual: the work that was kept (not lost to an interruption) on on-demand capacity.
+    wall, lost = entry.get("wall_s", 0), min(entry.get("lost_s", 0), entry.get("wall_s", 0))
+    kept = (wall - lost) / wall if wall else 1.0
+    on_demand = (wall - lost) / 3600 * vcpus * p.usd_per_vcpu_hour
+    on_demand += entry.get("gpu_s", 0) * kept / 3600 * p.usd_per_gpu_hour.get(costs.gpu_type, 0.0)
     return {
         "compute_usd": round(compute, 6),
         "gpu_usd": round(gpu, 6),
@@ -157,4 +164,5 @@ def price(entry: dict, costs: CostsConfig) -> dict:
         "labeling_usd": round(labeling, 6),
         "storage_usd_per_month": round(storage_month, 6),
         "total_usd": round(total, 6),
+        "on_demand_usd": round(on_demand + requests + labeling, 6),
     }

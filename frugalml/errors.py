@@ -34,6 +34,11 @@ class Preempted(FrugalError):
     exit_code = 75  # EX_TEMPFAIL
     transient = True
 
+    def __init__(self, message: str, *, lost_s: float | None = None, fit_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.lost_s = lost_s  # seconds of work no checkpoint kept (None: the whole attempt)
+        self.fit_s = fit_s  # seconds spent training before the stop
+
 
 class NotFound(StorageError):
     """The object does not exist (HTTP 404 / NoSuchKey): matched by error code, never by text."""

@@ -443,7 +443,7 @@ class TrainState:
 def fingerprint(cfg: Params, manifest_sha256: str) -> str:
     """Same inputs -> same fingerprint: a checkpoint is only resumed for the training it belongs to."""
     p = dump(cfg)
-    ignored = ("num_workers", "num_threads", "checkpoint_to_s3", "keep_checkpoints", "max_usd")
+    ignored = ("num_workers", "num_threads", "checkpoint_to_s3", "keep_checkpoints", "max_usd", "capacity")
     key = {
         "manifest": manifest_sha256,
         "model": p["model"],
@@ -637,11 +637,15 @@ def fit(tr: Trainer, state: TrainState, ckpt: Checkpointer) -> tuple[TrainState,
         try:
             res = _epoch(tr, epoch)
         except Preempted:
-            lost = time.perf_counter() - epoch_start
+            now = time.perf_counter()
+            lost = now - epoch_start
             raise Preempted(
                 f"stopped by SIGTERM in epoch {epoch} ({lost:.1f} s of it lost); "
                 + (f"epoch {state.epoch}'s checkpoint is in the store" if state.epoch else "no epoch was complete")
-                + ": a retry of the stage resumes from it"
+                + ": a retry of the stage resumes from it",
+                # an attempt that saved no checkpoint of its own was lost whole (start-up and resume included)
+                lost_s=lost if epoch > first else None,
+                fit_s=now - t_start,
             ) from None
         except BudgetReached as exc:
             _stop_on_budget(tr, state, ckpt, str(exc))
@@ -848,7 +852,13 @@ def train(cfg: Params, meter: CostMeter | None, run_id: str, started: float | No
     if world() == 1:
         tr.stop = StopSignal()
         tr.stop.install()
-    state, stopped, wall = fit(tr, state, ckpt)
+    try:
+        state, stopped, wall = fit(tr, state, ckpt)
+    except Preempted as exc:
+        if meter is not None:  # the ledger of an interrupted attempt: what it used, and what of it was lost
+            meter.add(gpu_s=exc.fit_s if device.type == "cuda" else 0.0)
+            meter.add(lost_s=round(exc.lost_s if exc.lost_s is not None else meter.elapsed_s(), 3))
+        raise
     if world() > 1:
         dist.barrier()
         dist.destroy_process_group()

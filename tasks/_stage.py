@@ -49,7 +49,9 @@ def stage_main(stage: str, run: Callable[[Params, CostMeter], object]) -> None:
         traceback.print_exc()
     if cfg is not None and meter is not None and meter.entry:
         # Written on failure too: a rejected or failed stage still cost money.
-        entry = CostEntry.model_validate({**meter.entry, **price(meter.entry, cfg.costs), "exit_code": code})
+        capacity = cfg.train.capacity if stage == "train" else "on_demand"
+        priced = price(meter.entry, cfg.costs, capacity)
+        entry = CostEntry.model_validate({**meter.entry, **priced, "capacity": capacity, "exit_code": code})
         entry.write(cost_file(stage))
         err.print(
             f"[dim]{stage}: {entry.wall_s:.1f} s wall, {entry.cpu_s:.1f} s CPU, "

@@ -25,6 +25,57 @@ def test_price_sheet_prices_each_component():
     assert usd["total_usd"] == round(usd["compute_usd"] + usd["gpu_usd"] + usd["s3_requests_usd"] + 8.0, 6)
 
 
+def test_spot_capacity_is_priced_at_spot_rates_and_against_the_work_kept_on_demand():
+    costs = CostsConfig(vcpus=2)
+    entry = {"wall_s": 3600, "gpu_s": 3600, "lost_s": 900, "s3_requests_put": 1000}
+    spot, on_demand = price(entry, costs, "spot"), price(entry, costs)
+    assert spot["compute_usd"] == round(2 * 0.0178, 6) and spot["gpu_usd"] == 0.74
+    assert on_demand["compute_usd"] == round(2 * 0.0446, 6) and on_demand["gpu_usd"] == 1.84
+    # the counterfactual is the same in both: the 45 minutes kept, on demand, plus the requests
+    kept = round(0.75 * (2 * 0.0446 + 1.84) + 0.005, 6)
+    assert spot["on_demand_usd"] == on_demand["on_demand_usd"] == kept
+    assert spot["total_usd"] < kept < on_demand["total_usd"]
+
+
+def test_a_spot_row_shows_its_interruption_and_its_saving_vs_on_demand():
+    from flows.pipeline import StageOutcome, cost_rows
+    from frugalml.config import OrchestrationConfig
+    from frugalml.contracts import CostEntry
+
+    def attempt(wall_s, lost_s):
+        entry = {"wall_s": wall_s, "lost_s": lost_s}
+        usd = price(entry, CostsConfig(vcpus=2), "spot")
+        return CostEntry(stage="train", run_id="r", capacity="spot", **entry, **usd)
+
+    first, retry = attempt(3600, 600), attempt(1800, 0)  # SIGTERM 10 min after the last checkpoint
+    [row] = cost_rows([StageOutcome("train", True, 1900, retry, pool="gpu", interrupted=[first])])
+    assert row.capacity == "spot" and row.interruptions == 1 and row.lost_s == 600
+    assert row.usd == round(first.total_usd + retry.total_usd, 6)
+    assert row.interrupted_usd == first.total_usd and row.lost_usd == round(first.total_usd / 6, 6)
+    assert row.on_demand_usd == round((3000 + 1800) / 3600 * 2 * 0.0446, 6)
+    assert row.saving_usd == round(row.on_demand_usd - row.usd, 6) > 0
+    # a node price per pool: spot and on-demand hours of that node instead of the price sheet
+    nodes = OrchestrationConfig(pool_usd_per_hour={"gpu": 4.0}, pool_spot_usd_per_hour={"gpu": 1.5})
+    [row] = cost_rows([StageOutcome("train", True, 1900, retry, pool="gpu", interrupted=[first])], nodes)
+    assert row.usd == round(1.5 * 1.5, 6) and row.on_demand_usd == round(4.0 * 4800 / 3600, 6)
+
+
+def test_spot_needs_every_price_it_will_bill():
+    with pytest.raises(ValueError, match="pool_spot_usd_per_hour.gpu"):
+        Params.model_validate(
+            {
+                "train": {"capacity": "spot"},
+                "orchestration": {"pools": {"default": "local", "train": "gpu"}, "pool_usd_per_hour": {"gpu": 4.0}},
+            }
+        )
+    with pytest.raises(ValueError, match="spot_usd_per_gpu_hour"):
+        Params.model_validate(
+            {"train": {"capacity": "spot"}, "costs": {"gpu_type": "l4", "prices": {"usd_per_gpu_hour": {"l4": 0.8}}}}
+        )
+    with pytest.raises(ValueError, match="no price in costs.prices.usd_per_gpu_hour"):
+        Params.model_validate({"costs": {"gpu_type": "l4"}})
+
+
 def test_meter_measures_cpu_and_wall():
     with CostMeter("x", "run") as m:
         sum(i * i for i in range(2_000_000))

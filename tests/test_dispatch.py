@@ -175,6 +175,7 @@ def _spot_notice_mid_training_resumes_to_the_same_weights(api, store, tmp_path, 
     as transient, Prefect retries it, the retry resumes from the checkpoint in the store, and the
     weights equal an uninterrupted run's, bitwise. The ledger shows the interrupted attempt."""
     longer = ["--until", "train", "--set", "train.epochs=10", "--set", "train.batch_size=4"]
+    longer += ["--set", "train.capacity=spot"]
     log = open(tmp_path / "spot-run.log", "w")
     proc = subprocess.Popen(FRUGALML + ["run", *longer], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -203,6 +204,10 @@ def _spot_notice_mid_training_resumes_to_the_same_weights(api, store, tmp_path, 
     record = store.get_json(f"runs/{run_id}/record.json")
     train = next(s for s in record["stages"] if s["stage"] == "train")
     assert train["interruptions"] == 1 and 0 < train["interrupted_usd"] < train["usd"]
+    assert train["capacity"] == "spot" and 0 < train["lost_s"] and 0 < train["lost_usd"] < train["interrupted_usd"]
+    assert train["on_demand_usd"] > train["usd"]  # spot saved money, the lost work included
+    assert "train: spot $" in out and "1 interruption(s) cost $" in out, out[-3000:]
+    print(next(line for line in out.splitlines() if line.startswith("train: spot $")))  # for the README
 
     run(FRUGALML + ["run", *longer], local, env=env, timeout=900)  # the same, uninterrupted, here
     assert _lock_essentials(repo)["train"] == _lock_essentials(local)["train"]

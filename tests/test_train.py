@@ -124,6 +124,35 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, s3_server):
     assert list(Store.from_config(StorageConfig()).list(f"checkpoints/{run_id}/")) == []
 
 
+def test_a_spot_notice_stops_training_as_transient_and_the_ledger_prices_the_lost_work(tmp_path, s3_server):
+    """SIGTERM after the first checkpoint: exit 75 (transient), a ledger at spot prices naming the
+    seconds no checkpoint kept; the retry resumes and loses nothing."""
+    from frugalml.contracts import CostEntry, StageStatus
+
+    work = _workspace(tmp_path / "spot", "train.epochs=2", "train.capacity=spot", "train.batch_size=4")
+    run_id = f"spot-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "FRUGALML_RUN_ID": run_id}
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.train"], cwd=work, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(work.glob(".frugalml/checkpoints/*/last.pt")):
+        time.sleep(0.02)
+    time.sleep(0.3)  # into epoch 2: work that no checkpoint holds yet
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75, stderr[-3000:]
+    assert "stopped by SIGTERM in epoch 2" in stderr and "Traceback" not in stderr
+    assert StageStatus.read(work / ".frugalml" / "status" / "train.json").transient is True
+    lost = CostEntry.read(work / "costs" / "train.json")
+    assert lost.capacity == "spot" and lost.exit_code == 75
+    assert 0 < lost.lost_s < lost.wall_s - lost.startup_s  # the part of epoch 2 that ran, not the whole attempt
+    assert lost.total_usd < lost.on_demand_usd  # spot rates, against the kept work on demand
+
+    res = _train(work, env={"FRUGALML_RUN_ID": run_id})
+    assert "resuming after epoch 1" in res.stderr
+    done = CostEntry.read(work / "costs" / "train.json")
+    assert done.exit_code == 0 and done.lost_s == 0 and done.capacity == "spot"
+
+
 def test_item14_keep_checkpoints_keeps_only_the_last_one(tmp_path, s3_server):
     """Trust item 14: during training only the newest epoch stays in S3; keep_checkpoints keeps it."""
     from frugalml.config import StorageConfig
