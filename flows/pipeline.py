@@ -376,8 +376,9 @@ def cost_rows(outcomes: list[StageOutcome], orchestration: OrchestrationConfig |
         for e in o.interrupted:
             billed, kept_on_demand = _billed(e, o.pool, o_cfg)
             interrupted += billed
-            lost_usd += billed * min(e.lost_s / e.wall_s, 1.0) if e.wall_s else 0.0
             on_demand += kept_on_demand
+        for e, billed in [(e, _billed(e, o.pool, o_cfg)[0]) for e in o.interrupted] + [(c, usd)]:
+            lost_usd += billed * min(e.lost_s / e.wall_s, 1.0) if e.wall_s else 0.0
         usd += interrupted
         rows.append(
             StageRow(
@@ -389,7 +390,7 @@ def cost_rows(outcomes: list[StageOutcome], orchestration: OrchestrationConfig |
                 interruptions=len(o.interrupted),
                 interrupted_usd=round(interrupted, 6),
                 capacity=c.capacity,
-                lost_s=round(sum(e.lost_s for e in o.interrupted), 2),
+                lost_s=round(sum(e.lost_s for e in [*o.interrupted, c]), 2),
                 lost_usd=round(lost_usd, 6),
                 on_demand_usd=round(on_demand, 6),
                 check_wall_s=round(o.wall_s, 2),

@@ -163,7 +163,7 @@ class CostEntry(Contract):
     storage_usd_per_month: float = 0.0
     total_usd: float = 0.0
     capacity: Literal["on_demand", "spot"] = "on_demand"  # train.capacity for the train stage
-    lost_s: float = 0.0  # train stopped by SIGTERM: seconds of work no checkpoint kept
+    lost_s: float = 0.0  # train: seconds paid again for an interruption (after the last checkpoint; a resume's start)
     on_demand_usd: float | None = None  # the kept work on on-demand capacity (None: written before spot pricing)
     exit_code: int = 0
 
@@ -452,8 +452,8 @@ class StageRow(BaseModel):
     interruptions: int = 0  # attempts stopped by SIGTERM (spot notices) before the one that finished
     interrupted_usd: float = 0.0  # what those attempts cost (included in usd)
     capacity: Literal["on_demand", "spot"] = "on_demand"  # what the compute was billed as
-    lost_s: float = 0.0  # the interrupted attempts' seconds after their last checkpoint: work done twice
-    lost_usd: float = 0.0  # what that lost work cost (part of interrupted_usd)
+    lost_s: float = 0.0  # seconds paid twice for interruptions: after the last checkpoint, and the retry's start-up
+    lost_usd: float = 0.0  # what that lost work cost (in usd)
     on_demand_usd: float | None = None  # the same work on on-demand capacity, uninterrupted (None: = usd)
 
     @property

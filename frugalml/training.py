@@ -835,10 +835,14 @@ def train(cfg: Params, meter: CostMeter | None, run_id: str, started: float | No
     teacher_id = tr.teacher.ref if tr.teacher is not None else ""  # an alias may move to another version
     ckpt = Checkpointer(cfg, fingerprint(cfg, file_hash(MANIFEST) + teacher_id), run_id)
     state, blob = TrainState(), ckpt.load()
+    resumed_s = 0.0  # a resumed attempt's time until the resume: paid again because of the interruption
     if blob is not None:
         state = TrainState.restore(blob, tr.model, tr.opt, tr.sched, tr.gen, tr.precision)
         if is_main():
             info(f"train: resuming after epoch {state.epoch} from checkpoint {ckpt.local}")
+        if meter is not None:
+            resumed_s = meter.elapsed_s()
+            meter.add(lost_s=round(resumed_s, 3))
     if is_main():
         info(
             f"train: {m.arch} on {device.type} ({tr.precision.name}), {len(classes)} classes, "
@@ -857,7 +861,7 @@ def train(cfg: Params, meter: CostMeter | None, run_id: str, started: float | No
     except Preempted as exc:
         if meter is not None:  # the ledger of an interrupted attempt: what it used, and what of it was lost
             meter.add(gpu_s=exc.fit_s if device.type == "cuda" else 0.0)
-            meter.add(lost_s=round(exc.lost_s if exc.lost_s is not None else meter.elapsed_s(), 3))
+            meter.add(lost_s=round(exc.lost_s if exc.lost_s is not None else meter.elapsed_s() - resumed_s, 3))
         raise
     if world() > 1:
         dist.barrier()

@@ -47,17 +47,19 @@ def test_a_spot_row_shows_its_interruption_and_its_saving_vs_on_demand():
         usd = price(entry, CostsConfig(vcpus=2), "spot")
         return CostEntry(stage="train", run_id="r", capacity="spot", **entry, **usd)
 
-    first, retry = attempt(3600, 600), attempt(1800, 0)  # SIGTERM 10 min after the last checkpoint
+    # SIGTERM 10 min after the last checkpoint; the retry spends a minute to resume
+    first, retry = attempt(3600, 600), attempt(1800, 60)
     [row] = cost_rows([StageOutcome("train", True, 1900, retry, pool="gpu", interrupted=[first])])
-    assert row.capacity == "spot" and row.interruptions == 1 and row.lost_s == 600
+    assert row.capacity == "spot" and row.interruptions == 1 and row.lost_s == 660
     assert row.usd == round(first.total_usd + retry.total_usd, 6)
-    assert row.interrupted_usd == first.total_usd and row.lost_usd == round(first.total_usd / 6, 6)
-    assert row.on_demand_usd == round((3000 + 1800) / 3600 * 2 * 0.0446, 6)
+    assert row.interrupted_usd == first.total_usd
+    assert row.lost_usd == pytest.approx(first.total_usd / 6 + retry.total_usd / 30, abs=2e-6)
+    assert row.on_demand_usd == pytest.approx((3000 + 1740) / 3600 * 2 * 0.0446, abs=2e-6)
     assert row.saving_usd == round(row.on_demand_usd - row.usd, 6) > 0
     # a node price per pool: spot and on-demand hours of that node instead of the price sheet
     nodes = OrchestrationConfig(pool_usd_per_hour={"gpu": 4.0}, pool_spot_usd_per_hour={"gpu": 1.5})
     [row] = cost_rows([StageOutcome("train", True, 1900, retry, pool="gpu", interrupted=[first])], nodes)
-    assert row.usd == round(1.5 * 1.5, 6) and row.on_demand_usd == round(4.0 * 4800 / 3600, 6)
+    assert row.usd == round(1.5 * 1.5, 6) and row.on_demand_usd == pytest.approx(4.0 * 4740 / 3600, abs=2e-6)
 
 
 def test_spot_needs_every_price_it_will_bill():

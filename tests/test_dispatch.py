@@ -88,7 +88,15 @@ def _flow_repo(tmp_path: Path, store, params: list[str], rename_pool: tuple[str,
     return repo
 
 
+# Long enough to land a SIGTERM after the first epoch's checkpoint, before the last epoch.
+LONGER = ["--set", "train.epochs=10", "--set", "train.batch_size=4", "--set", "train.capacity=spot"]
+
+
 def test_train_on_the_gpu_pool_equals_a_local_run_also_through_a_spot_interruption(prefect_server, store, tmp_path):
+    """One run with train on the `gpu` pool, its training sent SIGTERM after the first epoch (a spot
+    notice): the stage exits as transient, Prefect retries it, the retry resumes from the
+    checkpoint in the store. Then the same run here: dvc.lock (the model's md5: bitwise the same
+    weights) and metrics are equal, and the ledger shows the interruption and the spot saving."""
     api = prefect_server
     env = prefect_client_env(api, tmp_path / "client-home")
     pools = ["orchestration.pools={default: local, train: gpu}", "orchestration.submit_timeout_s=120"]
@@ -110,51 +118,79 @@ def test_train_on_the_gpu_pool_equals_a_local_run_also_through_a_spot_interrupti
 
     workers = _workers(tmp_path, origin, env)
     try:
-        res = run(FRUGALML + ["run", "--until", "evaluate"], repo, env=env, timeout=900)
-        _check_remote_run(api, store, tmp_path, repo, res)
-        local = _check_equals_a_local_run(tmp_path, store, repo, env)
-        _spot_notice_mid_training_resumes_to_the_same_weights(api, store, tmp_path, repo, local, env)
+        out, run_id = _run_with_a_spot_notice_mid_training(store, tmp_path, repo, env)
+        _check_remote_run(api, store, tmp_path, out, run_id)
+        _check_equals_a_local_run(tmp_path, store, repo, env)
     finally:
         _stop(workers)
 
 
-def _check_remote_run(api, store, tmp_path, repo, res) -> None:
-    gpu_log = (tmp_path / "worker-gpu.log").read_text()
-    assert "train on pool gpu" in gpu_log, gpu_log[-3000:]
-    assert "on pool" not in (tmp_path / "worker-cpu.log").read_text()
-    runs = prefect_api(api, "/flow_runs/filter", {"deployments": {"name": {"any_": ["gpu"]}}})
-    assert [(r["state_type"], r["work_pool_name"], r["parameters"]["stage"]) for r in runs] == [
-        ("COMPLETED", "gpu", "train")
-    ]
-    assert not any((tmp_path / "worker-gpu" / ".frugalml" / "remote").iterdir())  # the materialized copy is gone
+def _run_with_a_spot_notice_mid_training(store, tmp_path, repo, env) -> tuple[str, str]:
+    """``frugalml run --until evaluate``, SIGTERM to the gpu worker's training once epoch 1 is in the store."""
+    log_path = tmp_path / "spot-run.log"
+    with open(log_path, "w") as log:
+        cmd = FRUGALML + ["run", "--until", "evaluate", *LONGER]
+        proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            worker, pid, deadline = tmp_path / "worker-gpu", None, time.monotonic() + 600
+            while pid is None and time.monotonic() < deadline and proc.poll() is None:
+                copies = list((worker / ".frugalml" / "remote").glob("*-train-*"))
+                run_id = copies[0].name.rsplit("-train-", 1)[0] if copies else None
+                done = run_id and any(store.list(f"checkpoints/{run_id}/epoch-"))  # epoch 1 is in the store
+                pid = _train_process(worker) if done else None
+                time.sleep(0.1)
+            assert pid is not None, log_path.read_text()[-3000:]
+            os.kill(pid, signal.SIGTERM)
+            assert proc.wait(timeout=900) == 0, log_path.read_text()[-5000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return log_path.read_text(), run_id
 
-    # The cost table shows the remote stage and its pool; the record names it.
-    assert "train @gpu" in res.stderr  # the cost table's row
-    run_id = next(o["key"].split("/")[1] for o in store.list("runs/") if o["key"].endswith("/record.json"))
+
+def _check_remote_run(api, store, tmp_path, out, run_id) -> None:
+    gpu_log = (tmp_path / "worker-gpu.log").read_text()
+    assert "train on pool gpu" in gpu_log and "resuming after epoch" in gpu_log, gpu_log[-3000:]
+    assert "on pool" not in (tmp_path / "worker-cpu.log").read_text()
+    assert "was interrupted: stopped by SIGTERM in epoch" in out, out[-3000:]
+    runs = prefect_api(api, "/flow_runs/filter", {"deployments": {"name": {"any_": ["gpu"]}}})
+    assert sorted((r["state_type"], r["work_pool_name"], r["parameters"]["stage"]) for r in runs) == [
+        ("COMPLETED", "gpu", "train"),
+        ("FAILED", "gpu", "train"),  # the attempt the spot notice stopped; Prefect's retry finished
+    ]
+    assert all(f"run:{run_id}" in r["tags"] for r in runs)
+    assert not any((tmp_path / "worker-gpu" / ".frugalml" / "remote").iterdir())  # the materialized copies are gone
+
+    # The cost table shows the remote stage and its pool; the record names it and prices the spot capacity.
+    assert "train @gpu" in out  # the cost table's row
     record = store.get_json(f"runs/{run_id}/record.json")
     pools_by_stage = {s["stage"]: s.get("pool") for s in record["stages"]}
     assert pools_by_stage["train"] == "gpu" and pools_by_stage["ingest"] is None and pools_by_stage["evaluate"] is None
-    train_row = next(s for s in record["stages"] if s["stage"] == "train")
-    assert train_row["status"] == "ran" and train_row["usd"] > 0
+    train = next(s for s in record["stages"] if s["stage"] == "train")
+    assert train["status"] == "ran" and train["interruptions"] == 1 and 0 < train["interrupted_usd"] < train["usd"]
+    # lost: the steps of epoch 2 before the stop, and the retry's start until it resumed
+    assert train["capacity"] == "spot" and 0 < train["lost_s"] and 0 < train["lost_usd"] < train["usd"]
+    assert train["on_demand_usd"] > train["usd"]  # spot saved money, the lost work included
+    assert "train: spot $" in out and "1 interruption(s) cost $" in out, out[-3000:]
+    print(next(line for line in out.splitlines() if line.startswith("train: spot $")))  # for the README
     result = store.get_json(f"runs/{run_id}/stages/train/result.json")
     assert result["exit_code"] == 0 and result["pool"] == "gpu" and "metrics/train.json" in result["files"]
 
 
-def _check_equals_a_local_run(tmp_path, store, repo, env) -> Path:
-    """The orchestrating workspace is as after a local run: dvc status clean, same lock and metrics."""
+def _check_equals_a_local_run(tmp_path, store, repo, env) -> None:
+    """The orchestrating workspace is as after a local, uninterrupted run: dvc status clean, same lock and metrics."""
     status = run([str(BIN / "dvc"), "status", "evaluate"], repo, env=env).stdout  # the run stopped there
     assert "up to date" in status, status
     (tmp_path / "local").mkdir()
     name = yaml.safe_load((repo / "params.yaml").read_text())["model"]["name"]
     local = make_pipeline_repo(tmp_path / "local", store, [f"model.name={name}"])  # the same params
-    run(FRUGALML + ["run", "--until", "evaluate"], local, env=env, timeout=900)
+    run(FRUGALML + ["run", "--until", "evaluate", *LONGER], local, env=env, timeout=900)
     assert _lock_essentials(repo) == _lock_essentials(local)
     assert _lock_essentials(repo)["train"]["outs"]  # the model's md5: bitwise the same weights
     for name in ("eval.json", "train.json"):
         a, b = (json.loads((r / "metrics" / name).read_text()) for r in (repo, local))
         keys = ("accuracy", "macro_f1", "final_val_acc", "final_train_loss", "epochs_run")
         assert {k: a.get(k) for k in keys} == {k: b.get(k) for k in keys}, name
-    return local
 
 
 def _train_process(worker: Path) -> int | None:
@@ -168,49 +204,6 @@ def _train_process(worker: Path) -> int | None:
         if b"tasks.train" in cmd and cwd.startswith(str(worker)):
             return int(proc.name)
     return None
-
-
-def _spot_notice_mid_training_resumes_to_the_same_weights(api, store, tmp_path, repo, local, env) -> None:
-    """SIGTERM to the gpu worker's training after its first epoch (a spot notice): the stage exits
-    as transient, Prefect retries it, the retry resumes from the checkpoint in the store, and the
-    weights equal an uninterrupted run's, bitwise. The ledger shows the interrupted attempt."""
-    longer = ["--until", "train", "--set", "train.epochs=10", "--set", "train.batch_size=4"]
-    longer += ["--set", "train.capacity=spot"]
-    log = open(tmp_path / "spot-run.log", "w")
-    proc = subprocess.Popen(FRUGALML + ["run", *longer], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        worker, pid, deadline = tmp_path / "worker-gpu", None, time.monotonic() + 600
-        while pid is None and time.monotonic() < deadline and proc.poll() is None:
-            copies = list((worker / ".frugalml" / "remote").glob("*-train-*"))
-            run_id = copies[0].name.rsplit("-train-", 1)[0] if copies else None
-            done = run_id and any(store.list(f"checkpoints/{run_id}/epoch-"))  # epoch 1 is in the store
-            pid = _train_process(worker) if done else None
-            time.sleep(0.1)
-        assert pid is not None, (tmp_path / "spot-run.log").read_text()[-3000:]
-        os.kill(pid, signal.SIGTERM)
-        assert proc.wait(timeout=900) == 0, (tmp_path / "spot-run.log").read_text()[-5000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
-    out = (tmp_path / "spot-run.log").read_text()
-    assert "was interrupted: stopped by SIGTERM in epoch" in out, out[-3000:]
-    assert "resuming after epoch" in (tmp_path / "worker-gpu.log").read_text()
-    flow_runs = prefect_api(api, "/flow_runs/filter", {"flow_runs": {"tags": {"all_": [f"run:{run_id}"]}}})
-    assert sorted(r["state_type"] for r in flow_runs if r["parameters"].get("stage") == "train") == [
-        "COMPLETED",
-        "FAILED",
-    ]
-    record = store.get_json(f"runs/{run_id}/record.json")
-    train = next(s for s in record["stages"] if s["stage"] == "train")
-    assert train["interruptions"] == 1 and 0 < train["interrupted_usd"] < train["usd"]
-    assert train["capacity"] == "spot" and 0 < train["lost_s"] and 0 < train["lost_usd"] < train["interrupted_usd"]
-    assert train["on_demand_usd"] > train["usd"]  # spot saved money, the lost work included
-    assert "train: spot $" in out and "1 interruption(s) cost $" in out, out[-3000:]
-    print(next(line for line in out.splitlines() if line.startswith("train: spot $")))  # for the README
-
-    run(FRUGALML + ["run", *longer], local, env=env, timeout=900)  # the same, uninterrupted, here
-    assert _lock_essentials(repo)["train"] == _lock_essentials(local)["train"]
 
 
 def test_a_pool_without_a_worker_fails_in_bounded_time_naming_the_pool(prefect_server, store, tmp_path):
