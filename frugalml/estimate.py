@@ -119,7 +119,9 @@ def from_history(cfg: Params, records: list[RunRecord], image_epochs: int) -> di
             break
     if per_ie:
         wall = statistics.median(startup) + statistics.median(per_ie) * image_epochs
-        out["train"] = StageEstimate("train", round(wall, 1), _usd(cfg, wall), f"history ({len(per_ie)} runs)")
+        out["train"] = StageEstimate(
+            "train", round(wall, 1), _usd(cfg, wall, cfg.train.capacity), f"history ({len(per_ie)} runs)"
+        )
     for stage in STAGES:
         if stage == "train":
             continue
@@ -225,14 +227,14 @@ def from_probe(cfg: Params, p: Probe, images: dict[str, int]) -> dict[str, Stage
     latency = ev.latency_samples * p.eval_s_per_image * min(8, t.batch_size)  # batch 1 is not 1/B of a batch
     wall_eval = p.startup_s + test + latency
     return {
-        "train": StageEstimate("train", round(wall, 1), _usd(cfg, wall), basis),
+        "train": StageEstimate("train", round(wall, 1), _usd(cfg, wall, cfg.train.capacity), basis),
         "evaluate": StageEstimate("evaluate", round(wall_eval, 1), _usd(cfg, wall_eval), "probe"),
     }
 
 
-def _usd(cfg: Params, wall_s: float) -> float:
+def _usd(cfg: Params, wall_s: float, capacity: str = "on_demand") -> float:
     device_gpu = cfg.train.device == "cuda"
-    return price({"wall_s": wall_s, "gpu_s": wall_s if device_gpu else 0.0}, cfg.costs)["total_usd"]
+    return price({"wall_s": wall_s, "gpu_s": wall_s if device_gpu else 0.0}, cfg.costs, capacity)["total_usd"]
 
 
 def estimate(cfg: Params, records: list[RunRecord], *, allow_probe: bool = True) -> Estimate:

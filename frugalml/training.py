@@ -804,14 +804,15 @@ def _report(
 
 def budget_for(cfg: Params, device: torch.device, started: float) -> Budget | None:
     """``train.max_usd`` as a live check: the stage's compute (wall x vCPUs) and GPU time since
-    ``started`` (epoch seconds, when the stage process started), priced by the price sheet."""
+    ``started`` (epoch seconds, when the stage process started), priced by the price sheet at
+    ``train.capacity``'s rates."""
     if cfg.train.max_usd is None:
         return None
     gpus = world() if device.type == "cuda" else 0
 
     def spent() -> float:
         wall = time.time() - started
-        return price({"wall_s": wall, "gpu_s": wall * gpus}, cfg.costs)["total_usd"]
+        return price({"wall_s": wall, "gpu_s": wall * gpus}, cfg.costs, cfg.train.capacity)["total_usd"]
 
     return Budget(cfg.train.max_usd, spent)
 

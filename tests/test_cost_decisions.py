@@ -139,6 +139,10 @@ def test_estimate_from_history_scales_per_image_epoch():
     assert est["train"].wall_s == pytest.approx(5.0 + 0.11 * 2000)
     assert est["train"].basis == "history (2 runs)"
     assert est["ingest"].wall_s == 10.0 and "validate" not in est
+    # the same seconds on spot capacity: priced at the spot rates of the price sheet
+    spot = from_history(config.validate(config.apply_overrides(same, ["train.capacity=spot"])), records, 2000)
+    assert spot["train"].wall_s == est["train"].wall_s
+    assert spot["train"].usd == pytest.approx(est["train"].usd * 0.0178 / 0.0446, rel=1e-3)
 
 
 def test_estimate_probes_without_history(tmp_path, monkeypatch):
