@@ -712,8 +712,8 @@ def _capacity_line(r) -> str:
     line = f"{r.stage}: {capacity} ${r.usd:.5f}, on-demand ${on_demand:.5f}, saved ${r.saving_usd:.5f}{share}"
     if r.interruptions:
         line += (
-            f"; {r.interruptions} interruption(s) cost ${r.interrupted_usd:.5f}, "
-            f"of which {r.lost_s:.1f} s of lost work (${r.lost_usd:.5f})"
+            f"; {r.interruptions} interruption(s): the stopped attempts cost ${r.interrupted_usd:.5f}; "
+            f"{r.lost_s:.1f} s of work paid twice (${r.lost_usd:.5f})"
         )
     return line
 

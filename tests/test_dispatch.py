@@ -171,7 +171,7 @@ def _check_remote_run(api, store, tmp_path, out, run_id) -> None:
     # lost: the steps of epoch 2 before the stop, and the retry's start until it resumed
     assert train["capacity"] == "spot" and 0 < train["lost_s"] and 0 < train["lost_usd"] < train["usd"]
     assert train["on_demand_usd"] > train["usd"]  # spot saved money, the lost work included
-    assert "train: spot $" in out and "1 interruption(s) cost $" in out, out[-3000:]
+    assert "train: spot $" in out and "1 interruption(s): the stopped attempts cost $" in out, out[-3000:]
     print(next(line for line in out.splitlines() if line.startswith("train: spot $")))  # for the README
     result = store.get_json(f"runs/{run_id}/stages/train/result.json")
     assert result["exit_code"] == 0 and result["pool"] == "gpu" and "metrics/train.json" in result["files"]
