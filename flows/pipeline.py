@@ -69,7 +69,9 @@ def _env(run_id: str) -> dict:
     return dvc_env({"FRUGALML_RUN_ID": run_id, "PYTHONUNBUFFERED": "1"})  # DVC's shell finds this venv's python
 
 
-def _dvc(args: list[str], run_id: str, echo: bool = True, cwd: Path | None = None) -> tuple[int, str]:
+def _dvc(args: list[str], run_id: str, echo: bool = True, cwd: Path | None = None, on_start=None) -> tuple[int, str]:
+    """``dvc <args>``, its output echoed. ``on_start``: given the process, started in its own
+    process group (for a caller that passes signals on to the whole group)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "dvc", *args],
         stdout=subprocess.PIPE,
@@ -78,7 +80,10 @@ def _dvc(args: list[str], run_id: str, echo: bool = True, cwd: Path | None = Non
         env=_env(run_id),
         bufsize=1,
         cwd=cwd,
+        start_new_session=on_start is not None,
     )
+    if on_start is not None:
+        on_start(proc)
     tail: deque[str] = deque(maxlen=40)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -218,11 +223,15 @@ def run_remote_stage(stage: str, run_id: str, pool: str, cfg) -> StageOutcome:
     dispatch.send_inputs(store, run_id, stage)
     flow_run = _submit(stage, run_id, pool, cfg)
     state = _wait_for(flow_run.id, stage, pool, cfg.orchestration.submit_timeout_s)
+    if state.is_cancelled():  # someone cancelled it in Prefect: not a fault to retry
+        raise StageFailed(f"stage {stage} on work pool {pool} was cancelled: {state.message}")
     try:
         result = dispatch.merge(store, run_id, stage)
     except StorageError:
         if state.is_completed():
             raise
+        if state.is_crashed():  # the worker's process died without a word (a lost node): run it again
+            raise TransientStorageError(f"stage {stage} on work pool {pool} crashed: {state.message}") from None
         raise StageFailed(f"stage {stage} on work pool {pool}: {state.name}: {state.message}") from None
     if result.transient:  # e.g. a spot notice: the retry resumes from the checkpoint in the store
         lost = CostEntry.for_stage(stage)

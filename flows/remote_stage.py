@@ -11,10 +11,14 @@ DVC remote and publishes the stage's dvc.lock entry, metrics and cost file under
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow
@@ -30,9 +34,43 @@ from frugalml.store import Store, resolve_settings
 WORK = Path(".frugalml") / "remote"
 
 
-def _repro(work: Path, stage: str, run_id: str) -> tuple[int, str, bool]:
+@contextmanager
+def _sigterm_reaches_the_stage():
+    """SIGTERM to this process (Kubernetes signals a pod's first process only: a spot notice, a
+    drain; Prefect's cancel) is passed on to the stage's process group, so that training stops at
+    the next step with its checkpoint and ledger (exit 75) instead of being orphaned or killed
+    later without them. Once the stage has ended, Prefect's own handler gets the signal too, so a
+    cancel still ends as cancelled. Wraps the stage and the publication of its result (which the
+    orchestrating run needs to retry it). Yields the ``on_start`` callback for ``_dvc``."""
+    if threading.current_thread() is not threading.main_thread():  # no handler outside the main thread
+        yield None
+        return
+    group: list[int] = []
+    received: list[int] = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        for pid in group:
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield lambda proc: group.append(proc.pid)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGTERM, None)
+        else:  # SIG_DFL (terminate) or SIG_IGN, as they would have
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _repro(work: Path, stage: str, run_id: str, on_start) -> tuple[int, str, bool]:
     """(exit code, message, transient) of ``dvc repro --single-item <stage>`` in ``work``."""
-    code, tail = _dvc(["repro", "--single-item", stage], run_id, cwd=work)
+    code, tail = _dvc(["repro", "--single-item", stage], run_id, cwd=work, on_start=on_start)
     status = work / status_file(stage)
     if code != 0 and status.exists():
         st = StageStatus.read(status)
@@ -56,17 +94,18 @@ def remote_stage(stage: str, run_id: str, commit: str, repo_url: str, pool: str,
         if cached:
             _checked_dvc(["pull", *cached], run_id, f"stage {stage} on the worker: pulling its deps", work, echo=True)
         t1 = time.perf_counter()
-        result.exit_code, result.message, result.transient = _repro(work, stage, run_id)
-        t2 = time.perf_counter()
-        if result.exit_code == 0:
-            _checked_dvc(["push", stage], run_id, f"stage {stage} on the worker: pushing its outs", work, echo=True)
-        result.materialize_s, result.repro_s = round(t1 - t0, 2), round(t2 - t1, 2)
-        result.publish_s = round(time.perf_counter() - t2, 2)
-        dispatch.publish(store, work, result)
-        print(
-            f"{stage} on pool {pool} ({result.worker}): exit {result.exit_code}; materialize {result.materialize_s} s, "
-            f"repro {result.repro_s} s, push {result.publish_s} s"
-        )
+        with _sigterm_reaches_the_stage() as on_start:
+            result.exit_code, result.message, result.transient = _repro(work, stage, run_id, on_start)
+            t2 = time.perf_counter()
+            if result.exit_code == 0:
+                _checked_dvc(["push", stage], run_id, f"stage {stage} on the worker: pushing its outs", work, echo=True)
+            result.materialize_s, result.repro_s = round(t1 - t0, 2), round(t2 - t1, 2)
+            result.publish_s = round(time.perf_counter() - t2, 2)
+            dispatch.publish(store, work, result)
+            print(
+                f"{stage} on pool {pool} ({result.worker}): exit {result.exit_code}; "
+                f"materialize {result.materialize_s} s, repro {result.repro_s} s, push {result.publish_s} s"
+            )
         if result.exit_code != 0:
             raise FrugalError(f"stage {stage} on pool {pool}: {result.message}")
         return result.model_dump()

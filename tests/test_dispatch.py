@@ -93,8 +93,9 @@ LONGER = ["--set", "train.epochs=10", "--set", "train.batch_size=4", "--set", "t
 
 
 def test_train_on_the_gpu_pool_equals_a_local_run_also_through_a_spot_interruption(prefect_server, store, tmp_path):
-    """One run with train on the `gpu` pool, its training sent SIGTERM after the first epoch (a spot
-    notice): the stage exits as transient, Prefect retries it, the retry resumes from the
+    """One run with train on the `gpu` pool, its worker's flow run sent SIGTERM after the first
+    epoch (a spot notice; as on Kubernetes, the signal reaches the pod's process, which passes it
+    on to the stage): training stops at the next step, the stage exits as transient, Prefect retries it, the retry resumes from the
     checkpoint in the store. Then the same run here: dvc.lock (the model's md5: bitwise the same
     weights) and metrics are equal, and the ledger shows the interruption and the spot saving."""
     api = prefect_server
@@ -126,7 +127,7 @@ def test_train_on_the_gpu_pool_equals_a_local_run_also_through_a_spot_interrupti
 
 
 def _run_with_a_spot_notice_mid_training(store, tmp_path, repo, env) -> tuple[str, str]:
-    """``frugalml run --until evaluate``, SIGTERM to the gpu worker's training once epoch 1 is in the store."""
+    """``frugalml run --until evaluate``, SIGTERM to the gpu worker's flow run once epoch 1 is in the store."""
     log_path = tmp_path / "spot-run.log"
     with open(log_path, "w") as log:
         cmd = FRUGALML + ["run", "--until", "evaluate", *LONGER]
@@ -137,10 +138,10 @@ def _run_with_a_spot_notice_mid_training(store, tmp_path, repo, env) -> tuple[st
                 copies = list((worker / ".frugalml" / "remote").glob("*-train-*"))
                 run_id = copies[0].name.rsplit("-train-", 1)[0] if copies else None
                 done = run_id and any(store.list(f"checkpoints/{run_id}/epoch-"))  # epoch 1 is in the store
-                pid = _train_process(worker) if done else None
+                pid = _flow_run_process(worker) if done else None
                 time.sleep(0.1)
             assert pid is not None, log_path.read_text()[-3000:]
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGTERM)  # as Kubernetes does: the pod's process, not the training
             assert proc.wait(timeout=900) == 0, log_path.read_text()[-5000:]
         finally:
             if proc.poll() is None:
@@ -193,17 +194,22 @@ def _check_equals_a_local_run(tmp_path, store, repo, env) -> None:
         assert {k: a.get(k) for k in keys} == {k: b.get(k) for k in keys}, name
 
 
-def _train_process(worker: Path) -> int | None:
-    """The pid of the train stage a worker runs (``python -m tasks.train`` in its materialized copy)."""
+def _flow_run_process(worker: Path) -> int | None:
+    """The pid of the worker's flow run that runs the train stage: the parent of its ``dvc repro``
+    (while ``python -m tasks.train`` runs in the materialized copy). What a pod's SIGTERM reaches."""
+    repro = train = None
     for proc in Path("/proc").iterdir():
         try:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
             cwd = os.readlink(proc / "cwd")
-        except (OSError, ValueError):
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if b"tasks.train" in cmd and cwd.startswith(str(worker)):
-            return int(proc.name)
-    return None
+        if cwd.startswith(str(worker)) and b"repro" in cmd and b"dvc" in cmd:
+            repro = ppid
+        if cwd.startswith(str(worker)) and b"tasks.train" in cmd:
+            train = int(proc.name)
+    return repro if train else None
 
 
 def test_a_pool_without_a_worker_fails_in_bounded_time_naming_the_pool(prefect_server, store, tmp_path):
