@@ -63,6 +63,7 @@ class StageOutcome:
     failed: bool = False
     pool: str | None = None  # orchestration.pools: the work pool it ran on (None: here)
     interrupted: list[CostEntry] = field(default_factory=list)  # attempts a SIGTERM stopped
+    lost: int = 0  # attempts whose worker died without a result (no ledger: their cost is unknown)
 
 
 def _env(run_id: str) -> dict:
@@ -207,6 +208,7 @@ def _submit(stage: str, run_id: str, pool: str, cfg):
 
 
 _INTERRUPTED: dict[tuple[str, str], list[CostEntry]] = {}  # (run, stage) -> the cost of attempts SIGTERM stopped
+_LOST: dict[tuple[str, str], int] = {}  # (run, stage) -> attempts whose worker died without a result
 
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient)
@@ -231,6 +233,7 @@ def run_remote_stage(stage: str, run_id: str, pool: str, cfg) -> StageOutcome:
         if state.is_completed():
             raise
         if state.is_crashed():  # the worker's process died without a word (a lost node): run it again
+            _LOST[(run_id, stage)] = _LOST.get((run_id, stage), 0) + 1
             raise TransientStorageError(f"stage {stage} on work pool {pool} crashed: {state.message}") from None
         raise StageFailed(f"stage {stage} on work pool {pool}: {state.name}: {state.message}") from None
     if result.transient:  # e.g. a spot notice: the retry resumes from the checkpoint in the store
@@ -245,7 +248,10 @@ def run_remote_stage(stage: str, run_id: str, pool: str, cfg) -> StageOutcome:
     cost = CostEntry.for_stage(stage)
     ran = cost is not None and cost.run_id == run_id
     interrupted = _INTERRUPTED.pop((run_id, stage), [])
-    return StageOutcome(stage, ran, time.perf_counter() - t0, cost if ran else None, pool=pool, interrupted=interrupted)
+    lost = _LOST.pop((run_id, stage), 0)
+    return StageOutcome(
+        stage, ran, time.perf_counter() - t0, cost if ran else None, pool=pool, interrupted=interrupted, lost=lost
+    )
 
 
 def _checked_dvc(args: list[str], run_id: str, what: str, cwd: Path | None = None, echo: bool = False) -> None:
@@ -397,6 +403,7 @@ def cost_rows(outcomes: list[StageOutcome], orchestration: OrchestrationConfig |
                 usd=round(usd, 6),
                 pool=o.pool,
                 interruptions=len(o.interrupted),
+                lost_attempts=o.lost,
                 interrupted_usd=round(interrupted, 6),
                 capacity=c.capacity,
                 lost_s=round(sum(e.lost_s for e in [*o.interrupted, c]), 2),

@@ -683,7 +683,7 @@ def print_summary(record: RunRecord) -> None:
     t.add_row("total", "", "", "", "", f"{lab:.2f}", f"{record.total_usd - lab:.5f}", f"{record.total_usd:.5f}")
     err.print(t)
     for r in record.stages:
-        if r.capacity == "spot" or r.interruptions:
+        if r.capacity == "spot" or r.interruptions or r.lost_attempts:
             err.print(_capacity_line(r))
     if record.gate:
         parts = [
@@ -715,6 +715,8 @@ def _capacity_line(r) -> str:
             f"; {r.interruptions} interruption(s): the stopped attempts cost ${r.interrupted_usd:.5f}; "
             f"{r.lost_s:.1f} s of work paid twice (${r.lost_usd:.5f})"
         )
+    if r.lost_attempts:
+        line += f"; {r.lost_attempts} attempt(s) lost with their worker (no ledger: not in the bill)"
     return line
 
 

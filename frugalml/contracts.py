@@ -451,6 +451,7 @@ class StageRow(BaseModel):
     pool: str | None = None  # orchestration.pools: the work pool it ran on (None: this workspace)
     interruptions: int = 0  # attempts stopped by SIGTERM (spot notices) before the one that finished
     interrupted_usd: float = 0.0  # what those attempts cost (included in usd)
+    lost_attempts: int = 0  # attempts whose worker died without a result: no ledger, their cost is not in usd
     capacity: Literal["on_demand", "spot"] = "on_demand"  # what the compute was billed as
     lost_s: float = 0.0  # seconds paid twice for interruptions: after the last checkpoint, and the retry's start-up
     lost_usd: float = 0.0  # what that lost work cost (in usd)

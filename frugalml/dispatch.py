@@ -115,7 +115,9 @@ def check_reachable(url: str, commit: str, root: Path = Path(".")) -> None:
 
 
 def send_inputs(store: Store, run_id: str, stage: str) -> None:
-    """The run's params.yaml and dvc.lock, and the uncached deps, for the worker."""
+    """The run's params.yaml and dvc.lock, and the uncached deps, for the worker. An earlier
+    attempt's result goes: a worker that dies without one must not be read as that attempt."""
+    store.delete(prefix(run_id, stage) + "result.json")
     _, uncached = inputs_of(stage)
     for rel in ["params.yaml", "dvc.lock", *uncached]:
         if Path(rel).is_file():

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from frugalml.errors import NotFound
 from tests.conftest import BIN, ROOT, make_pipeline_repo, prefect_api, prefect_client_env, run
 
 pytestmark = pytest.mark.slow
@@ -93,11 +94,13 @@ LONGER = ["--set", "train.epochs=10", "--set", "train.batch_size=4", "--set", "t
 
 
 def test_train_on_the_gpu_pool_equals_a_local_run_also_through_a_spot_interruption(prefect_server, store, tmp_path):
-    """One run with train on the `gpu` pool, its worker's flow run sent SIGTERM after the first
+    """One run with train on the `gpu` pool. Its worker's flow run is sent SIGTERM after the first
     epoch (a spot notice; as on Kubernetes, the signal reaches the pod's process, which passes it
-    on to the stage): training stops at the next step, the stage exits as transient, Prefect retries it, the retry resumes from the
-    checkpoint in the store. Then the same run here: dvc.lock (the model's md5: bitwise the same
-    weights) and metrics are equal, and the ledger shows the interruption and the spot saving."""
+    on to the stage): training stops at the next step, the stage exits as transient, Prefect
+    retries it, the retry resumes from the checkpoint in the store. That retry is then killed
+    outright (a node lost) and retried again. Then the same run here: dvc.lock (the model's md5:
+    bitwise the same weights) and metrics are equal, and the ledger shows the interruptions and
+    the spot saving."""
     api = prefect_server
     env = prefect_client_env(api, tmp_path / "client-home")
     pools = ["orchestration.pools={default: local, train: gpu}", "orchestration.submit_timeout_s=120"]
@@ -126,22 +129,41 @@ def test_train_on_the_gpu_pool_equals_a_local_run_also_through_a_spot_interrupti
         _stop(workers)
 
 
+def _checkpointed_epoch(store, run_id: str | None) -> int:
+    try:
+        return store.get_json(f"checkpoints/{run_id}/latest.json")["epoch"] if run_id else 0
+    except NotFound:
+        return 0
+
+
 def _run_with_a_spot_notice_mid_training(store, tmp_path, repo, env) -> tuple[str, str]:
-    """``frugalml run --until evaluate``, SIGTERM to the gpu worker's flow run once epoch 1 is in the store."""
+    """``frugalml run --until evaluate``; SIGTERM to the gpu worker's flow run once epoch 1 is in
+    the store (a spot notice), then SIGKILL to the retry's flow run and stage once epoch 3 is (a
+    node lost at once: no notice, no result)."""
     log_path = tmp_path / "spot-run.log"
+    worker, run_id = tmp_path / "worker-gpu", None
+
+    def when(epoch: int) -> tuple[int, int]:
+        nonlocal run_id
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            copies = list((worker / ".frugalml" / "remote").glob("*-train-*"))
+            run_id = run_id or (copies[0].name.rsplit("-train-", 1)[0] if copies else None)
+            pids = _stage_processes(worker) if _checkpointed_epoch(store, run_id) >= epoch else None
+            if pids:
+                return pids
+            time.sleep(0.1)
+        raise AssertionError(log_path.read_text()[-3000:])
+
     with open(log_path, "w") as log:
         cmd = FRUGALML + ["run", "--until", "evaluate", *LONGER]
         proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            worker, pid, deadline = tmp_path / "worker-gpu", None, time.monotonic() + 600
-            while pid is None and time.monotonic() < deadline and proc.poll() is None:
-                copies = list((worker / ".frugalml" / "remote").glob("*-train-*"))
-                run_id = copies[0].name.rsplit("-train-", 1)[0] if copies else None
-                done = run_id and any(store.list(f"checkpoints/{run_id}/epoch-"))  # epoch 1 is in the store
-                pid = _flow_run_process(worker) if done else None
-                time.sleep(0.1)
-            assert pid is not None, log_path.read_text()[-3000:]
-            os.kill(pid, signal.SIGTERM)  # as Kubernetes does: the pod's process, not the training
+            flow_run, _ = when(epoch=1)
+            os.kill(flow_run, signal.SIGTERM)  # as Kubernetes does: the pod's process, not the training
+            flow_run, repro = when(epoch=3)  # the retry, resumed
+            os.kill(flow_run, signal.SIGKILL)
+            os.killpg(repro, signal.SIGKILL)  # the stage went down with its node
             assert proc.wait(timeout=900) == 0, log_path.read_text()[-5000:]
         finally:
             if proc.poll() is None:
@@ -154,11 +176,15 @@ def _check_remote_run(api, store, tmp_path, out, run_id) -> None:
     assert "train on pool gpu" in gpu_log and "resuming after epoch" in gpu_log, gpu_log[-3000:]
     assert "on pool" not in (tmp_path / "worker-cpu.log").read_text()
     assert "was interrupted: stopped by SIGTERM in epoch" in out, out[-3000:]
+    assert "crashed" in out, out[-3000:]  # the attempt whose node was lost, retried too
     runs = prefect_api(api, "/flow_runs/filter", {"deployments": {"name": {"any_": ["gpu"]}}})
-    assert sorted((r["state_type"], r["work_pool_name"], r["parameters"]["stage"]) for r in runs) == [
+    runs.sort(key=lambda r: r["created"])
+    # the spot notice (its result published, then Prefect's own SIGTERM handling), the lost node, the one that finished
+    assert [(r["state_type"], r["work_pool_name"], r["parameters"]["stage"]) for r in runs] == [
+        ("CRASHED", "gpu", "train"),
+        ("CRASHED", "gpu", "train"),
         ("COMPLETED", "gpu", "train"),
-        ("FAILED", "gpu", "train"),  # the attempt the spot notice stopped; Prefect's retry finished
-    ]
+    ], [(r["state_type"], r["state_name"]) for r in runs]
     assert all(f"run:{run_id}" in r["tags"] for r in runs)
     assert not any((tmp_path / "worker-gpu" / ".frugalml" / "remote").iterdir())  # the materialized copies are gone
 
@@ -169,6 +195,7 @@ def _check_remote_run(api, store, tmp_path, out, run_id) -> None:
     assert pools_by_stage["train"] == "gpu" and pools_by_stage["ingest"] is None and pools_by_stage["evaluate"] is None
     train = next(s for s in record["stages"] if s["stage"] == "train")
     assert train["status"] == "ran" and train["interruptions"] == 1 and 0 < train["interrupted_usd"] < train["usd"]
+    assert train["lost_attempts"] == 1 and "1 attempt(s) lost with their worker" in out
     # lost: the steps of epoch 2 before the stop, and the retry's start until it resumed
     assert train["capacity"] == "spot" and 0 < train["lost_s"] and 0 < train["lost_usd"] < train["usd"]
     assert train["on_demand_usd"] > train["usd"]  # spot saved money, the lost work included
@@ -194,10 +221,11 @@ def _check_equals_a_local_run(tmp_path, store, repo, env) -> None:
         assert {k: a.get(k) for k in keys} == {k: b.get(k) for k in keys}, name
 
 
-def _flow_run_process(worker: Path) -> int | None:
-    """The pid of the worker's flow run that runs the train stage: the parent of its ``dvc repro``
-    (while ``python -m tasks.train`` runs in the materialized copy). What a pod's SIGTERM reaches."""
-    repro = train = None
+def _stage_processes(worker: Path) -> tuple[int, int] | None:
+    """(the worker's flow run, its ``dvc repro``) while ``python -m tasks.train`` runs in the
+    materialized copy: the flow run is what a pod's SIGTERM reaches; the repro leads the stage's
+    process group."""
+    repro = flow_run = train = None
     for proc in Path("/proc").iterdir():
         try:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
@@ -206,10 +234,10 @@ def _flow_run_process(worker: Path) -> int | None:
         except (OSError, ValueError, IndexError):
             continue
         if cwd.startswith(str(worker)) and b"repro" in cmd and b"dvc" in cmd:
-            repro = ppid
+            repro, flow_run = int(proc.name), ppid
         if cwd.startswith(str(worker)) and b"tasks.train" in cmd:
             train = int(proc.name)
-    return repro if train else None
+    return (flow_run, repro) if train and repro else None
 
 
 def test_a_pool_without_a_worker_fails_in_bounded_time_naming_the_pool(prefect_server, store, tmp_path):
