@@ -1,6 +1,6 @@
 """The fixed cost of running a stage on a work pool instead of here, on the demo, in one run.
 
-    .venv/bin/python benchmarks/dispatch.py [--rounds 3]
+    .venv/bin/python benchmarks/dispatch.py [--rounds 3] [--capacity spot]
 
 A throwaway git + DVC repo with the pipeline, a bare git remote it pushes to, its own embedded
 SeaweedFS, a running `prefect server`, a process work pool `gpu` and a worker in its own clone
@@ -45,16 +45,13 @@ def train_row(store, repo: Path) -> tuple[dict, dict | None]:
     return row, result
 
 
-def one(cli, repo: Path, env: dict, seed: int, pools: str) -> None:
+def one(cli, repo: Path, env: dict, seed: int, pools: str, capacity: str) -> None:
     import shutil
 
     shutil.rmtree(repo / "data" / "prepared", ignore_errors=True)
     (repo / "data" / "manifest.csv").unlink(missing_ok=True)
-    timed_run(
-        cli + ["run", "--until", "train", "--set", f"train.seed={seed}", "--set", f"orchestration.pools={pools}"],
-        repo,
-        env,
-    )
+    sets = [f"train.seed={seed}", f"orchestration.pools={pools}", f"train.capacity={capacity}"]
+    timed_run(cli + ["run", "--until", "train", *[a for s in sets for a in ("--set", s)]], repo, env)
 
 
 def main() -> None:
@@ -65,6 +62,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--capacity", choices=["on_demand", "spot"], default="on_demand", help="train.capacity of the runs")
     args = ap.parse_args()
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
@@ -115,14 +113,14 @@ def main() -> None:
             remote, local, parts = [], [], []
             for r in range(args.rounds):
                 print(f"round {r + 1}/{args.rounds}: train on the gpu pool, then here ...", flush=True)
-                one(cli, repo, env, 200 + r, "{default: local, train: gpu}")
+                one(cli, repo, env, 200 + r, "{default: local, train: gpu}", args.capacity)
                 row, result = train_row(store, repo)
                 if r == args.rounds - 1:  # the cost table of a run with the remote stage
                     run_id = json.loads((repo / "costs" / "train.json").read_text())["run_id"]
                     _, table = timed_run(cli + ["costs", "--run", run_id], repo, env)
                 remote.append((row["check_wall_s"], row["wall_s"]))
                 parts.append((result["materialize_s"], result["repro_s"], result["publish_s"]))
-                one(cli, repo, env, 200 + r, "{default: local}")
+                one(cli, repo, env, 200 + r, "{default: local}", args.capacity)
                 row, _ = train_row(store, repo)
                 local.append((row["check_wall_s"], row["wall_s"]))
         finally:

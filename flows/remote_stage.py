@@ -5,7 +5,8 @@ The orchestrating run (``flows/pipeline.py``, ``orchestration.pools``) starts it
 workspace at the run's commit (``git clone`` + ``checkout``, the run's params.yaml and dvc.lock,
 ``dvc pull`` of the stage's deps), runs ``dvc repro --single-item <stage>``, pushes the outs to the
 DVC remote and publishes the stage's dvc.lock entry, metrics and cost file under
-``runs/<run_id>/stages/<stage>/``; the folder is removed afterwards, also on failure. The work is
+``runs/<run_id>/stages/<stage>/``; the folder is removed afterwards, also on failure, and by the
+next flow run on this worker when its process was killed outright. The work is
 ``frugalml.dispatch``; the S3 endpoint and credentials come from the worker's environment.
 """
 
@@ -68,6 +69,21 @@ def _sigterm_reaches_the_stage():
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _sweep_orphans() -> None:
+    """Remove the copies of flow runs whose process died without cleaning up (killed outright):
+    each copy has ``<copy>.pid`` beside it, naming the process that owns it."""
+    for pidfile in WORK.glob("*.pid"):
+        try:
+            os.kill(int(pidfile.read_text()), 0)
+            continue  # its flow run is still at work
+        except ProcessLookupError:
+            pass
+        except (ValueError, OSError):
+            continue  # unreadable, or a process we may not signal: leave it
+        shutil.rmtree(WORK / pidfile.name.removesuffix(".pid"), ignore_errors=True)
+        pidfile.unlink(missing_ok=True)
+
+
 def _repro(work: Path, stage: str, run_id: str, on_start) -> tuple[int, str, bool]:
     """(exit code, message, transient) of ``dvc repro --single-item <stage>`` in ``work``."""
     code, tail = _dvc(["repro", "--single-item", stage], run_id, cwd=work, on_start=on_start)
@@ -83,6 +99,9 @@ def remote_stage(stage: str, run_id: str, commit: str, repo_url: str, pool: str,
     """Run ``stage`` of run ``run_id`` at ``commit`` of ``repo_url`` here; publish its result."""
     work = WORK / f"{run_id}-{stage}-{uuid.uuid4().hex[:6]}"
     work.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_orphans()
+    pidfile = WORK / f"{work.name}.pid"
+    pidfile.write_text(str(os.getpid()))
     store = Store.from_config(StorageConfig(**storage))
     result = RemoteStage(stage=stage, run_id=run_id, pool=pool, commit=commit, worker=socket.gethostname(), exit_code=0)
     try:
@@ -111,3 +130,4 @@ def remote_stage(stage: str, run_id: str, commit: str, repo_url: str, pool: str,
         return result.model_dump()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        pidfile.unlink(missing_ok=True)
