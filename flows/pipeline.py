@@ -386,15 +386,13 @@ def cost_rows(outcomes: list[StageOutcome], orchestration: OrchestrationConfig |
     rows = []
     for o in outcomes:
         c = o.cost or CostEntry(stage=o.stage, run_id="", wall_s=0.0)
-        usd, on_demand = _billed(c, o.pool, o_cfg)
-        interrupted = lost_usd = 0.0
-        for e in o.interrupted:
+        usd = interrupted = on_demand = lost_usd = 0.0
+        for e in [*o.interrupted, c]:  # every attempt: the stopped ones, then the one that finished
             billed, kept_on_demand = _billed(e, o.pool, o_cfg)
-            interrupted += billed
+            usd += billed
+            interrupted += billed if e is not c else 0.0
             on_demand += kept_on_demand
-        for e, billed in [(e, _billed(e, o.pool, o_cfg)[0]) for e in o.interrupted] + [(c, usd)]:
             lost_usd += billed * min(e.lost_s / e.wall_s, 1.0) if e.wall_s else 0.0
-        usd += interrupted
         rows.append(
             StageRow(
                 stage=o.stage,

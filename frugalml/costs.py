@@ -143,9 +143,16 @@ def price(entry: dict, costs: CostsConfig, capacity: str = "on_demand") -> dict:
     """
     p = costs.prices
     vcpus = costs.vcpus or os.cpu_count() or 1
-    per_vcpu, per_gpu = p.rates(capacity)
-    compute = entry.get("wall_s", 0) / 3600 * vcpus * per_vcpu
-    gpu = entry.get("gpu_s", 0) / 3600 * per_gpu.get(costs.gpu_type, 0.0)
+
+    def machine(capacity: str, share: float = 1.0) -> tuple[float, float]:
+        """(compute, GPU) USD of ``share`` of the entry's wall and GPU time at ``capacity``'s rates."""
+        per_vcpu, per_gpu = p.rates(capacity)
+        return (
+            share * entry.get("wall_s", 0) / 3600 * vcpus * per_vcpu,
+            share * entry.get("gpu_s", 0) / 3600 * per_gpu.get(costs.gpu_type, 0.0),
+        )
+
+    compute, gpu = machine(capacity)
     requests = (
         entry.get("s3_requests_put", 0) * p.usd_per_1k_put + entry.get("s3_requests_get", 0) * p.usd_per_1k_get
     ) / 1000
@@ -153,10 +160,9 @@ def price(entry: dict, costs: CostsConfig, capacity: str = "on_demand") -> dict:
     storage_month = entry.get("stored_bytes", 0) / 1e9 * p.usd_per_gb_month
     total = compute + gpu + requests + labeling
     # The counterfactual: the work that was kept (not lost to an interruption) on on-demand capacity.
-    wall, lost = entry.get("wall_s", 0), min(entry.get("lost_s", 0), entry.get("wall_s", 0))
-    kept = (wall - lost) / wall if wall else 1.0
-    on_demand = (wall - lost) / 3600 * vcpus * p.usd_per_vcpu_hour
-    on_demand += entry.get("gpu_s", 0) * kept / 3600 * p.usd_per_gpu_hour.get(costs.gpu_type, 0.0)
+    wall = entry.get("wall_s", 0)
+    kept = (wall - min(entry.get("lost_s", 0), wall)) / wall if wall else 1.0
+    on_demand = sum(machine("on_demand", kept))
     return {
         "compute_usd": round(compute, 6),
         "gpu_usd": round(gpu, 6),

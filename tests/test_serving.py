@@ -36,7 +36,8 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 
     raise AssertionError(log.read_text()[-3000:])
 
 
-def _post(url: str, fields: dict[str, tuple[str, bytes, str]]) -> tuple[int, dict]:
+def _multipart(fields: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, dict]:
+    """A multipart/form-data body and its headers."""
     boundary = uuid.uuid4().hex
     body = b""
     for name, (filename, data, ctype) in fields.items():
@@ -49,7 +50,12 @@ def _post(url: str, fields: dict[str, tuple[str, bytes, str]]) -> tuple[int, dic
             + b"\r\n"
         )
     body += f"--{boundary}--\r\n".encode()
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def _post(url: str, fields: dict[str, tuple[str, bytes, str]]) -> tuple[int, dict]:
+    body, headers = _multipart(fields)
+    req = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -334,19 +340,12 @@ def _post_timed(url: str, png: bytes) -> tuple[float, tuple[int, dict]]:
     import http.client
     from urllib.parse import urlsplit
 
-    u, boundary = urlsplit(url), uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
-            f"Content-Type: image/png\r\n\r\n"
-        ).encode()
-        + png
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
+    u = urlsplit(url)
+    body, headers = _multipart({"image": ("x.png", png, "image/png")})
     sent = float("inf")
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
     try:
-        conn.request("POST", "/classify", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        conn.request("POST", "/classify", body, headers)
         sent = time.monotonic()
         r = conn.getresponse()
         return sent, (r.status, json.loads(r.read() or b"{}"))
