@@ -329,6 +329,9 @@ class LabelsConfig(_Strict):
     target_accuracy: float = Field(0.98, gt=0, le=1)  # "how many labels to reach it?"
     bootstrap: int = Field(200, ge=20, le=10_000)  # resamples of the test split for the curve's band
     audit_folds: int = Field(5, ge=2, le=20)  # out-of-sample probabilities for the audit (k-fold)
+    # the audit's k models: a head on the frozen backbone's cached features (seconds), or the train
+    # stage's own model and settings (train.*), trained k times (minutes; better on a weak backbone)
+    audit_model: Literal["head", "train"] = "head"
     # cleanlab's find_label_issues(filter_by=...): "both" flags what two of its rules agree on
     audit_filter_by: Literal["both", "prune_by_noise_rate", "prune_by_class", "confident_learning"] = "both"
     unlabeled: str | None = None  # images without labels: a folder, an archive or an s3:// prefix (labels next)

@@ -71,6 +71,15 @@ def test_curve_and_audit_on_the_digits_with_flipped_labels(digits_repo):
     assert "data:image/png;base64," in html and "flipped_" in html
     assert json.loads((repo / "metrics/label_audit.json").read_text())["issues"] == audit["issues"]
 
+    # labels.audit_model: train: k models trained like the train stage (here 2 folds of 3 epochs)
+    quick = ["--set", "labels.audit_model=train", "--set", "labels.audit_folds=2", "--set", "train.epochs=3"]
+    res = run(FRUGALML + ["labels", "audit", "--json", *quick], repo, timeout=600)
+    trained = json.loads(res.stdout)
+    assert trained["folds"] == 2 and trained["head"].startswith("resnet18 trained like the train stage")
+    assert "labels audit: model 2/2: training on" in res.stderr
+    found = flipped & {row.split(",")[0] for row in (repo / "reports/label_audit.csv").read_text().splitlines()[1:]}
+    assert len(found) >= 0.8 * len(flipped) and len(found) >= 0.7 * trained["issues"], (len(found), trained)
+
     res = run(FRUGALML + ["labels", "curve", "--json"], repo, timeout=600)
     curve = json.loads(res.stdout)
     accs = [p["accuracy"] for p in curve["points"]]
