@@ -546,6 +546,7 @@ def _build_record(
         ),
         wall_s=round(time.perf_counter() - t0, 2),
         gate=GateDecision.read() if "gate" in ran and GateDecision.PATH.exists() else None,
+        variants=VariantsReport.read() if "compress" in ran and VariantsReport.PATH.exists() else None,
         package=PackageReport.read() if "package" in ran and PackageReport.PATH.exists() else None,
         promoted=promoted,
         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

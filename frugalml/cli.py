@@ -685,6 +685,8 @@ def print_summary(record: RunRecord) -> None:
     for r in record.stages:
         if r.capacity == "spot" or r.interruptions or r.lost_attempts:
             err.print(_capacity_line(r))
+    if record.variants:
+        err.print(_variants_line(record.variants))
     if record.gate:
         parts = [
             f"{c.name} {c.value:.4f} {c.op} {c.threshold} ({'pass' if c.passed else 'FAIL'})"
@@ -702,6 +704,17 @@ def print_summary(record: RunRecord) -> None:
     if record.status != "succeeded":
         err.print(f"[bold red]run {record.status}[/bold red]: {record.message}")
     err.print(f"run record: {record.record_uri}")
+
+
+def _variants_line(report) -> str:
+    """Serving's bill per variant (the compress stage's measure), the chosen one marked."""
+    parts = [
+        f"{v.name} ${v.usd_per_1k:.6f}" + (f" ({v.accuracy_delta * 100:+.2f} pp)" if v.name != "fp32" else "")
+        if v.status == "built"
+        else f"{v.name} skipped"
+        for v in report.variants
+    ]
+    return f"serving, USD per 1k predictions: {', '.join(parts)}; serving {report.chosen} ({report.why})"
 
 
 def _capacity_line(r) -> str:

@@ -513,6 +513,7 @@ class RunRecord(BaseModel):
     storage: StorageUse = StorageUse()
     wall_s: float = 0.0
     gate: GateDecision | None = None
+    variants: VariantsReport | None = None  # the compress stage's variants, when it ran
     package: PackageReport | None = None
     promoted: Promotion | None = None
     finished: str = ""
@@ -792,3 +793,6 @@ class RemoteStage(Contract):
     materialize_s: float = 0.0  # clone + checkout + dvc pull of the deps
     repro_s: float = 0.0
     publish_s: float = 0.0  # dvc push of the outs + uploads
+
+
+RunRecord.model_rebuild()  # it names VariantsReport, defined after it

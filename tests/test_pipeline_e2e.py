@@ -118,6 +118,13 @@ def test_prefect_flow_runs_pipeline_records_run_and_rejects_bad_data(tmp_path, s
     assert len(runs) == 1
     rec = store.get_json(f"runs/{runs[0]}/record.json")
     assert rec["status"] == "succeeded" and rec["package"]["version"] == pkg["version"]
+    # the cost table ends with serving's bill per variant, as measured by the compress stage
+    variants = json.loads((repo / "metrics/variants.json").read_text())
+    assert rec["variants"] == variants
+    line = next(x for x in out.splitlines() if x.startswith("serving, USD per 1k predictions:"))
+    for v in variants["variants"]:
+        assert f"{v['name']} ${v['usd_per_1k']:.6f}" in line, line
+    assert f"serving {variants['chosen']} (" in line
     assert [s["stage"] for s in rec["stages"]] == [
         "ingest",
         "validate",

@@ -142,6 +142,14 @@ def test_classify_png_and_jpeg(served):
     Image.open(src / "blue" / "blue_001.png").convert("RGB").save(buf, format="JPEG")
     code, body = _post(url + "/classify", {"image": ("blue.jpg", buf.getvalue(), "image/jpeg")})
     assert code == 200 and body["predictions"]
+    # a real photograph (scikit-learn ships two), made small enough for this fixture's upload limits
+    from sklearn.datasets import load_sample_image
+
+    photo = io.BytesIO()
+    Image.fromarray(load_sample_image("china.jpg")).resize((120, 80)).save(photo, format="JPEG", quality=85)
+    code, body = _post(url + "/classify", {"image": ("china.jpg", photo.getvalue(), "image/jpeg")})
+    assert code == 200 and body["version"] == version, body
+    assert {p["label"] for p in body["predictions"]} <= {"red", "green", "blue"}
 
 
 def test_bad_input_gets_400_with_a_message(served):
