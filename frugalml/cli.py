@@ -27,7 +27,7 @@ from frugalml.builtin import materialize
 from frugalml.charts import plot_cost_per_run
 from frugalml.console import Progress, err, fast_exit
 from frugalml.contracts import STAGES as STAGE_NAMES
-from frugalml.contracts import RunRecord, SweepRecord
+from frugalml.contracts import RunRecord, SweepRecord, VariantsReport
 from frugalml.dvcconf import write_local_config
 from frugalml.embedded import EmbeddedS3
 from frugalml.errors import ConfigError, DataError, FrugalError, StorageError
@@ -497,7 +497,7 @@ def labels_audit(
     from frugalml.contracts import LabelAudit
 
     cfg, started = _cfg(set_), time.perf_counter()
-    report, issues = labels.audit(cfg, labels.labeled_features(cfg))
+    report, issues = labels.audit(cfg, labels.audit_inputs(cfg))
     labels.bill(cfg, report, started)
     labels.write_audit(report, issues)
     if as_json:
@@ -706,7 +706,7 @@ def print_summary(record: RunRecord) -> None:
     err.print(f"run record: {record.record_uri}")
 
 
-def _variants_line(report) -> str:
+def _variants_line(report: VariantsReport) -> str:
     """Serving's bill per variant (the compress stage's measure), the chosen one marked."""
     parts = [
         f"{v.name} ${v.usd_per_1k:.6f}" + (f" ({v.accuracy_delta * 100:+.2f} pp)" if v.name != "fp32" else "")

@@ -53,8 +53,9 @@ class Labeled:
         return np.array([i for i, r in enumerate(self.rows) if r["split"] == name], dtype=int)
 
 
-def labeled_features(cfg: Params) -> Labeled:
-    """Every labeled image of the prepared dataset with its frozen-backbone features (cached)."""
+def labeled_features(cfg: Params, with_features: bool = True) -> Labeled:
+    """Every labeled image of the prepared dataset with its frozen-backbone features (cached);
+    ``with_features=False``: the labels alone (no backbone pass), for models trained on the images."""
     import torch  # lazy: the CLI starts without torch
 
     from frugalml import features
@@ -67,12 +68,14 @@ def labeled_features(cfg: Params) -> Labeled:
     if absent:
         raise DataError(f"{len(absent)} shards of data/manifest.csv are missing (e.g. {absent[0]}): `dvc checkout`")
     classes = sorted({r["label"] for r in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[r["label"]] for r in rows])
+    if not with_features:
+        return Labeled(rows, np.empty((len(rows), 0)), y, classes, f"{cfg.model.arch} ({cfg.model.pretrained})")
     torch.manual_seed(cfg.train.seed)  # the random initialisation of `pretrained: none` is the same every time
     model, start, _ = initial_model(cfg, classes)
     store = Store.optional(cfg.storage, tolerate_transient=True)
     X, _ = features.features_for(model, rows, PREPARED, cfg, torch.device("cpu"), store)
-    index = {c: i for i, c in enumerate(classes)}
-    y = np.array([index[r["label"]] for r in rows])
     return Labeled(rows, X.numpy().astype(np.float64), y, classes, f"{cfg.model.arch} ({start})", model)
 
 
@@ -289,6 +292,11 @@ def _enough_per_class(data: Labeled, folds: int) -> None:
             f"labels.audit_folds={folds}: class {worst!r} has only {smallest} labeled images; "
             f"lower labels.audit_folds to {max(2, smallest)} or label more"
         )
+
+
+def audit_inputs(cfg: Params) -> Labeled:
+    """What the audit reads: the labels, with frozen features only when heads are fitted on them."""
+    return labeled_features(cfg, with_features=cfg.labels.audit_model == "head")
 
 
 def audit(cfg: Params, data: Labeled, top: int = 50) -> tuple[LabelAudit, list[LabelIssue]]:

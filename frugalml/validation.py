@@ -93,7 +93,7 @@ def label_issue_ratio(cfg: Params) -> float:
         return 0.0
     from frugalml import labels  # lazy: torch, scikit-learn, cleanlab: only when the expectation is on
 
-    report, _ = labels.audit(cfg, labels.labeled_features(cfg))
+    report, _ = labels.audit(cfg, labels.audit_inputs(cfg))
     info(f"validate: the label audit flags {report.issues} of {report.images} labels (`frugalml labels audit`: which)")
     return report.issue_ratio
 
