@@ -269,6 +269,11 @@ def variant_rows(arch: str, args, root: Path) -> list[dict]:
         )
 
     env = clean_env()
+
+    def run_stages(names: list[str]) -> None:
+        for stage in names:
+            sh([sys.executable, "-m", f"tasks.{stage}"], work, env)
+
     server = EmbeddedS3(work)
     server.up()
     try:
@@ -278,8 +283,7 @@ def variant_rows(arch: str, args, root: Path) -> list[dict]:
             # progressive resizing: most epochs at the images' own 64 px (about 12x cheaper per
             # epoch than 224 px), then fine-tune that model at --image-size through the registry
             params(args.warm_size, args.warm_epochs, variants="[fp32]")
-            for stage in stages:
-                sh([sys.executable, "-m", f"tasks.{stage}"], work, env)
+            run_stages(stages)
             warm = json.loads((work / "metrics/eval.json").read_text())["accuracy"]
             print(
                 f"{arch}: {args.warm_epochs} epochs at {args.warm_size} px: test accuracy {warm:.3f}", file=sys.stderr
@@ -287,8 +291,7 @@ def variant_rows(arch: str, args, root: Path) -> list[dict]:
             package_and_promote(work, env)
             stages = ["train", "evaluate", "compress"]
         params(args.image_size, args.epochs, f"registry:{name}@production" if args.warm_epochs else "none")
-        for stage in stages:
-            sh([sys.executable, "-m", f"tasks.{stage}"], work, env)
+        run_stages(stages)
         built = time.perf_counter() - t0
         report = VariantsReport.read(work / VariantsReport.PATH)
         images = [p.read_bytes() for p in sorted((work / ".frugalml/builtin/shapes").rglob("*.png"))[:64]]

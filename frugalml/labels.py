@@ -273,13 +273,14 @@ def out_of_sample_probs_trained(cfg: Params, data: Labeled, folds: int, seed: in
     _enough_per_class(data, folds)
     m = cfg.model
     meta = {"classes": data.classes, "image_size": m.image_size, "mean": m.mean, "std": m.std}
+    device = select_device(cfg.train.device)
     probs = np.zeros((len(data.y), len(data.classes)))
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for k, (fit, held) in enumerate(cv.split(np.zeros(len(data.y)), data.y), 1):
         info(f"labels audit: model {k}/{folds}: training on {len(fit)} labels, scoring {len(held)}")
         model = train_model(cfg, [data.rows[i] for i in fit], data.classes, cfg.train.seed + k)
         held_rows = [data.rows[i] for i in held]
-        _, p = predict(model, held_rows, meta, select_device(cfg.train.device), cfg.evaluate.batch_size)
+        _, p = predict(model, held_rows, meta, device, cfg.evaluate.batch_size)
         probs[held] = p.numpy()
     return probs
 
