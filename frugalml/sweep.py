@@ -138,6 +138,11 @@ def _run_group(cmd: list[str], env: dict, pidfile: Path, cwd: Path | None = None
     )
     RUNNING.add(proc.pid)
     record = ProcessRecord.of(proc.pid)
+    for _ in range(50):  # /proc may lag the new process a moment on a busy machine: without the
+        if record is not None:  # record, a killed sweep's --resume could not stop this trial
+            break
+        time.sleep(0.01)
+        record = ProcessRecord.of(proc.pid)
     if record is not None:
         atomic_write_json(pidfile, record.as_dict())
     try:

@@ -285,16 +285,23 @@ class Budget:
     stopped_at: float | None = None  # the spend when it stopped the training
     _last: float = 0.0
     _last_usd: float = 0.0
+    _worst: float = 0.0  # the largest spend between two checks so far
+
+    # Steps and the pauses between epochs (validation, the next loader's start) vary, more so on a
+    # busy machine: look ahead by the largest interval seen so far, with half again as margin.
+    AHEAD_MARGIN = 1.5
 
     def check(self) -> None:
-        """Stop when the spend at the next check (one more interval like the last) would pass the budget."""
+        """Stop when the spend at the next check (the largest interval so far, plus a margin) would
+        pass the budget."""
         now = time.perf_counter()
         if now - self._last < self.check_every_s:
             return
         usd = self.spent()
-        ahead = usd - self._last_usd if self._last else 0.0  # the spend of one more interval like the last
+        if self._last:
+            self._worst = max(self._worst, usd - self._last_usd)
         self._last, self._last_usd = now, usd
-        if usd + ahead >= self.max_usd:
+        if usd + self.AHEAD_MARGIN * self._worst >= self.max_usd:
             self.stopped_at = usd
             raise BudgetReached(f"${usd:.5f} spent of train.max_usd ${self.max_usd:g}")
 

@@ -10,16 +10,20 @@ from frugalml.training import Budget, BudgetReached
 from tests.test_train import _train, _weights, _workspace
 
 
-def test_budget_check_looks_one_interval_ahead():
-    """Pure logic, on a clock the test controls: it stops before the spend passes the budget."""
+def test_budget_check_looks_ahead_by_the_largest_interval_with_a_margin():
+    """Pure logic, on a clock the test controls: it stops before the spend passes the budget,
+    looking ahead by the largest interval so far (a slow step after a fast one must not pass it)."""
     usd = [0.0]
     b = Budget(max_usd=1.0, spent=lambda: usd[0], check_every_s=0.0)
     b._last, b._last_usd = time.perf_counter() - 1.0, 0.0  # a check a second ago saw $0
-    usd[0] = 0.4  # spending $0.4/s: the next interval ends at 0.8, still under
+    usd[0] = 0.3  # $0.3 in that interval: 0.3 + 1.5 x 0.3 = 0.75, still under
     b.check()
-    b._last -= 1.0  # another second on, at $0.4/s the next interval would end at 1.2 > 1.0
-    usd[0] = 0.8
-    with pytest.raises(BudgetReached, match=r"\$0.80000 spent of train.max_usd \$1"):
+    b._last -= 1.0
+    usd[0] = 0.35  # a fast interval ($0.05) does not shrink the look-ahead: 0.35 + 0.45 = 0.8
+    b.check()
+    b._last -= 1.0
+    usd[0] = 0.6  # 0.6 + 1.5 x 0.3 = 1.05 > 1.0: stop now, before the spend passes the budget
+    with pytest.raises(BudgetReached, match=r"\$0.60000 spent of train.max_usd \$1"):
         b.check()
     assert Budget(1.0, lambda: 0.7).affords(0.27) and not Budget(1.0, lambda: 0.7).affords(0.28)  # 10% margin
 

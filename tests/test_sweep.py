@@ -220,15 +220,16 @@ def test_killed_sweep_resumes_without_losing_or_double_billing(pipeline_repo):
         log.close()
     before = json.loads(found[0].read_text())
     states = [(t["number"], t["state"]) for t in before["trials"]]
-    assert len(before["trials"]) == 1, f"{states}\n" + (repo / "sweep.log").read_text()[-3000:]
-    first = before["trials"][0]
+    # killed mid-trial: the second as a rule, the third if the machine was slow to show us the second
+    assert 1 <= len(before["trials"]) <= 2, f"{states}\n" + (repo / "sweep.log").read_text()[-3000:]
+    done = before["trials"]
 
     res = run(FRUGALML + ["sweep", "--resume", "last"], repo, timeout=1500)
     # Gone: stopped by the resume, or ended on its own (its output pipe closed with the sweep)
     assert not ProcessRecord.from_dict(leader_record).matches()
     after = json.loads(found[0].read_text())
     assert after["status"] == "finished", res.stderr[-3000:]
-    assert after["trials"][0] == first  # kept as it was: not run again, not billed again
+    assert after["trials"][: len(done)] == done  # kept as they were: not run again, not billed again
     states = [t["state"] for t in after["trials"]]
     assert states.count("interrupted") == 1 and len([s for s in states if s != "interrupted"]) == 3
     assert after["spent_usd"] == pytest.approx(sum(t["usd"] for t in after["trials"]), abs=1e-6)
