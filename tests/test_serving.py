@@ -521,6 +521,7 @@ def test_item13_non_file_fields_and_oversized_bodies_are_refused(served):
 def test_item13_bento_is_verified_against_the_registry_every_time(served, ctx, monkeypatch):
     """Trust item 13: a cached bento archive that differs from the registry's sha256 is fetched
     again; a bento whose bytes do not match its record is refused."""
+    from frugalml import bento
     from frugalml.errors import FrugalError
     from frugalml.registry import Registry
     from frugalml.serving.runner import ensure_bento
@@ -535,6 +536,13 @@ def test_item13_bento_is_verified_against_the_registry_every_time(served, ctx, m
     record = reg.get(version)
     archive = work / ".frugalml" / "bentos" / f"{cfg.model.name}-{version}.bento"
     assert ensure_bento(reg, version) == record["bento_tag"]
+    assert bento.matches_archive(record["bento_tag"], archive)  # the bento and its model, as served
+    # A model damaged in the local model store: the bento is imported again, the model with it
+    (weights,) = Path(env["BENTOML_HOME"]).glob(f"models/*/{version}/model.pt")
+    weights.write_bytes(weights.read_bytes() + b"damaged")
+    assert not bento.matches_archive(record["bento_tag"], archive)
+    assert ensure_bento(reg, version) == record["bento_tag"]
+    assert bento.matches_archive(record["bento_tag"], archive) and not weights.read_bytes().endswith(b"damaged")
     archive.write_bytes(archive.read_bytes()[:-10] + b"tampered!!")
     assert ensure_bento(reg, version) == record["bento_tag"]
     assert file_sha256(archive) == record["bento_sha256"]  # fetched again

@@ -73,7 +73,7 @@ def ensure_bento(reg: Registry, version: str) -> str:
         if bento.matches_archive(tag, archive):
             return tag
         info(f"serve: the local BentoML store's {tag} differs from the verified archive; importing it again")
-        bento.delete_bento(tag)
+        bento.delete_bento(tag, archive)
     return bento.import_bento(archive)
 
 
