@@ -25,8 +25,16 @@ REPO_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "tasks", "f
 def pytest_configure(config):
     """SIGTERM (CI cancelling a job, `timeout`) ends the run like Ctrl-C: pytest then still
     tears the fixtures down, so the SeaweedFS server, `bentoml serve` backends and other
-    processes the tests started are stopped, not orphaned."""
+    processes the tests started are stopped, not orphaned.
+
+    Torch's CPU threads are split between the xdist workers: by default each process takes a
+    thread per core, two workers on 2 cores oversubscribe them, and OpenMP's spinning threads
+    then slow both ~7x (two train audits side by side: 312 s; with one thread each: 44 s)."""
     import signal
+
+    share = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(share))
 
     def _interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -93,7 +101,11 @@ def upload_folder(store, folder: Path, rel_prefix: str) -> str:
 
 
 def run(cmd, cwd, check=True, timeout=900, env=None):
+    t0 = time.perf_counter()
     res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if os.environ.get("FRUGALML_TEST_TIMES"):  # where the suite's time goes, command by command
+        with open(os.environ["FRUGALML_TEST_TIMES"], "a") as f:
+            f.write(f"{time.perf_counter() - t0:7.1f} s  {' '.join(map(str, cmd[-6:]))[:160]}\n")
     if check and res.returncode != 0:
         raise AssertionError(
             f"{cmd} exited {res.returncode}\nSTDOUT:\n{res.stdout[-4000:]}\nSTDERR:\n{res.stderr[-6000:]}"

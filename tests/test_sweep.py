@@ -56,6 +56,22 @@ def test_the_objective_can_be_macro_f1():
     assert pareto_front([a, b], "macro_f1") == [1] and recommend([a, b], "macro_f1") == 1
 
 
+def test_side_by_side_trials_split_the_cores(monkeypatch):
+    from frugalml import config
+    from frugalml.sweep import trial_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the suite sets it for its own workers
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    cfg = config.validate({"sweep": {"parallel": 2}})
+    assert trial_threads(cfg) == 4
+    assert trial_threads(config.validate({"sweep": {"parallel": 3}})) == 2
+    assert trial_threads(config.validate({"sweep": {"parallel": 16}})) == 1
+    assert trial_threads(config.validate({"sweep": {"parallel": 1}})) is None  # torch's default
+    assert trial_threads(config.validate({"sweep": {"parallel": 2}, "train": {"num_threads": 3}})) is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert trial_threads(cfg) is None  # the user's setting is kept
+
+
 @pytest.mark.parametrize("pruner, pruned", [("none", False), ("successive_halving", True), ("hyperband", True)])
 def test_a_trial_prunes_with_the_sweeps_pruner_not_optunas_default(tmp_path, pruner, pruned):
     """Optuna does not store a study's pruner: a trial that loaded the study plainly pruned with
