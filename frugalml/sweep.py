@@ -46,7 +46,7 @@ from frugalml.costs import price
 from frugalml.errors import ConfigError, FrugalError, StorageError
 from frugalml.fsutil import atomic_write_json, read_json
 from frugalml.gates import decide
-from frugalml.procs import ProcessRecord, dvc_env
+from frugalml.procs import ProcessRecord, dvc_env, thread_env
 from frugalml.store import Store, resolve_settings, settings_env
 from frugalml.trial import ENV as TRIAL_ENV
 from frugalml.trial import make_pruner, open_storage
@@ -207,13 +207,11 @@ def _store_env(cfg: Params) -> dict[str, str]:
 
 def trial_threads(cfg: Params) -> int | None:
     """Torch CPU threads for each trial when ``sweep.parallel`` trials run side by side: the cores
-    split between them (None: torch's default). Each trial taking a thread per core would
-    oversubscribe the cores, and OpenMP's spinning threads slow every trial many times over (two
-    train audits side by side on 2 cores: 312 s; with one thread each: 44 s). An explicit
+    split between them (``procs.thread_env``; None: torch's default). An explicit
     ``train.num_threads`` or ``OMP_NUM_THREADS`` is kept."""
     if cfg.sweep.parallel <= 1 or cfg.train.num_threads or os.environ.get("OMP_NUM_THREADS"):
         return None
-    return max(1, (os.cpu_count() or 1) // cfg.sweep.parallel)
+    return int(thread_env(cfg.sweep.parallel)["OMP_NUM_THREADS"])
 
 
 def run_trial(
@@ -229,9 +227,8 @@ def run_trial(
         cmd += ["-S", o]
     cmd.append(TARGET)
     env = dvc_env({**_store_env(cfg), TRIAL_ENV: json.dumps(link), "FRUGALML_RUN_ID": experiment})
-    threads = trial_threads(cfg)
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    if trial_threads(cfg) is not None:
+        env.update(thread_env(cfg.sweep.parallel))
     started, t0 = time.time(), time.perf_counter()
     res = _run_group(cmd, env, pidfile, cwd=lane)
     wall = time.perf_counter() - t0

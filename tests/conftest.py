@@ -25,16 +25,8 @@ REPO_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "tasks", "f
 def pytest_configure(config):
     """SIGTERM (CI cancelling a job, `timeout`) ends the run like Ctrl-C: pytest then still
     tears the fixtures down, so the SeaweedFS server, `bentoml serve` backends and other
-    processes the tests started are stopped, not orphaned.
-
-    Torch's CPU threads are split between the xdist workers: by default each process takes a
-    thread per core, two workers on 2 cores oversubscribe them, and OpenMP's spinning threads
-    then slow both ~7x (two train audits side by side: 312 s; with one thread each: 44 s)."""
+    processes the tests started are stopped, not orphaned."""
     import signal
-
-    share = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, str(share))
 
     def _interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
