@@ -239,6 +239,7 @@ class EmbeddedS3:
         """master + volume + filer + S3 on 127.0.0.1: no admin server, no maintenance worker."""
         return [
             _weed_binary(),
+            f"-logdir={self.dir}",  # glog's files (weed.INFO ...): not in /tmp, where nothing removes them
             "server",
             f"-dir={data_dir}",
             "-ip=127.0.0.1",
@@ -344,6 +345,7 @@ class EmbeddedS3:
                 while _pid_alive(pid):
                     time.sleep(0.1)
             stopped = True
+        _remove_grpc_sockets(state.get("ports") or {})
         self.state_file.unlink(missing_ok=True)
         return stopped
 
@@ -359,6 +361,23 @@ class EmbeddedS3:
             "bucket": self.bucket,
             "state_dir": str(self.dir),
         }
+
+
+def _remove_grpc_sockets(ports: dict) -> None:
+    """SeaweedFS binds a Unix socket per gRPC service at a path it hard-codes,
+    ``/tmp/seaweedfs-<service>-grpc-<port>.sock``, and leaves it behind when stopped. The ports
+    were this server's, and it has exited: the sockets are stale. Only sockets are removed."""
+    import stat
+
+    for name, port in ports.items():
+        if not name.endswith(".port.grpc") or not isinstance(port, int):
+            continue
+        path = Path(f"/tmp/seaweedfs-{name.split('.')[0]}-grpc-{port}.sock")
+        try:
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink()
+        except OSError:
+            pass
 
 
 def embedded_info(root: str | os.PathLike = ".") -> ServerInfo | None:

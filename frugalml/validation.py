@@ -221,6 +221,10 @@ def _gx_context():
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # they flood DVC and Prefect logs
+    # An ephemeral context comes with a docs site in a fresh /tmp folder that nothing removes:
+    # every validation left one behind. Ours is the only site.
+    for name in list(ctx.get_site_names()):
+        ctx.delete_data_docs_site(name)
     shutil.rmtree(HTML_DIR, ignore_errors=True)
     HTML_DIR.mkdir(parents=True, exist_ok=True)
     ctx.add_data_docs_site(
@@ -265,7 +269,7 @@ def _run_suites(cfg: Params, frames: dict) -> list[Expectation]:
         for _label, exp in expectations:
             suite.add_expectation(exp)
         vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=asset, data=batch, suite=suite))
-        docs = gx.checkpoint.UpdateDataDocsAction(name="docs")
+        docs = gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["frugalml"])
         cp = ctx.checkpoints.add(gx.Checkpoint(name=asset, validation_definitions=[vd], actions=[docs]))
         res = cp.run(batch_parameters={"dataframe": frames[asset]})
         for vres in res.run_results.values():

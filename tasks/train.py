@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 from frugalml import config, training
@@ -47,8 +48,16 @@ def _launch_torchrun(cfg: Params, started: float) -> None:
         "tasks.train",
         "--ddp-worker",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), STARTED_ENV: repr(started)}
-    code = subprocess.run(cmd, env=env).returncode
+    # torchrun's log folders (torchelastic_*) go in the system temp folder and stay there: give
+    # it one of ours, removed afterwards
+    with tempfile.TemporaryDirectory(prefix="frugalml-torchrun-") as tmp:
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+            STARTED_ENV: repr(started),
+            "TMPDIR": tmp,
+        }
+        code = subprocess.run(cmd, env=env).returncode
     if code != 0:
         raise FrugalError(f"distributed training failed (torchrun exit code {code}); see the log above")
 

@@ -32,6 +32,23 @@ def pytest_configure(config):
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, _interrupt)
+    _split_threads(config)
+
+
+def _split_threads(config) -> None:
+    """Each xdist worker (and every command its tests start) gets its share of the cores: two
+    workers that each train with a thread per core oversubscribe them, and OpenMP's spinning
+    threads then slow both many times over (`procs.thread_env`). The worker count is known here
+    only in the workers (``workerinput``); the controller runs no tests. A user's
+    ``OMP_NUM_THREADS`` is kept."""
+    from frugalml.procs import thread_env
+
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if not workers or workers < 2 or os.environ.get("OMP_NUM_THREADS"):
+        return
+    os.environ.update(thread_env(int(workers)))
+    if "torch" in sys.modules:  # imported by a plugin before this hook: its pool is already sized
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
