@@ -4,9 +4,9 @@
 labels) with the same capped, safe readers and decoder as ingest, skips content that is labeled
 already, computes each image's frozen-backbone features (cached like the labeled ones), and ranks
 the images by the doubt of the head trained on every label so far (margin or entropy). The
-``budget x labels.candidates`` most uncertain are the pool; k-center greedy on the standardised
-features then picks ``budget`` of them, each as far as possible from the labeled images and from
-the ones already picked, so that one batch does not buy ten labels of the same confusion. It
+``budget x labels.candidates`` most uncertain are the pool; k-means on the standardised features
+splits it into ``budget`` clusters and the most uncertain image of each is picked, so that one
+batch does not buy ten labels of the same confusion. It
 writes a CSV, a Label Studio import file (tasks whose image is a presigned URL on the store) and
 a labeling interface for the classes, and prices the labels.
 
@@ -154,22 +154,31 @@ def uncertainty(probs: np.ndarray, how: str) -> np.ndarray:
     return 1.0 - (top[:, -1] - (top[:, -2] if probs.shape[1] > 1 else 0.0))
 
 
-def k_center_greedy(pool: np.ndarray, labeled: np.ndarray, k: int, chunk: int = 256) -> list[int]:
-    """``k`` rows of ``pool``, each the farthest (Euclidean) from the labeled rows and the rows
-    picked before it (Sener & Savarese's core-set greedy)."""
-    pool32, lab32 = pool.astype(np.float32), labeled.astype(np.float32)
-    nearest = np.full(len(pool), np.inf, dtype=np.float32)
-    for i in range(0, len(lab32), chunk):  # distance to the nearest labeled row, a chunk at a time
-        block = lab32[i : i + chunk]
-        d = (pool32**2).sum(1)[:, None] - 2 * pool32 @ block.T + (block**2).sum(1)[None, :]
-        nearest = np.minimum(nearest, d.min(axis=1))
-    picked: list[int] = []
-    for _ in range(min(k, len(pool))):
-        j = int(np.argmax(nearest))
-        picked.append(j)
-        nearest = np.minimum(nearest, ((pool32 - pool32[j]) ** 2).sum(1))
-        nearest[picked] = -1.0
-    return picked
+def diverse_top(pool: np.ndarray, doubt: np.ndarray, k: int, seed: int) -> list[int]:
+    """``k`` rows of ``pool`` (its features) that are both uncertain and spread out: k-means into
+    ``k`` clusters, then the most uncertain row of each (Zhdanov's diverse mini-batch, as in
+    Cluster-Margin). Pick order: most uncertain first. A cluster k-means leaves empty (duplicate
+    rows) is made up by the most uncertain rows not picked.
+
+    It replaced k-center greedy, which picks the rows farthest from everything: on a weak feature
+    space those are outliers, not informative images (benchmarks/labels.py: k-center greedy over
+    2x the budget saved 20-25% of the labels; this, over 5x, about 40%)."""
+    import warnings
+
+    from sklearn.cluster import KMeans  # lazy: scikit-learn loads in ~1 s
+    from sklearn.exceptions import ConvergenceWarning
+
+    if len(pool) <= k:
+        return [int(i) for i in np.argsort(-doubt, kind="stable")]
+    with warnings.catch_warnings():  # fewer distinct rows than k: made up below
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clusters = KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(pool.astype(np.float64))
+    picked = {int(np.flatnonzero(clusters == c)[np.argmax(doubt[clusters == c])]) for c in np.unique(clusters)}
+    for i in np.argsort(-doubt, kind="stable"):
+        if len(picked) >= k:
+            break
+        picked.add(int(i))
+    return sorted(picked, key=lambda i: (-doubt[i], i))
 
 
 def choose(
@@ -184,7 +193,7 @@ def choose(
     doubt = uncertainty(probs, how)
     pool = np.argsort(-doubt, kind="stable")[: max(budget, budget * candidates)]
     scaler = head[0]  # the head's StandardScaler: distances in the space the head sees
-    picked = k_center_greedy(scaler.transform(X_new[pool]), scaler.transform(X_lab), budget)
+    picked = diverse_top(scaler.transform(X_new[pool]), doubt[pool], min(budget, len(pool)), seed)
     return [int(pool[j]) for j in picked], doubt, head.classes_[probs.argmax(axis=1)]
 
 

@@ -336,7 +336,7 @@ class LabelsConfig(_Strict):
     audit_filter_by: Literal["both", "prune_by_noise_rate", "prune_by_class", "confident_learning"] = "both"
     unlabeled: str | None = None  # images without labels: a folder, an archive or an s3:// prefix (labels next)
     uncertainty: Literal["margin", "entropy"] = "margin"  # how `labels next` ranks the current head's doubt
-    candidates: int = Field(2, ge=1, le=1000)  # the most uncertain budget x this, then k-center greedy picks
+    candidates: int = Field(5, ge=1, le=1000)  # pool: the budget x this most uncertain; k-means picks from it
     url_expiry_s: int = Field(604_800, ge=60, le=604_800)  # presigned image URLs for annotators (S3 max: 7 days)
     seed: int = 0
 

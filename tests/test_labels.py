@@ -57,6 +57,23 @@ def digits_repo(tmp_path, store):
     return repo, flipped
 
 
+def test_the_next_batch_is_uncertain_and_spread_over_the_clusters():
+    from frugalml.annotation import diverse_top
+
+    rng = np.random.default_rng(0)
+    blobs = np.concatenate([rng.normal(c, 0.05, size=(50, 2)) for c in ([0, 0], [5, 0], [0, 5], [5, 5])])
+    doubt = np.concatenate([np.full(50, 0.9), np.full(150, 0.5)]) + rng.uniform(0, 0.01, 200)
+    picked = diverse_top(blobs, doubt, 4, seed=0)
+    assert len(set(picked)) == 4 and {i // 50 for i in picked} == {0, 1, 2, 3}  # one per blob, not 4 of the first
+    for i in picked:  # each the most uncertain of its blob
+        blob = slice(50 * (i // 50), 50 * (i // 50) + 50)
+        assert doubt[i] == doubt[blob].max()
+    assert list(doubt[picked]) == sorted(doubt[picked], reverse=True)  # most uncertain first
+    same = np.zeros((30, 2))  # duplicates: k-means finds one cluster; the batch is still full
+    assert sorted(diverse_top(same, doubt[:30], 5, seed=0)) == sorted(np.argsort(-doubt[:30])[:5].tolist())
+    assert diverse_top(blobs[:3], doubt[:3], 5, seed=0) == np.argsort(-doubt[:3]).tolist()  # fewer than asked
+
+
 def test_curve_and_audit_on_the_digits_with_flipped_labels(digits_repo):
     repo, flipped = digits_repo
     res = run(FRUGALML + ["labels", "audit", "--json"], repo, timeout=600)
