@@ -215,26 +215,27 @@ def _gx_context():
 
     Great Expectations is imported here, not at module level: it takes seconds to import."""
     import great_expectations as gx  # lazy: Great Expectations: ~4 s to import
-    from great_expectations.data_context.types.base import (
-        ProgressBarsConfig,  # lazy: Great Expectations: ~4 s to import
+    from great_expectations.data_context.types.base import (  # lazy: Great Expectations: ~4 s to import
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
     )
 
-    ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # they flood DVC and Prefect logs
-    # An ephemeral context comes with a docs site in a fresh /tmp folder that nothing removes:
-    # every validation left one behind. Ours is the only site.
-    for name in list(ctx.get_site_names()):
-        ctx.delete_data_docs_site(name)
     shutil.rmtree(HTML_DIR, ignore_errors=True)
     HTML_DIR.mkdir(parents=True, exist_ok=True)
-    ctx.add_data_docs_site(
-        site_name="frugalml",
-        site_config={
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(HTML_DIR.resolve())},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        },
+    site = {
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(HTML_DIR.resolve())},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    }
+    # Ours is the only docs site: get_context(mode="ephemeral") alone adds one in a fresh /tmp
+    # folder that nothing removes (every validation left one behind)
+    project = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        data_docs_sites={"frugalml": site},
     )
+    ctx = gx.get_context(project_config=project, mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # they flood DVC and Prefect logs
     return ctx
 
 

@@ -452,12 +452,12 @@ def test_item4_a_bad_upload_fails_only_its_own_request_in_a_batch(served):
         assert all(out[i][0] == 200 and out[i][1][0]["predictions"] for i in range(1, 9)), out
 
 
-def test_item4_uploads_are_reduced_to_model_size_on_decode():
+def test_item4_uploads_are_reduced_to_model_size_on_decode(tmp_path):
     """Trust item 4: a many-pixel upload is decoded and reduced to the model's side at once."""
     from frugalml.serving import service
 
     service._SIDE["image_size"] = 16
-    path = Path(__import__("tempfile").mkdtemp()) / "big.png"
+    path = tmp_path / "big.png"
     Image.new("RGB", (3000, 2000), (10, 200, 30)).save(path)
     img = service._read_image(path, 50_000_000, 40_000_000)
     assert img.size == (16, 16) and img.mode == "RGB"
