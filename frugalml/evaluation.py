@@ -14,6 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
@@ -60,20 +61,27 @@ def top_k_accuracy(y_true: list[int], probs: torch.Tensor, k: int) -> float:
     return float((top == torch.tensor(y_true).unsqueeze(1)).any(1).float().mean())
 
 
-def quality(y_true: list[int], probs: torch.Tensor, classes: list[str]) -> dict:
-    # scikit-learn is imported here, not at module level: it adds about a second to start-up
-    from sklearn.metrics import (  # lazy: scikit-learn: ~2 s to import
-        accuracy_score,
-        f1_score,
-        precision_recall_fscore_support,
-    )
+def per_class_scores(y_true: list[int], y_pred: list[int], n: int) -> tuple[np.ndarray, ...]:
+    """Precision, recall, F1 and support of each of ``n`` classes, from the confusion matrix; 0
+    where undefined (scikit-learn's ``zero_division=0``, against which the tests check it). Not
+    scikit-learn itself: importing it for a few array sums made every evaluate stage (every sweep
+    trial) about 0.6 s slower and 100 MB bigger (5.0 -> 4.4 s, 867 -> 766 MB peak RSS)."""
+    mat = np.zeros((n, n), dtype=np.int64)
+    np.add.at(mat, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    tp, predicted, support = np.diag(mat).astype(float), mat.sum(0).astype(float), mat.sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(predicted > 0, tp / predicted, 0.0)
+        r = np.where(support > 0, tp / support, 0.0)
+        f = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+    return p, r, f, support
 
+
+def quality(y_true: list[int], probs: torch.Tensor, classes: list[str]) -> dict:
     y_pred = probs.argmax(1).tolist()
-    labels = list(range(len(classes)))
-    p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    p, r, f, support = per_class_scores(y_true, y_pred, len(classes))
     return {
-        "accuracy": round(float(accuracy_score(y_true, y_pred)), 6),
-        "macro_f1": round(float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)), 6),
+        "accuracy": round(float(np.mean(np.asarray(y_true) == np.asarray(y_pred))) if y_true else 0.0, 6),
+        "macro_f1": round(float(f.mean()), 6),
         "top3_accuracy": round(top_k_accuracy(y_true, probs, 3), 6),
         "ece": round(expected_calibration_error(y_true, probs), 6),
         "per_class": {
