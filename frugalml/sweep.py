@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -333,7 +334,9 @@ class Sweep:
             return o.samplers.RandomSampler(seed=s.seed)
         if s.sampler == "random":
             return o.samplers.RandomSampler(seed=s.seed)
-        return o.samplers.TPESampler(seed=s.seed, multivariate=True)
+        with warnings.catch_warnings():  # multivariate TPE is "experimental" since Optuna 2.2: said on every sweep
+            warnings.simplefilter("ignore", o.exceptions.ExperimentalWarning)
+            return o.samplers.TPESampler(seed=s.seed, multivariate=True)
 
     def _pruner(self):
         return make_pruner(self.cfg.sweep.pruner, self._max_epochs())
