@@ -358,6 +358,7 @@ def _publish_sweep(record) -> None:
 def _frontier_table(record) -> Table:
     t = Table(
         title=f"Sweep {record.id}: {len(record.trials)} trials, ${record.spent_usd:.5f} of ${record.budget_usd:g}"
+        + (f"; {record.repeats_skipped} repeated settings not run again" if record.repeats_skipped else "")
     )
     for col in ("trial", "settings", "state", "accuracy", "macro-F1", "USD", "p95 ms", "gate", ""):
         t.add_column(col, justify="left" if col in ("settings", "state", "gate", "") else "right")

@@ -582,6 +582,7 @@ class SweepRecord(BaseModel):
     front: list[int] = []  # trial numbers on the Pareto front (accuracy up, USD down)
     recommended: int | None = None  # the cheapest trial that passes every gate
     base_overrides: list[str] = []
+    repeats_skipped: int = 0  # settings the sampler proposed again: the earlier result told, not run
 
     @staticmethod
     def path(sweep_id: str) -> Path:

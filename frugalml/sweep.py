@@ -102,6 +102,13 @@ def grid_size(space: dict[str, list | Range]) -> int:
     return len(list(itertools.product(*grid(space).values())))
 
 
+def ran_before(trials: list[SweepTrial], overrides: list[str]) -> SweepTrial | None:
+    """The finished trial (complete or pruned) with exactly these settings: a sampler may propose
+    a setting again (TPE did for 3 of 10 trials on the default 16-setting space), and running it
+    again buys nothing but a second bill. Failed trials do not count: a failure may not recur."""
+    return next((t for t in trials if t.overrides == overrides and t.state in ("complete", "pruned")), None)
+
+
 # -- the Pareto front and the recommendation (pure) -----------------------------------------------
 def pareto_front(trials: list[SweepTrial], objective: str = "accuracy") -> list[int]:
     """Trial numbers not dominated in (``objective`` up, USD down) among trials that have a score."""
@@ -127,6 +134,7 @@ def recommend(trials: list[SweepTrial], objective: str = "accuracy") -> int | No
 
 # -- one trial: a DVC experiment ------------------------------------------------------------------
 RUNNING: set[int] = set()  # process groups of the trials running now (killed when the sweep stops)
+MAX_REPEATS_IN_A_ROW = 200  # proposals of settings that ran already before the sweep stops (ms each)
 
 
 def _run_group(cmd: list[str], env: dict, pidfile: Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -308,6 +316,7 @@ class Sweep:
             for combo in itertools.product(*grid(self.space).values()):
                 self.study.enqueue_trial(dict(zip(self.space, combo)))
         self._lock, self._stopping = threading.Lock(), False
+        self._repeats_in_a_row = 0
         if resume:
             for pidfile in folder.glob("trial*.pid"):  # one per lane when trials ran side by side
                 if stop_orphaned_trial(pidfile):
@@ -426,6 +435,11 @@ class Sweep:
                 if not running:
                     self.record.status = "finished"
                 return None
+            if self._exhausted():
+                if not running:
+                    self.record.status = "finished"
+                    progress("sweep: every setting of the space has run; stopping")
+                return None
             left = s.budget_usd - self.spent - sum(share for _, share in running.values())
             cheapest = min((t.usd for t in self.record.trials if t.usd > 0), default=0.0)
             if left <= 0 or left < cheapest:
@@ -435,11 +449,34 @@ class Sweep:
                 return None
             return left / free
 
+    def _exhausted(self) -> bool:
+        """Every setting of a space of choices has a finished trial, or the sampler proposed only
+        settings that ran already, many times in a row (a space with ranges has no end)."""
+        if self._repeats_in_a_row >= MAX_REPEATS_IN_A_ROW:
+            return True
+        if any(not isinstance(v, list) for v in self.space.values()):
+            return False
+        done = {tuple(t.overrides) for t in self.record.trials if t.state in ("complete", "pruned")}
+        return len(done) >= grid_size(self.space)
+
     def _one_trial(self, share_usd: float, lane: Path | None, progress: Callable[[str], None]) -> None:
         with self._lock:
             trial = self.study.ask()
             prune_trial = self.prune_study.ask()
         overrides = suggest(trial, self.space)
+        with self._lock:
+            before = ran_before(self.record.trials, overrides)
+            if before is not None:  # told the same result, not run, not billed, not counted
+                self._tell(trial, prune_trial, before)
+                self.record.repeats_skipped += 1
+                self._save()
+                self._repeats_in_a_row += 1
+                progress(
+                    f"sweep: the sampler proposed trial {before.number + 1}'s settings again "
+                    f"({' '.join(overrides)}): its result stands, not run again ($0)"
+                )
+                return
+            self._repeats_in_a_row = 0
         for key, value in trial.params.items():  # the companion study sees the same settings
             prune_trial.set_user_attr(key, value)
         # the live budget of the train stage: this trial's share of what the sweep has left

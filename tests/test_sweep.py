@@ -49,6 +49,41 @@ def test_pareto_front_and_the_cheapest_trial_that_passes():
     assert recommend(tie) == 1  # same price: the more accurate
 
 
+def test_a_setting_the_sampler_proposes_again_is_not_run_or_billed_again(tmp_path, monkeypatch):
+    """TPE proposed the same settings for 3 of 10 trials on the default 16-setting space (a fresh
+    clone's `frugalml sweep` on builtin:shapes): each repeat is told the earlier result instead of
+    running, and the sweep ends when every setting of the space has run. The loop and Optuna are
+    real; the trial itself (a DVC experiment, tested below) is replaced by its result."""
+    from frugalml import config, sweep
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FRUGALML_S3_ENDPOINT", raising=False)
+    ran = []
+
+    def fake_trial(cfg, number, experiment, overrides, link, pidfile, lane=None):
+        settings = [o for o in overrides if not o.startswith("train.max_usd=")]
+        ran.append(tuple(settings))
+        acc = 0.5 + 0.1 * ("model.arch=resnet18" in settings) + 0.05 * ("model.image_size=64" in settings)
+        return SweepTrial(
+            number=number, experiment=experiment, overrides=settings, state="complete", accuracy=acc, usd=0.001
+        )
+
+    monkeypatch.setattr(sweep, "run_trial", fake_trial)
+    space = {"model.arch": ["resnet18", "mobilenet_v3_small"], "model.image_size": [32, 64]}
+    cfg = config.validate({"sweep": {"space": space, "sampler": "tpe", "max_trials": 10, "budget_usd": 1.0}})
+    lines = []
+    record = sweep.Sweep(cfg, "s-repeats", [], resume=False).run(progress=lines.append)
+    assert len(ran) == len(set(ran)) == 4, ran  # each setting once
+    assert len(record.trials) == 4 and record.status == "finished"
+    assert record.spent_usd == pytest.approx(0.004)
+    assert any("every setting of the space has run" in line for line in lines), lines
+    assert record.repeats_skipped == sum("not run again ($0)" in line for line in lines)
+    again = sweep.ran_before(record.trials, list(ran[0]))
+    assert again is not None and again.overrides == list(ran[0])
+    failed = [SweepTrial(number=9, experiment="x", overrides=["a=1"], state="failed")]
+    assert sweep.ran_before(failed, ["a=1"]) is None  # a failure may not recur: it runs again
+
+
 def test_the_objective_can_be_macro_f1():
     a, b = _t(0, 0.95, 0.010), _t(1, 0.90, 0.010)
     a.macro_f1, b.macro_f1 = 0.80, 0.90  # same price: the front keeps the better one on the objective
