@@ -317,6 +317,7 @@ class Sweep:
                 self.study.enqueue_trial(dict(zip(self.space, combo)))
         self._lock, self._stopping = threading.Lock(), False
         self._repeats_in_a_row = 0
+        self._in_flight = 0  # trials started and not yet recorded
         if resume:
             for pidfile in folder.glob("trial*.pid"):  # one per lane when trials ran side by side
                 if stop_orphaned_trial(pidfile):
@@ -477,12 +478,17 @@ class Sweep:
                 )
                 return
             self._repeats_in_a_row = 0
+            self._in_flight += 1
+            run_no = len([t for t in self.record.trials if t.state != "interrupted"]) + self._in_flight
         for key, value in trial.params.items():  # the companion study sees the same settings
             prune_trial.set_user_attr(key, value)
         # the live budget of the train stage: this trial's share of what the sweep has left
         run_overrides = [*overrides, f"train.max_usd={round(share_usd, 6)}"]
         experiment = f"{self.id}-t{trial.number}"
-        progress(f"sweep: trial {trial.number + 1}/{self.cfg.sweep.max_trials} {experiment}: {' '.join(overrides)}")
+        progress(
+            f"sweep: trial {trial.number + 1} (run {run_no} of at most {self.cfg.sweep.max_trials}) {experiment}: "
+            + " ".join(overrides)
+        )
         link = {
             "storage": self.storage,
             "study": self.prune_study.study_name,
@@ -496,6 +502,7 @@ class Sweep:
         if self._stopping:  # killed by the interrupt: --resume records it as interrupted
             return
         with self._lock:
+            self._in_flight -= 1
             self._tell(trial, prune_trial, result)
             self.record.trials.append(result)
             self._save()

@@ -78,6 +78,7 @@ def test_a_setting_the_sampler_proposes_again_is_not_run_or_billed_again(tmp_pat
     assert record.spent_usd == pytest.approx(0.004)
     assert any("every setting of the space has run" in line for line in lines), lines
     assert record.repeats_skipped == sum("not run again ($0)" in line for line in lines)
+    assert sum("(run " in line for line in lines) == 4 and any("(run 4 of at most 10)" in line for line in lines)
     again = sweep.ran_before(record.trials, list(ran[0]))
     assert again is not None and again.overrides == list(ran[0])
     failed = [SweepTrial(number=9, experiment="x", overrides=["a=1"], state="failed")]
@@ -204,7 +205,7 @@ def test_sweep_runs_trials_as_dvc_experiments_and_recommends_one(pipeline_repo, 
         timeout=1500,
     )
     out = res.stderr
-    assert "sweep: trial 4/" in out and "recommended: trial" in out, out[-4000:]
+    assert "(run 4 of at most 10)" in out and "recommended: trial" in out, out[-4000:]
     sweep_id = sorted(p.name for p in (repo / ".frugalml" / "sweeps").iterdir())[-1]
     record = json.loads((repo / ".frugalml" / "sweeps" / sweep_id / "record.json").read_text())
     assert record["status"] == "finished" and len(record["trials"]) == 4
