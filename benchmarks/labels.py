@@ -115,14 +115,19 @@ def active_vs_random(repo: Path, rounds: int, seeds: int) -> dict:
     n = [len(start) + r * step for r in range(rounds + 1)]  # the same sizes for every seed (stratified)
     mean = {k: np.mean(v, axis=0) for k, v in curves.items()}
     final_random = mean["random"][-1]
-    reach = next((n[i] for i, a in enumerate(mean["active"]) if a >= final_random), None)
-    crossed = None  # where the active curve crosses random's final accuracy, linearly between rounds
-    for i, a in enumerate(mean["active"]):
-        if a >= final_random:
-            before = mean["active"][i - 1] if i else a
-            share = 1.0 if not i or a == before else (final_random - before) / (a - before)
-            crossed = n[i - 1] + share * (n[i] - n[i - 1]) if i else n[0]
-            break
+    # the first round that reaches random's final accuracy, and where the curve crosses it
+    # (linearly between that round and the one before)
+    reach = crossed = None
+    i = next((i for i, a in enumerate(mean["active"]) if a >= final_random), None)
+    if i is not None:
+        reach = crossed = n[i]
+        if i:
+            a, before = mean["active"][i], mean["active"][i - 1]
+            crossed = n[i - 1] + (final_random - before) / (a - before) * (n[i] - n[i - 1])
+
+    def saved(labels):
+        return None if labels is None else round(1 - (labels - n[0]) / (n[-1] - n[0]), 3)
+
     return {
         "pool": len(pool),
         "test_images": len(test),
@@ -132,9 +137,9 @@ def active_vs_random(repo: Path, rounds: int, seeds: int) -> dict:
         "random_accuracy": [round(a, 4) for a in mean["random"]],
         "gain_at_equal_labels_pp": [round(100 * (a - b), 2) for a, b in zip(mean["active"], mean["random"])],
         "active_labels_to_reach_random_final": reach,
-        "labels_saved_share": None if reach is None else round(1 - (reach - n[0]) / (n[-1] - n[0]), 3),
+        "labels_saved_share": saved(reach),
         "active_labels_to_reach_random_final_interpolated": None if crossed is None else round(crossed, 1),
-        "labels_saved_share_interpolated": None if crossed is None else round(1 - (crossed - n[0]) / (n[-1] - n[0]), 3),
+        "labels_saved_share_interpolated": saved(crossed),
         "seeds": seeds,
     }
 

@@ -102,11 +102,14 @@ def grid_size(space: dict[str, list | Range]) -> int:
     return len(list(itertools.product(*grid(space).values())))
 
 
+FINISHED = ("complete", "pruned")  # trial states with a result that stands
+
+
 def ran_before(trials: list[SweepTrial], overrides: list[str]) -> SweepTrial | None:
     """The finished trial (complete or pruned) with exactly these settings: a sampler may propose
     a setting again (TPE did for 3 of 10 trials on the default 16-setting space), and running it
     again buys nothing but a second bill. Failed trials do not count: a failure may not recur."""
-    return next((t for t in trials if t.overrides == overrides and t.state in ("complete", "pruned")), None)
+    return next((t for t in trials if t.overrides == overrides and t.state in FINISHED), None)
 
 
 # -- the Pareto front and the recommendation (pure) -----------------------------------------------
@@ -457,7 +460,7 @@ class Sweep:
             return True
         if any(not isinstance(v, list) for v in self.space.values()):
             return False
-        done = {tuple(t.overrides) for t in self.record.trials if t.state in ("complete", "pruned")}
+        done = {tuple(t.overrides) for t in self.record.trials if t.state in FINISHED}
         return len(done) >= grid_size(self.space)
 
     def _one_trial(self, share_usd: float, lane: Path | None, progress: Callable[[str], None]) -> None:
