@@ -31,7 +31,8 @@ def pipeline_repo(repo: Path, env: dict) -> Path:
 
 
 def bin_on_path(env: dict) -> dict:
-    return {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
+    """``env`` for the commands a benchmark starts: this venv first, DVC's analytics off."""
+    return {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
 
 
 def exit_cleanly_on_sigterm() -> None:

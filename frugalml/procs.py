@@ -20,8 +20,10 @@ import psutil
 def dvc_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a DVC command we start: this interpreter's bin directory first on
     PATH, because dvc.yaml's ``python -m tasks.<stage>`` must run in this venv even when the
-    user called ``.venv/bin/frugalml`` without activating it."""
-    env = {**os.environ, **(extra or {})}
+    user called ``.venv/bin/frugalml`` without activating it. DVC's usage analytics are off
+    (``DVC_NO_ANALYTICS``): otherwise every command, hundreds in a sweep, forks a background
+    process that posts to analytics.dvc.org and, offline, leaves its report in the temp folder."""
+    env = {**os.environ, **(extra or {}), "DVC_NO_ANALYTICS": "1"}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
 

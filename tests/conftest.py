@@ -32,6 +32,8 @@ def pytest_configure(config):
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, _interrupt)
+    # every `dvc` the tests start (`dvc init` too): no analytics daemon, no report left in /tmp
+    os.environ["DVC_NO_ANALYTICS"] = "1"
     _split_threads(config)
 
 
