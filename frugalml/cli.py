@@ -381,6 +381,26 @@ def _frontier_table(record) -> Table:
     return t
 
 
+def _closest_misses(record) -> str:
+    """What came nearest to each gate no trial passed, and what would close the gap."""
+    from frugalml.sweep import closest_misses
+
+    misses = closest_misses(record.trials)
+    if not misses:
+        return ": each gate is passed by some trial, but no trial passes all of them; relax one of gates.*"
+    parts = [
+        f"gates.{c.name} {c.threshold:g}: closest trial {t.number + 1} at {c.value:.4g}"
+        + (f" ({c.note})" if c.note else "")
+        for c, t in misses
+    ]
+    widen = []
+    if any(c.op == ">=" for c, _ in misses):  # a quality gate: min_accuracy, min_macro_f1, min_class_recall
+        widen.append("more train.epochs, a larger model.image_size, a pretrained backbone: model.pretrained")
+    if any(c.op == "<=" for c, _ in misses):  # a price, latency or size gate
+        widen.append("a smaller model.arch or model.image_size, fewer train.epochs")
+    return "; " + "; ".join(parts) + f". Widen sweep.space ({'; '.join(widen)}) or relax gates.*"
+
+
 def _show_frontier(cfg, record, plot: Optional[Path], as_json: bool) -> None:
     from frugalml import sweep as sw
     from frugalml.charts import plot_frontier
@@ -395,7 +415,7 @@ def _show_frontier(cfg, record, plot: Optional[Path], as_json: bool) -> None:
     err.print(f"chart: {png}" + (f" (and {uri})" if uri else ""))
     rec = next((t for t in record.trials if t.number == record.recommended), None)
     if rec is None:
-        err.print("[bold red]no trial passes every gate[/bold red]: widen sweep.space or relax gates.*")
+        err.print("[bold red]no trial passes every gate[/bold red]" + _closest_misses(record))
     else:
         err.print(
             f"[bold green]recommended: trial {rec.number + 1}[/bold green] ({rec.experiment}), the cheapest that "

@@ -38,6 +38,7 @@ from frugalml.contracts import (
     SWEEPS,
     CostEntry,
     EvalReport,
+    GateCheck,
     SweepRecord,
     SweepTrial,
     TrainReport,
@@ -133,6 +134,24 @@ def recommend(trials: list[SweepTrial], objective: str = "accuracy") -> int | No
     if not ok:
         return None
     return min(ok, key=lambda t: (t.usd, -(t.score(objective) or 0.0))).number
+
+
+def closest_misses(trials: list[SweepTrial]) -> list[tuple[GateCheck, SweepTrial]]:
+    """When no trial passes every gate: for each gate that some trial failed, the check of the
+    trial that came closest to it (highest value of a ``>=`` gate, lowest of a ``<=`` one), in
+    the order the gates are checked. What the sweep says instead of a recommendation."""
+    best: dict[str, tuple[GateCheck, SweepTrial]] = {}
+    for t in trials:
+        if t.gate is None or t.state == "failed":
+            continue
+        for c in t.gate.checks:
+            if c.name not in best:
+                best[c.name] = (c, t)
+                continue
+            held = best[c.name][0].value
+            if (c.value > held) if c.op == ">=" else (c.value < held):
+                best[c.name] = (c, t)
+    return [(c, t) for c, t in best.values() if not c.passed]
 
 
 # -- one trial: a DVC experiment ------------------------------------------------------------------

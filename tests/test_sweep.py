@@ -15,7 +15,7 @@ import pytest
 
 from frugalml.contracts import GateCheck, GateDecision, SweepRecord, SweepTrial
 from frugalml.procs import ProcessRecord
-from frugalml.sweep import pareto_front, recommend
+from frugalml.sweep import closest_misses, pareto_front, recommend
 from frugalml.trial import TrialLink, make_pruner
 from tests.conftest import BIN, prefect_api, prefect_client_env, run
 
@@ -47,6 +47,31 @@ def test_pareto_front_and_the_cheapest_trial_that_passes():
     assert recommend([_t(0, 0.5, 0.1, accept=False)]) is None
     tie = [_t(0, 0.91, 0.004), _t(1, 0.93, 0.004)]
     assert recommend(tie) == 1  # same price: the more accurate
+
+
+def test_when_no_trial_passes_the_closest_trial_to_each_failed_gate_is_named():
+    def trial(n, acc, ms, state="complete"):
+        checks = [
+            GateCheck(name="min_accuracy", value=acc, op=">=", threshold=0.9, passed=acc >= 0.9),
+            GateCheck(name="max_latency_ms_p95", value=ms, op="<=", threshold=5.0, passed=ms <= 5.0),
+        ]
+        failed = [c.name for c in checks if not c.passed]
+        gate = GateDecision(
+            decision="reject" if failed else "accept",
+            failed=failed,
+            checks=checks,
+            serving_usd_per_1k=0.0,
+            train_usd=0.0,
+        )
+        return SweepTrial(number=n, experiment=f"x-t{n}", overrides=[], state=state, accuracy=acc, usd=0.001, gate=gate)
+
+    trials = [trial(0, 0.27, 9.0), trial(1, 0.12, 3.0), trial(2, 0.31, 8.0), trial(3, 0.99, 1.0, state="failed")]
+    misses = closest_misses(trials)
+    assert [(c.name, t.number, c.value) for c, t in misses] == [("min_accuracy", 2, 0.31)]  # latency: trial 1 passes
+    both = [trial(0, 0.5, 7.0), trial(1, 0.6, 6.0)]
+    assert [(c.name, t.number) for c, t in closest_misses(both)] == [("min_accuracy", 1), ("max_latency_ms_p95", 1)]
+    split = [trial(0, 0.95, 9.0), trial(1, 0.5, 1.0)]  # each gate passed by one trial, neither passes both
+    assert recommend(split) is None and closest_misses(split) == []
 
 
 def test_a_setting_the_sampler_proposes_again_is_not_run_or_billed_again(tmp_path, monkeypatch):
