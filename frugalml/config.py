@@ -259,7 +259,7 @@ class Prices(_Strict):
 
 class CostsConfig(_Strict):
     prices: Prices = Prices()
-    vcpus: int = Field(0, ge=0)
+    vcpus: float = Field(0, ge=0)  # fractional: a sweep's side-by-side trials are billed at their share
     gpu_type: str = "a100"
 
 

@@ -245,12 +245,25 @@ def trial_threads(cfg: Params) -> int | None:
     return int(thread_env(cfg.sweep.parallel)["OMP_NUM_THREADS"])
 
 
+def trial_vcpus(cfg: Params) -> float | None:
+    """The vCPUs each trial is billed at when ``sweep.parallel`` trials share the machine: its
+    share (``costs.vcpus``, or the cores, / parallel). Each billed at the whole machine, two trials
+    side by side would bill the sweep twice for the same machine-hours. None: one at a time."""
+    if cfg.sweep.parallel <= 1:
+        return None
+    return (cfg.costs.vcpus or os.cpu_count() or 1) / cfg.sweep.parallel
+
+
 def run_trial(
     cfg: Params, number: int, experiment: str, overrides: list[str], link: dict, pidfile: Path, lane: Path | None = None
 ) -> SweepTrial:
     """``dvc exp run --temp`` for one trial (in the workspace, or in a lane when trials run side
     by side), then its reports read from the experiment's commit."""
     cmd = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", experiment]
+    costs = cfg.costs
+    if (share := trial_vcpus(cfg)) is not None:  # its stages' meters bill the same share
+        overrides = [*overrides, f"costs.vcpus={share:g}"]
+        costs = costs.model_copy(update={"vcpus": share})
     for path in CARRIED:  # what `dvc repro validate` left that git does not track: without it, every
         if Path(lane or ".", path).exists():  # trial would prepare and validate the data again (and pay)
             cmd += ["--copy-paths", path]
@@ -263,7 +276,7 @@ def run_trial(
     started, t0 = time.time(), time.perf_counter()
     res = _run_group(cmd, env, pidfile, cwd=lane)
     wall = time.perf_counter() - t0
-    usd = price({"wall_s": wall}, cfg.costs)["total_usd"]
+    usd = price({"wall_s": wall}, costs)["total_usd"]
     trial = SweepTrial(
         number=number,
         experiment=experiment,

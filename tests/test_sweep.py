@@ -133,6 +133,17 @@ def test_side_by_side_trials_split_the_cores(monkeypatch):
     assert trial_threads(cfg) is None  # the user's setting is kept
 
 
+def test_side_by_side_trials_are_billed_their_share_of_the_machine(monkeypatch):
+    """Two trials on one 8-core machine: each is billed 4 vCPUs, or the sweep pays twice for it."""
+    from frugalml import config
+    from frugalml.sweep import trial_vcpus
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert trial_vcpus(config.validate({"sweep": {"parallel": 1}})) is None  # the whole machine
+    assert trial_vcpus(config.validate({"sweep": {"parallel": 2}})) == 4
+    assert trial_vcpus(config.validate({"sweep": {"parallel": 3}, "costs": {"vcpus": 2}})) == pytest.approx(2 / 3)
+
+
 @pytest.mark.parametrize("pruner, pruned", [("none", False), ("successive_halving", True), ("hyperband", True)])
 def test_a_trial_prunes_with_the_sweeps_pruner_not_optunas_default(tmp_path, pruner, pruned):
     """Optuna does not store a study's pruner: a trial that loaded the study plainly pruned with
@@ -238,6 +249,9 @@ def test_sweep_runs_trials_as_dvc_experiments_and_recommends_one(pipeline_repo, 
     assert len(set(settings)) == 4  # the grid, each combination once
     assert record["spent_usd"] == pytest.approx(sum(t["usd"] for t in record["trials"]), abs=1e-6)
     assert all(t["usd"] > 0 and t["state"] in ("complete", "pruned") for t in record["trials"])
+    share = (os.cpu_count() or 1) / 2  # two trials share the machine: each billed half of it
+    for t in record["trials"]:
+        assert t["usd"] == pytest.approx(t["wall_s"] / 3600 * share * 0.0446, rel=0.01, abs=2e-6), t
     spans = sorted((t["started_at"], t["started_at"] + t["wall_s"]) for t in record["trials"])
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans  # trials ran side by side
     assert not (repo / ".frugalml" / "lanes" / sweep_id).exists()  # the lanes are removed
@@ -256,6 +270,8 @@ def test_sweep_runs_trials_as_dvc_experiments_and_recommends_one(pipeline_repo, 
         for stage in ("ingest", "validate"):  # prepared once, before the trials: no trial pays for it again
             entry = json.loads(run(["git", "show", f"{ref}:costs/{stage}.json"], repo).stdout)
             assert entry["run_id"] != t["experiment"], stage
+        train = json.loads(run(["git", "show", f"{ref}:costs/train.json"], repo).stdout)  # its stages: the share too
+        assert train["compute_usd"] == pytest.approx(train["wall_s"] / 3600 * share * 0.0446, rel=0.01, abs=2e-6)
 
     png = repo / "front.png"
     table = run(FRUGALML + ["frontier", "--plot", str(png), "--apply"], repo).stderr
