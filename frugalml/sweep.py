@@ -12,8 +12,10 @@ at its whole wall time (DVC's checks and both stages' start-ups included) at the
 
 The studies live in SQLite under ``.frugalml/sweeps/<id>/``, so a killed sweep continues with
 ``--resume``: finished trials are kept (and billed once), the one that was running is marked
-interrupted. The record (trials, spend, the Pareto front, the recommendation) is written after
-every trial, locally and to ``sweeps/<id>/record.json`` in the bucket.
+interrupted. Ctrl-C or SIGTERM stops the running trials at once and bills them for the time they
+ran; after SIGKILL that time is not known. The record (trials, spend, the Pareto front, the
+recommendation) is written after every trial, locally and to ``sweeps/<id>/record.json`` in the
+bucket.
 """
 
 from __future__ import annotations
@@ -449,16 +451,23 @@ class Sweep:
         free = lanes.make_lanes(self.id, n, CARRIED) if n > 1 else [None]
         running: dict = {}  # future -> (lane, its share of the budget)
         with ThreadPoolExecutor(max_workers=n) as pool:
-            while True:
-                while free and (share := self._next_share(running, len(free), progress)) is not None:
-                    lane = free.pop()
-                    running[pool.submit(self._one_trial, share, lane, progress)] = (lane, share)
-                if not running:
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    free.append(running.pop(future)[0])
-                    future.result()  # a bug in the loop itself surfaces here
+            try:
+                while True:
+                    while free and (share := self._next_share(running, len(free), progress)) is not None:
+                        lane = free.pop()
+                        running[pool.submit(self._one_trial, share, lane, progress)] = (lane, share)
+                    if not running:
+                        break
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        free.append(running.pop(future)[0])
+                        future.result()  # a bug in the loop itself surfaces here
+            except BaseException:
+                # Ctrl-C, SIGTERM: stop the running trials now. Leaving this block waits for the
+                # trials' threads, which would otherwise wait for each trial to end on its own.
+                self._stopping = True
+                stop_running()
+                raise
 
     def _next_share(self, running: dict, free: int, progress: Callable[[str], None]) -> float | None:
         """The budget a new trial may spend, or None when no trial should start now."""
@@ -534,8 +543,9 @@ class Sweep:
         pidfile = self.pidfile if lane is None else self.pidfile.with_name(f"trial-{lane.name}.pid")
         result = run_trial(self.cfg, trial.number, experiment, run_overrides, link, pidfile, lane)
         result.overrides = overrides
-        if self._stopping:  # killed by the interrupt: --resume records it as interrupted
-            return
+        if self._stopping and result.state == "failed":  # stopped with the sweep: billed for the time it ran
+            result.state = "interrupted"
+            result.message = f"stopped with the sweep after {result.wall_s:.0f} s; billed for that time"
         with self._lock:
             self._in_flight -= 1
             self._tell(trial, prune_trial, result)
@@ -545,7 +555,7 @@ class Sweep:
 
     def _tell(self, trial, prune_trial, result: SweepTrial) -> None:
         T = self.optuna.trial.TrialState
-        if result.state == "failed":
+        if result.state in ("failed", "interrupted"):
             self.study.tell(trial, state=T.FAIL)
             self.prune_study.tell(prune_trial, state=T.FAIL)
         elif result.state == "pruned":

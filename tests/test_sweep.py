@@ -328,6 +328,44 @@ def test_killed_sweep_resumes_without_losing_or_double_billing(pipeline_repo):
     assert after["spent_usd"] == pytest.approx(sum(t["usd"] for t in after["trials"]), abs=1e-6)
 
 
+def test_sigterm_stops_the_running_trial_at_once_and_bills_it(pipeline_repo):
+    """A scheduler's SIGTERM to the sweep stops the running trial now, not when it ends on its own
+    (the trial pool used to wait for it), and the record bills the time it ran."""
+    repo = pipeline_repo
+    cmd = FRUGALML + ["sweep", "--set", "sweep.space={train.finetune: [full]}", "--set", "train.epochs=200"]
+    log = open(repo / "sweep.log", "w")
+    proc = subprocess.Popen(cmd, cwd=repo, stdout=log, stderr=log, start_new_session=True)
+    leader = None
+    try:
+        deadline = time.time() + 300
+        pidfiles = []
+        while not pidfiles and time.time() < deadline and proc.poll() is None:
+            pidfiles = list((repo / ".frugalml" / "sweeps").glob("*/trial.pid"))
+            time.sleep(0.2)
+        assert pidfiles, (repo / "sweep.log").read_text()[-3000:]
+        leader = ProcessRecord.from_dict(json.loads(pidfiles[0].read_text()))
+        time.sleep(3)  # the trial runs (200 epochs: minutes)
+        t0 = time.time()
+        proc.send_signal(signal.SIGTERM)  # the sweep's own process only, as a scheduler does
+        proc.wait(timeout=60)
+        stopped_in = time.time() - t0
+        trial_left = leader.matches()  # read before the clean-up below kills any leftover
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if leader is not None and leader.matches():  # the trial runs in a session of its own
+            os.killpg(leader.pid, signal.SIGKILL)
+        log.close()
+    out = (repo / "sweep.log").read_text()
+    assert stopped_in < 20, out[-3000:]
+    assert not trial_left  # the trial's process group is gone
+    record = json.loads(pidfiles[0].with_name("record.json").read_text())
+    assert record["status"] == "interrupted" and "--resume" in out
+    (trial,) = record["trials"]
+    assert trial["state"] == "interrupted" and trial["usd"] > 0 and 3 <= trial["wall_s"] < 3 + stopped_in + 300
+    assert record["spent_usd"] == pytest.approx(trial["usd"], abs=1e-6)
+
+
 def test_a_rejected_experiment_completes_and_the_table_is_readable(pipeline_repo):
     """`dvc exp run` of a model the gate rejects is a completed experiment that lists its decision;
     `frugalml run` still exits 3; the table holds the headline figures, not every report field."""
