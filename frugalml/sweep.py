@@ -438,7 +438,8 @@ class Sweep:
     def _loop(self, progress: Callable[[str], None]) -> None:
         """Up to ``sweep.parallel`` trials at a time, each in its own lane (one: in the workspace).
         A new trial starts while the trial count and the budget allow; the budget left is shared
-        among the trials running (each gets its share as its live ``train.max_usd``)."""
+        among the trials running (each gets its share, less a trial's other costs, as its live
+        ``train.max_usd``)."""
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
         n = self.cfg.sweep.parallel
@@ -449,13 +450,13 @@ class Sweep:
                 + (f", {threads} torch thread{'s' if threads > 1 else ''} each" if threads else "")
             )
         free = lanes.make_lanes(self.id, n, CARRIED) if n > 1 else [None]
-        running: dict = {}  # future -> (lane, its share of the budget)
+        running: dict = {}  # future -> (lane, the budget it holds)
         with ThreadPoolExecutor(max_workers=n) as pool:
             try:
                 while True:
-                    while free and (share := self._next_share(running, len(free), progress)) is not None:
-                        lane = free.pop()
-                        running[pool.submit(self._one_trial, share, lane, progress)] = (lane, share)
+                    while free and (budget := self._next_budget(running, len(free), progress)) is not None:
+                        lane, (share, held) = free.pop(), budget
+                        running[pool.submit(self._one_trial, share, lane, progress)] = (lane, held)
                     if not running:
                         break
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -469,8 +470,15 @@ class Sweep:
                 stop_running()
                 raise
 
-    def _next_share(self, running: dict, free: int, progress: Callable[[str], None]) -> float | None:
-        """The budget a new trial may spend, or None when no trial should start now."""
+    def _overhead(self) -> float:
+        """What a trial costs besides its train stage (DVC, start-ups, evaluation), the most seen
+        so far: the train stage's live budget is what is left less this, or the sweep would pass
+        its budget by that much on its last trial."""
+        return max((t.usd - t.train_usd for t in self.record.trials if t.state in FINISHED), default=0.0)
+
+    def _next_budget(self, running: dict, free: int, progress: Callable[[str], None]) -> tuple[float, float] | None:
+        """A new trial's train-stage live budget and what it holds of the sweep's budget (that and
+        the trial's other costs), or None when no trial should start now."""
         s = self.cfg.sweep
         with self._lock:
             finished = len([t for t in self.record.trials if t.state != "interrupted"])
@@ -485,14 +493,16 @@ class Sweep:
                     self.record.status = "finished"
                     progress("sweep: every setting of the space has run; stopping")
                 return None
-            left = s.budget_usd - self.spent - sum(share for _, share in running.values())
+            left = s.budget_usd - self.spent - sum(held for _, held in running.values())
             cheapest = min((t.usd for t in self.record.trials if t.usd > 0), default=0.0)
-            if left <= 0 or left < cheapest:
+            overhead = self._overhead()
+            share = left / free - overhead
+            if left <= 0 or left < cheapest or share <= 0:
                 if not running:
                     self.record.status = "budget"
                     progress(f"sweep: budget ${s.budget_usd:g} reached (${self.spent:.5f} spent); stopping")
                 return None
-            return left / free
+            return share, share + overhead
 
     def _exhausted(self) -> bool:
         """Every setting of a space of choices has a finished trial, or the sampler proposed only

@@ -49,6 +49,37 @@ def test_pareto_front_and_the_cheapest_trial_that_passes():
     assert recommend(tie) == 1  # same price: the more accurate
 
 
+def test_the_last_trial_trains_on_what_is_left_less_its_other_costs(tmp_path, monkeypatch):
+    """The train stage's live budget stops it before it passes train.max_usd, but a trial also pays
+    for DVC, start-ups and evaluation: given all that is left as its train budget, the last trial
+    took the sweep past sweep.budget_usd by those costs. The loop and Optuna are real; the trial
+    is replaced by a model of one (a train stage that honours its live budget, then $0.002)."""
+    from frugalml import config, sweep
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FRUGALML_S3_ENDPOINT", raising=False)
+    budgets = []
+
+    def fake_trial(cfg, number, experiment, overrides, link, pidfile, lane=None):
+        max_usd = float(next(o for o in overrides if o.startswith("train.max_usd=")).split("=")[1])
+        budgets.append(max_usd)
+        train = min(0.008 if "model.arch=resnet18" in overrides else 0.001, max_usd)
+        return SweepTrial(
+            number=number, experiment=experiment, overrides=overrides, state="complete", accuracy=0.5,
+            usd=train + 0.002, train_usd=train,
+        )  # fmt: skip
+
+    monkeypatch.setattr(sweep, "run_trial", fake_trial)
+    space = {"model.arch": ["mobilenet_v3_small", "resnet18"], "model.image_size": [16, 24, 32, 40]}
+    cfg = config.validate({"sweep": {"space": space, "sampler": "grid", "max_trials": 8, "budget_usd": 0.02}})
+    lines = []
+    record = sweep.Sweep(cfg, "s-budget", [], resume=False).run(progress=lines.append)
+    assert [round(t.usd, 6) for t in record.trials] == [0.003] * 4 + [0.008]  # the last trained on $0.006
+    assert budgets[-1] == pytest.approx(0.02 - 4 * 0.003 - 0.002)
+    assert record.spent_usd <= 0.02 + 1e-9 and record.status == "budget"
+    assert any("budget $0.02 reached" in line for line in lines), lines
+
+
 def test_when_no_trial_passes_the_closest_trial_to_each_failed_gate_is_named():
     def trial(n, acc, ms, state="complete"):
         checks = [
