@@ -99,10 +99,11 @@ def main() -> None:
             deploy = [str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "gpu", "--prefect-file"]
             timed_run(deploy + ["infra/prefect.yaml"], clone, {**env, "FRUGALML_REPO": str(clone)})
             log = open(tmp / "worker.log", "w")
+            (tmp / "worker-tmp").mkdir()  # Prefect's runner leaves an empty runner_storage/ in the temp folder
             worker = subprocess.Popen(
                 [str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--type", "process"],
                 cwd=clone,
-                env=env,
+                env={**env, "TMPDIR": str(tmp / "worker-tmp")},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

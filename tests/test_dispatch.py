@@ -33,11 +33,13 @@ def _workers(tmp_path: Path, origin: Path, env: dict):
         deploy = [str(BIN / "prefect"), "--no-prompt", "deploy", "--name", pool, "--prefect-file", "infra/prefect.yaml"]
         run(deploy, clone, env={**env, "FRUGALML_REPO": str(clone)})
         log = open(tmp_path / f"worker-{pool}.log", "w")
+        tmp = tmp_path / f"tmp-{pool}"  # Prefect's runner leaves an empty runner_storage/ in the temp folder
+        tmp.mkdir()
         procs.append(
             subprocess.Popen(
                 [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
                 cwd=clone,
-                env=env,
+                env={**env, "TMPDIR": str(tmp)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
