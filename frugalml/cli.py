@@ -317,6 +317,8 @@ def sweep_cmd(
     sweep_id = (sw.latest_id() if resume == "last" else resume) if resume else sw.new_id()
     if resume and sweep_id is None:
         raise ConfigError("--resume: there is no sweep in .frugalml/sweeps/ to resume")
+    if resume:
+        SweepRecord.read(sweep_id)  # a known sweep, and an id that is not a path: before anything runs
     write_local_config(cfg, resolve_settings(cfg.storage))  # DVC's remotes (the source, the cache) as a run has them
     store = Store.optional(cfg.storage, tolerate_transient=True)
     if store is not None:

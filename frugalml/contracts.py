@@ -13,13 +13,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from frugalml.errors import DataError
+from frugalml.errors import ConfigError, DataError
 from frugalml.fsutil import atomic_write_json, atomic_write_text
 
 # -- where things are ---------------------------------------------------------------------------
@@ -536,6 +537,22 @@ class RunRecord(BaseModel):
         return next((c.value for c in (self.gate.checks if self.gate else []) if c.name == "min_accuracy"), None)
 
 
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+
+
+def is_safe_id(value: str) -> bool:
+    return bool(_SAFE_ID.fullmatch(value))
+
+
+def safe_id(value: str, what: str, example: str) -> str:
+    """``value`` if it is an id (letters, digits, ``-``, ``_``): ids typed by users or read from the
+    bucket name folders here and keys there, so anything else (``..``, ``/``) is refused, never
+    made a path."""
+    if not is_safe_id(value):
+        raise ConfigError(f"{value!r} is not {what} (letters, digits, - and _; e.g. {example})")
+    return value
+
+
 SWEEPS = Path(".frugalml") / "sweeps"  # sweeps/<id>/: the Optuna storage, the record, the chart
 
 
@@ -586,7 +603,7 @@ class SweepRecord(BaseModel):
 
     @staticmethod
     def path(sweep_id: str) -> Path:
-        return SWEEPS / sweep_id / "record.json"
+        return SWEEPS / safe_id(sweep_id, "a sweep id", "s20261204-151018-44a9") / "record.json"
 
     def write(self) -> None:
         atomic_write_text(self.path(self.id), self.model_dump_json(indent=2, exclude_none=True))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from frugalml.contracts import STAGES, RunRecord  # noqa: F401 (STAGES re-exported for the flow)
+from frugalml.contracts import STAGES, RunRecord, is_safe_id, safe_id  # noqa: F401 (STAGES re-exported for the flow)
 from frugalml.errors import DataError
 from frugalml.store import Store
 
@@ -38,10 +38,13 @@ def write_record(store: Store, run_id: str, record: RunRecord, files: list[Path]
 
 
 def list_runs(store: Store) -> list[str]:
-    return sorted({o["key"].split("/")[1] for o in store.list("runs/") if o["key"].endswith("/record.json")})
+    """The run ids with a record in the bucket (a folder whose name is not an id is not a run)."""
+    keys = [o["key"].split("/") for o in store.list("runs/") if o["key"].endswith("/record.json")]
+    return sorted({k[1] for k in keys if len(k) == 3 and is_safe_id(k[1])})
 
 
 def get_record(store: Store, run_id: str) -> RunRecord:
+    safe_id(run_id, "a run id", "20261204T151018Z-4e1f2a")  # it names keys here, folders in `reproduce`
     try:
         return RunRecord.model_validate(store.get_json(f"runs/{run_id}/record.json"))
     except ValidationError as exc:

@@ -328,7 +328,7 @@ class Sweep:
         self.optuna, self.cfg, self.id = optuna, cfg, sweep_id
         self.space = check_space(cfg)
         s = cfg.sweep
-        folder = (SWEEPS / sweep_id).resolve()
+        folder = SweepRecord.path(sweep_id).parent.resolve()  # a bad id is refused here
         folder.mkdir(parents=True, exist_ok=True)
         self.storage = f"sqlite:///{folder / 'study.db'}"
         self.pidfile = folder / "trial.pid"  # the running trial's process group

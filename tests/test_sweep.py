@@ -247,6 +247,15 @@ def test_bad_search_spaces_are_one_line_errors(pipeline_repo, setting, message):
     assert not (pipeline_repo / ".frugalml" / "sweeps").exists()  # nothing ran
 
 
+@pytest.mark.parametrize("args", [["sweep", "--resume", "../../evil"], ["frontier", "--sweep", "../evil"]])
+def test_a_sweep_id_never_becomes_a_path(pipeline_repo, args):
+    res = run(FRUGALML + args, pipeline_repo, check=False)
+    assert res.returncode == 2 and "is not a sweep id" in res.stderr, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert not (pipeline_repo / ".frugalml" / "sweeps").exists()
+    assert not list(pipeline_repo.parent.rglob("evil*"))
+
+
 def test_budget_below_one_trial_is_refused(pipeline_repo):
     # Called as `.venv/bin/frugalml` without the venv on PATH (not activated): the sweep's DVC
     # commands must still run the stages with this venv's python (they prepare the data first).

@@ -689,3 +689,19 @@ def test_item15_dependency_floors():
     deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
     assert any(d.replace(" ", "").startswith("torch>=2.6") for d in deps)
     assert any(d.replace(" ", "").startswith("bentoml>=1.4.40") for d in deps)
+
+
+def test_run_ids_from_users_or_the_bucket_never_become_paths(store):
+    """`runs show`, `reproduce` (which makes a folder named after the run) and the listings take
+    run ids typed by users or read from the bucket: one that is not an id is refused, or skipped."""
+    from frugalml.contracts import RunRecord
+    from frugalml.errors import ConfigError
+    from frugalml.runs import get_record, list_runs
+
+    store.put_json("runs/20261129T010203Z-abc123/record.json", RunRecord(run_id="ok", status="succeeded").model_dump())
+    store.put_json("runs/a..b/record.json", {"run_id": "odd"})
+    store.put_json("runs/x/y/record.json", {"run_id": "nested"})
+    assert list_runs(store) == ["20261129T010203Z-abc123"]
+    for bad in ("../x", "a/b", "..", ""):
+        with pytest.raises(ConfigError, match="is not a run id"):
+            get_record(store, bad)
