@@ -34,6 +34,8 @@ def pytest_configure(config):
     signal.signal(signal.SIGTERM, _interrupt)
     # every `dvc` the tests start (`dvc init` too): no analytics daemon, no report left in /tmp
     os.environ["DVC_NO_ANALYTICS"] = "1"
+    # the ONNX export (compress stage) makes torch's inductor cache folder: here, not /tmp/torchinductor_<user>
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".frugalml" / "torchinductor"))
     _split_threads(config)
 
 

@@ -38,10 +38,11 @@ def test_scheduled_deployment_run_completes_on_a_real_prefect_server(prefect_ser
     # `frugalml schedule` serves the pipeline every minute; wait for a scheduled run to complete.
     log = tmp_path / "schedule.log"
     with open(log, "w") as out:
+        (tmp_path / "tmp").mkdir()  # Prefect's runner leaves an empty runner_storage/ in the temp folder
         served = subprocess.Popen(
             FRUGALML + ["schedule", "--cron", "* * * * *", "--name", "every-minute"],
             cwd=repo,
-            env=env,
+            env={**env, "TMPDIR": str(tmp_path / "tmp")},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
