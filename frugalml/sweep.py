@@ -421,9 +421,7 @@ class Sweep:
     def run(self, progress: Callable[[str], None] = info) -> SweepRecord:
         try:
             self._loop(progress)
-        except KeyboardInterrupt:
-            self._stopping = True
-            stop_running()
+        except KeyboardInterrupt:  # the loop has stopped the running trials and recorded them
             self.record.status = "interrupted"
             with self._lock:
                 self._save()
