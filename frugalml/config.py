@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -42,7 +43,7 @@ class Splits(_Strict):
 
 
 class DataConfig(_Strict):
-    source: str = "s3://frugalml/sources/digits"
+    source: str = "s3://frugalml/sources/shapes"
     splits: Splits = Splits()
     extensions: list[str] = [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
     max_side: int | None = Field(None, gt=0)
@@ -90,27 +91,50 @@ class ValidateConfig(_Strict):
 
 class ModelConfig(_Strict):
     name: str = Field("frugal-classifier", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    arch: Literal[
-        "resnet18",
-        "resnet34",
-        "resnet50",
-        "mobilenet_v3_small",
-        "mobilenet_v3_large",
-        "efficientnet_b0",
-        "convnext_tiny",
-    ] = "resnet18"
-    pretrained: str = "none"
+    # a torchvision name (resnet18/34/50, mobilenet_v3_small/large, efficientnet_b0, convnext_tiny)
+    # or timm/<name>, any model of timm's zoo (timm/tf_efficientnet_lite0 ...)
+    arch: str = "timm/tf_efficientnet_lite0"
+    pretrained: str = "imagenet"
     weights_url: str | None = None
-    image_size: int = Field(32, ge=16, le=1024)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    image_size: int = Field(64, ge=16, le=1024)
+    # null = what the arch's pretrained weights expect (torchvision's ImageNet values, timm's config)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    @field_validator("arch")
+    @classmethod
+    def _arch_form(cls, v: str) -> str:
+        from frugalml.archs import ARCHS, TIMM_PREFIX, check_arch, known_without_timm, unknown_arch
+
+        if v in ARCHS or known_without_timm(v):
+            return v
+        if v.startswith(TIMM_PREFIX) and re.fullmatch(r"[a-z0-9_.]+", v[len(TIMM_PREFIX) :] or "-"):
+            try:
+                check_arch(v)  # imports timm (seconds): only archs outside the packaged ImageNet ones
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+            return v
+        raise ValueError(str(unknown_arch(v)))
 
     @field_validator("pretrained")
     @classmethod
     def _pretrained_form(cls, v: str) -> str:
-        if v in ("none", "torchvision") or (v.startswith("registry:") and len(v) > len("registry:")):
+        if v in ("none", "imagenet", "torchvision") or (v.startswith("registry:") and len(v) > len("registry:")):
             return v
-        raise ValueError("must be 'none', 'torchvision' or 'registry:<model>@<alias or version>'")
+        raise ValueError("must be 'none', 'imagenet', 'torchvision' or 'registry:<model>@<alias or version>'")
+
+    def norm(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """(mean, std) of the input transform: as set, else what the arch's pretrained weights expect."""
+        from frugalml.archs import default_normalization
+
+        mean, std = default_normalization(self.arch)
+        return tuple(self.mean or mean), tuple(self.std or std)
+
+    @model_validator(mode="after")
+    def _pretrained_fits(self) -> ModelConfig:
+        if self.pretrained == "torchvision" and self.arch.startswith("timm/"):
+            raise ValueError(f"pretrained 'torchvision' is for torchvision archs; {self.arch} takes 'imagenet'")
+        return self
 
 
 def registry_ref(ref: str) -> tuple[str, str]:
@@ -123,7 +147,7 @@ def registry_ref(ref: str) -> tuple[str, str]:
 
 class AugmentConfig(_Strict):
     hflip: bool = False
-    rotation_deg: float = Field(10.0, ge=0, le=180)
+    rotation_deg: float = Field(180.0, ge=0, le=180)
     translate: float = Field(0.08, ge=0, le=0.5)
     scale_min: float = Field(0.9, gt=0)
     scale_max: float = Field(1.1, gt=0)
@@ -148,8 +172,8 @@ class WarmStartConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(32, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     lr: float = Field(0.002, gt=0)
@@ -306,12 +330,11 @@ class Range(_Strict):
 class SweepConfig(_Strict):
     """``frugalml sweep``: the search space and what the search may spend."""
 
-    # params key -> a list of choices, or a Range. The default: arch x image size x depth x epochs.
+    # params key -> a list of choices, or a Range. The default: image size x depth x epochs.
     space: dict[str, list[str | int | float | bool] | Range] = {
-        "model.arch": ["resnet18", "mobilenet_v3_small"],
-        "model.image_size": [32, 64],
-        "train.finetune": ["head", "full"],
-        "train.epochs": [2, 4],
+        "model.image_size": [32, 64, 96],
+        "train.finetune": ["head", "last_n", "full"],
+        "train.epochs": [2, 4, 6],
     }
     objective: Literal["accuracy", "macro_f1"] = "accuracy"  # the quality axis, on the test split
     budget_usd: float = Field(0.05, gt=0)  # compute for the whole sweep (pruned and failed trials included)

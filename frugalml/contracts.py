@@ -152,7 +152,7 @@ class CostEntry(Contract):
     stored_bytes: int = 0
     gpu_s: float = 0.0
     gpu_energy_j: float | None = None
-    weights_from: Literal["cache", "mirror", "download"] | None = None
+    weights_from: Literal["cache", "mirror", "package", "download"] | None = None
     weights_download_bytes: int = 0
     stopped: Literal["completed", "early_stopping", "budget", "pruned"] | None = None  # train: why it ended
     image_epochs: int = 0  # train: images x epochs run (what estimate divides the cost by)
@@ -254,12 +254,14 @@ class Pretrained(BaseModel):
     """What a model was fine-tuned from (``model.pretrained``)."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["none", "torchvision", "registry"]
+    kind: Literal["none", "imagenet", "torchvision", "registry"]
     arch: str | None = None
     file: str | None = None
     sha256: str | None = None
-    source: str | None = None
+    source: str | None = None  # cache | mirror | package | download | registry
     url: str | None = None
+    package: str | None = None  # the weights package the file ships in (its whole sha256 pinned)
+    package_version: str | None = None
     fine_tuned_from: dict | None = None
 
 
@@ -443,7 +445,7 @@ class StageRow(BaseModel):
     s3_bytes_down: int = 0
     gpu_s: float = 0.0
     gpu_energy_j: float | None = None
-    weights_from: Literal["cache", "mirror", "download"] | None = None
+    weights_from: Literal["cache", "mirror", "package", "download"] | None = None
     weights_download_bytes: int | None = None
     stopped: Literal["completed", "early_stopping", "budget", "pruned"] | None = None
     image_epochs: int = 0

@@ -74,7 +74,7 @@ def load_teacher(cfg: Params, classes: list[str], device: torch.device) -> Teach
         net = build_model(blob["arch"], len(classes))
     net.load_state_dict(blob["state_dict"])
     m = cfg.model
-    adapter = TeacherInput(net, blob["image_size"], m.image_size, blob["mean"], blob["std"], m.mean, m.std)
+    adapter = TeacherInput(net, blob["image_size"], m.image_size, blob["mean"], blob["std"], *m.norm())
     adapter.to(device).eval()
     for p in adapter.parameters():
         p.requires_grad_(False)

@@ -203,9 +203,7 @@ def _load_seconds(cfg: Params, n: int = 32) -> float:
     from frugalml.modeling import ManifestDataset, train_transform
 
     m = cfg.model
-    ds = ManifestDataset(
-        rows, PREPARED, sorted({r["label"] for r in rows}), train_transform(m.image_size, m.mean, m.std)
-    )
+    ds = ManifestDataset(rows, PREPARED, sorted({r["label"] for r in rows}), train_transform(m.image_size, *m.norm()))
     t0 = time.perf_counter()
     for i in range(len(ds)):
         ds[i]

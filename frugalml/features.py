@@ -51,7 +51,13 @@ def backbone_sha256(model: nn.Module) -> str:
 
 def cache_key(cfg: Params, backbone: str) -> str:
     m = cfg.model
-    spec = {"arch": m.arch, "backbone": backbone, "size": m.image_size, "mean": list(m.mean), "std": list(m.std)}
+    spec = {
+        "arch": m.arch,
+        "backbone": backbone,
+        "size": m.image_size,
+        "mean": list(m.norm()[0]),
+        "std": list(m.norm()[1]),
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -114,7 +120,7 @@ def headless(model: nn.Module) -> nn.Module:
 def extract(model: nn.Module, rows: list[dict], root: Path, cfg: Params, device: torch.device) -> torch.Tensor:
     """The backbone's features for ``rows`` (eval mode, in order), batch by batch, with progress."""
     m = cfg.model
-    ds = ManifestDataset(rows, root, sorted({r["label"] for r in rows}), eval_transform(m.image_size, m.mean, m.std))
+    ds = ManifestDataset(rows, root, sorted({r["label"] for r in rows}), eval_transform(m.image_size, *m.norm()))
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=False)
     was_training = model.training
     net = headless(model)

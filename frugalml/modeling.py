@@ -16,20 +16,21 @@ import torch
 from PIL import Image
 from torch import nn
 
+from frugalml.archs import (  # noqa: F401  (re-exported: the names every caller knows)
+    ARCHS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    check_arch,
+    default_normalization,
+    is_timm,
+    native_size,
+    timm_name,
+    unknown_arch,
+)
 from frugalml.config import AugmentConfig
 from frugalml.errors import ConfigError
 from frugalml.fsutil import atomic_write_bytes
 from frugalml.shards import ShardReader
-
-ARCHS = {
-    "resnet18": "ResNet18_Weights",
-    "resnet34": "ResNet34_Weights",
-    "resnet50": "ResNet50_Weights",
-    "mobilenet_v3_small": "MobileNet_V3_Small_Weights",
-    "mobilenet_v3_large": "MobileNet_V3_Large_Weights",
-    "efficientnet_b0": "EfficientNet_B0_Weights",
-    "convnext_tiny": "ConvNeXt_Tiny_Weights",
-}
 
 
 def select_device(pref: str = "auto") -> torch.device:
@@ -45,7 +46,15 @@ def select_device(pref: str = "auto") -> torch.device:
 
 
 def head_module(model: nn.Module) -> tuple[str, nn.Module]:
-    """The classifier's last Linear layer and its attribute path."""
+    """The classifier's last Linear layer and its attribute path (timm's pretrained config names it)."""
+    timm_head = getattr(model, "pretrained_cfg", None) or {}
+    if isinstance(timm_head, dict) and isinstance(timm_head.get("classifier"), str):
+        try:
+            mod = model.get_submodule(timm_head["classifier"])
+        except AttributeError:
+            mod = None
+        if isinstance(mod, nn.Linear):
+            return timm_head["classifier"], mod
     for name in ("fc", "classifier", "head"):
         mod = getattr(model, name, None)
         if isinstance(mod, nn.Linear):
@@ -58,17 +67,22 @@ def head_module(model: nn.Module) -> tuple[str, nn.Module]:
 
 
 def bare_backbone(arch: str) -> nn.Module:
-    """``arch`` as torchvision builds it (ImageNet head), randomly initialised."""
+    """``arch`` as torchvision or timm builds it (ImageNet head), randomly initialised."""
+    if is_timm(arch):
+        import timm  # lazy: seconds to import
+
+        check_arch(arch)
+        return timm.create_model(timm_name(arch), pretrained=False)
     import torchvision.models as tvm  # lazy: torchvision: seconds to import (pulls in torch)
 
     if arch not in ARCHS:
-        raise ConfigError(f"model.arch {arch!r} is not supported; choose one of {sorted(ARCHS)}")
+        raise unknown_arch(arch)
     return getattr(tvm, arch)(weights=None)
 
 
 def build_model(arch: str, num_classes: int, backbone_state: dict | None = None) -> nn.Module:
-    """``arch`` with a fresh ``num_classes`` head; ``backbone_state`` is a torchvision state dict
-    (e.g. ImageNet weights, see ``frugalml.weights``) loaded before the head is replaced."""
+    """``arch`` with a fresh ``num_classes`` head; ``backbone_state`` is the arch's own state dict
+    (e.g. ImageNet weights, see ``frugalml.weights``), loaded strictly before the head is replaced."""
     model = bare_backbone(arch)
     if backbone_state is not None:
         model.load_state_dict(backbone_state)
@@ -132,7 +146,20 @@ def train_transform(image_size: int, mean, std, aug=None):
 
 def backbone_blocks(model: nn.Module) -> list[nn.Module]:
     """The backbone's stages in order, for ``train.finetune: last_n``."""
-    if hasattr(model, "layer4"):  # resnets
+    if hasattr(model, "pretrained_cfg"):  # timm: its stage container, then what follows it (conv_head, norm)
+        head_root = head_module(model)[0].split(".")[0]
+        for stages in ("blocks", "stages", "layers"):
+            container = getattr(model, stages, None)
+            if isinstance(container, nn.Module) and len(list(container.children())) > 0:
+                names = [n for n, _ in model.named_children()]
+                after = [
+                    mod
+                    for n, mod in model.named_children()
+                    if names.index(n) > names.index(stages) and n != head_root and any(True for _ in mod.parameters())
+                ]
+                blocks = list(container.children())
+                return blocks + ([nn.ModuleList(after)] if after else [])
+    if hasattr(model, "layer4"):  # resnets (torchvision's and timm's)
         return [model.layer1, model.layer2, model.layer3, model.layer4]
     if hasattr(model, "features"):  # mobilenet, efficientnet, convnext
         return list(model.features.children())

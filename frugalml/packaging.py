@@ -82,8 +82,8 @@ def version_record(cfg: Params, run_id: str, version: str, model_sha: str, gate:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "arch": m.arch,
         "image_size": m.image_size,
-        "mean": list(m.mean),
-        "std": list(m.std),
+        "mean": list(m.norm()[0]),
+        "std": list(m.norm()[1]),
         "classes": sorted(ev.per_class),
         "metrics": ev.model_dump(include=set(METRICS_KEPT)),
         "train": {

@@ -76,15 +76,16 @@ def effective_train(cfg: Params) -> TrainConfig:
 
 
 def resolve_pretrained(cfg: Params, meter=None):
-    """``model.pretrained: torchvision``: the weights file (cache, mirror or download), its
-    transfer counted in the stage's cost entry. None for the other kinds of start."""
-    if cfg.model.pretrained != "torchvision":
+    """``model.pretrained: imagenet | torchvision``: the weights file (cache, mirror, package or
+    download), its transfer counted in the stage's cost entry. None for the other kinds of start."""
+    if cfg.model.pretrained not in ("torchvision", "imagenet"):
         return None
     found = weights.resolve(
         cfg.model.arch,
         store=Store.optional(cfg.storage, tolerate_transient=True),
         url_override=cfg.model.weights_url,
         progress=is_main(),
+        kind=cfg.model.pretrained,
     )
     if meter is not None:
         meter.add(weights_download_bytes=found.download_bytes)
@@ -97,11 +98,11 @@ def initial_model(cfg: Params, classes: list[str], meter=None) -> tuple[nn.Modul
     m = cfg.model
     if m.pretrained == "none":
         return build_model(m.arch, len(classes)), "none", {"kind": "none"}
-    if m.pretrained == "torchvision":
+    if m.pretrained in ("torchvision", "imagenet"):
         found = resolve_pretrained(cfg, meter)
         return (
             build_model(m.arch, len(classes), found.state_dict()),
-            f"torchvision {found.file} ({found.source})",
+            f"{m.pretrained} {found.file} ({found.source})",
             found.lineage(),
         )
     try:
@@ -156,7 +157,7 @@ def create_loaders(cfg: Params, rows: list[dict], classes: list[str], root: Path
         persistent_workers=workers > 0,
         **({"prefetch_factor": 4} if workers > 0 and cuda else {}),
     )
-    train_ds = ManifestDataset(train_rows, root, classes, train_transform(m.image_size, m.mean, m.std, t.augment))
+    train_ds = ManifestDataset(train_rows, root, classes, train_transform(m.image_size, *m.norm(), t.augment))
     sampler = None
     if world() > 1:
         sampler = torch.utils.data.distributed.DistributedSampler(train_ds, shuffle=True, seed=t.seed)
@@ -165,7 +166,7 @@ def create_loaders(cfg: Params, rows: list[dict], classes: list[str], root: Path
     )
     val = (
         torch.utils.data.DataLoader(
-            ManifestDataset(val_rows, root, classes, eval_transform(m.image_size, m.mean, m.std)),
+            ManifestDataset(val_rows, root, classes, eval_transform(m.image_size, *m.norm())),
             batch_size=t.batch_size,
             shuffle=False,
             **common,
@@ -887,7 +888,7 @@ def train(cfg: Params, meter: CostMeter | None, run_id: str, started: float | No
         meter.add(features_cached=tr.cached or 0)
         meter.extra["stopped"] = stopped
     model = tr.model.to("cpu").to(memory_format=torch.contiguous_format)
-    save_model(MODEL, model, classes=classes, arch=m.arch, image_size=m.image_size, mean=m.mean, std=m.std)
+    save_model(MODEL, model, classes=classes, arch=m.arch, image_size=m.image_size, mean=m.norm()[0], std=m.norm()[1])
     atomic_write_text(TRAIN_CURVES, "\n".join([CURVE_COLUMNS, *state.curves]) + "\n")
     report = _report(
         tr,

@@ -150,6 +150,7 @@ def make_pipeline_repo(tmp_path: Path, store, extra: list[str] | None = None) ->
             f"storage.prefix={store.prefix}",
             f"model.name={name}",
             "model.arch=resnet18",
+            "model.pretrained=none",  # the tests that need ImageNet weights ask for them
             "model.image_size=16",
             "train.epochs=4",
             "train.batch_size=16",

@@ -85,8 +85,9 @@ def served(ctx, tmp_path_factory, s3_server):
         work / "params.yaml",
         [
             f"data.source={src}",
-            "model.arch=resnet18",
-            "model.image_size=16",
+            "model.arch=timm/tf_efficientnet_lite0",  # from the pip-installed ImageNet weights
+            "model.pretrained=imagenet",
+            "model.image_size=32",
             f"model.name={name}",
             f"storage.prefix={prefix}",
             "validate.min_images_per_class=3",
@@ -198,6 +199,13 @@ def test_metadata_and_batch(served):
         meta = json.loads(r.read())
     assert meta["version"] == version and meta["classes"] == ["blue", "green", "red"]
     assert "accuracy" in meta["metrics"]
+    # the served model says where its backbone's weights came from: the package, its version, the file's sha256
+    from frugalml.weights import PACKAGED
+
+    pin = PACKAGED["timm/tf_efficientnet_lite0"]
+    pretrained = meta["lineage"]["pretrained"]
+    assert (pretrained["kind"], pretrained["arch"], pretrained["sha256"]) == ("imagenet", pin.arch, pin.sha256)
+    assert (pretrained["package"], pretrained["package_version"]) == (pin.package, pin.version)
     boundary = uuid.uuid4().hex
     body = b""
     for i, p in enumerate([src / "red" / "red_001.png", src / "green" / "green_001.png"]):

