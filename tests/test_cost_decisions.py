@@ -75,11 +75,12 @@ HEAD = [
 
 
 def test_feature_cache_trains_the_same_head_and_is_reused(tmp_path, s3_server):
-    """Head-only training on cached features ends where training through the frozen backbone
-    does; a second training (another lr) and another machine (a fresh workspace, the store's
-    copy) compute no feature again."""
-    off = _workspace(tmp_path / "off", *HEAD, "train.feature_cache=false", per_class=30)
-    on = _workspace(tmp_path / "on", *HEAD, per_class=30)
+    """Head-only training on cached features of an ImageNet backbone (timm, the pip-installed
+    weights) ends where training through the frozen backbone does; a second training (another lr)
+    and another machine (a fresh workspace, the store's copy) compute no feature again."""
+    lite = ["model.arch=timm/tf_efficientnet_lite0", "model.pretrained=imagenet", "model.image_size=32"]
+    off = _workspace(tmp_path / "off", *HEAD, *lite, "train.feature_cache=false", per_class=30)
+    on = _workspace(tmp_path / "on", *HEAD, *lite, per_class=30)
     _train(off)
     first = _train(on)
     assert "0 of " in first.stderr and "computing backbone features" in first.stderr
@@ -97,7 +98,7 @@ def test_feature_cache_trains_the_same_head_and_is_reused(tmp_path, s3_server):
     total = int(rb["feature_cache"].split(" of ")[1].split()[0])  # train and val images
     assert n == total > rb["train_images"] and "computing backbone features" not in again.stderr
 
-    elsewhere = _workspace(tmp_path / "elsewhere", *HEAD, per_class=30)  # same images, no local cache
+    elsewhere = _workspace(tmp_path / "elsewhere", *HEAD, *lite, per_class=30)  # same images, no local cache
     _train(elsewhere)
     assert json.loads((elsewhere / "costs/train.json").read_text())["features_cached"] == n
 

@@ -17,6 +17,7 @@ from tests.conftest import make_dataset
 
 BASE = [
     "model.arch=resnet18",
+    "model.pretrained=none",
     "model.image_size=16",
     "train.batch_size=16",
     "validate.min_images_per_class=3",
@@ -181,6 +182,22 @@ def test_head_and_last_n_freeze_the_rest(tmp_path):
     param_groups(mob, "last_n", 2, 0.01, 1.0)
     assert all(p.requires_grad for p in mob.features[-1].parameters())
     assert not any(p.requires_grad for p in mob.features[0].parameters())
+    # a timm backbone: its stages (blocks), then what follows them (conv_head, bn2) as the last block
+    lite = build_model("timm/tf_efficientnet_lite0", 3)
+    assert head_module_path(lite) == "classifier" and lite.classifier.out_features == 3
+    param_groups(lite, "last_n", 1, 0.01, 1.0)
+    trainable = {n.split(".")[0] for n, p in lite.named_parameters() if p.requires_grad}
+    assert trainable == {"conv_head", "bn2", "classifier"}
+    param_groups(lite, "last_n", 2, 0.01, 1.0)
+    assert all(p.requires_grad for p in lite.blocks[-1].parameters())
+    assert not any(p.requires_grad for p in lite.blocks[-2].parameters())
+    assert not any(p.requires_grad for p in lite.conv_stem.parameters())
+
+
+def head_module_path(model) -> str:
+    from frugalml.modeling import head_module
+
+    return head_module(model)[0]
 
 
 def test_ddp_with_two_cpu_processes_produces_a_valid_model(tmp_path):
@@ -278,9 +295,9 @@ def _rotate_labels(workspace: Path) -> None:
 
 
 def test_distillation_learns_from_the_teacher_alone_at_alpha_1(tmp_path, s3_server):
-    """train.distill_from: a resnet18 teacher (16 px) from the registry teaches a mobilenet_v3_small
-    student (32 px: the teacher's input is resized). At alpha 1 the labels play no part: a student
-    trained on all-wrong labels ends bitwise equal to one trained on the right ones, and both
+    """train.distill_from: a resnet18 teacher (16 px) from the registry teaches an ImageNet-initialised
+    timm tf_efficientnet_lite0 student (32 px: the teacher's input is resized). At alpha 1 the
+    labels play no part: a student trained on all-wrong labels ends bitwise equal to one trained on the right ones, and both
     differ from a student trained without the teacher."""
     import json
 
@@ -292,7 +309,12 @@ def test_distillation_learns_from_the_teacher_alone_at_alpha_1(tmp_path, s3_serv
     teacher = _workspace(tmp_path / "teacher", "train.epochs=3")
     _train(teacher)
     _publish(store, name, teacher)
-    student = ["model.arch=mobilenet_v3_small", "model.image_size=32", "train.epochs=2"]
+    student = [
+        "model.arch=timm/tf_efficientnet_lite0",
+        "model.pretrained=imagenet",
+        "model.image_size=32",
+        "train.epochs=2",
+    ]
     distil = [*student, f"train.distill_from=registry:{name}@v1", "train.distill_alpha=1.0"]
     right = _workspace(tmp_path / "right", *distil)
     wrong = _workspace(tmp_path / "wrong", *distil)
@@ -304,7 +326,7 @@ def test_distillation_learns_from_the_teacher_alone_at_alpha_1(tmp_path, s3_serv
     assert not _same(_weights(right), _weights(plain))
     report = json.loads((right / "metrics/train.json").read_text())
     assert report["distilled_from"] == {"ref": f"registry:{name}@v1", "arch": "resnet18", "sha256": "t"}
-    assert report["arch"] == "mobilenet_v3_small" and report["feature_cache"] == "off"
+    assert report["arch"] == "timm/tf_efficientnet_lite0" and report["feature_cache"] == "off"
     assert "distilled_from" not in json.loads((plain / "metrics/train.json").read_text())  # None is not written
 
     # A teacher that knows other classes is refused, in one line, before training starts.

@@ -397,3 +397,25 @@ def test_unknown_arch_is_one_line_with_the_closest_names(tmp_path):
     assert "closest: timm/tf_efficientnet_lite4" in line
     res = run(FRUGALML + ["estimate", "--set", "model.arch=resnet19"], tmp_path, check=False, env=env)
     assert res.returncode == 2 and "closest: resnet18" in res.stderr
+
+
+def test_weights_add_list_fetch_cover_a_timm_arch(store, tmp_path):
+    pin = weights.PACKAGED[LITE0]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCH_HOME": str(tmp_path / "home")}
+    work = tmp_path / "ws"
+    work.mkdir()
+    (work / "params.yaml").write_text(f"storage:\n  prefix: {store.prefix}\n")
+    forged = tmp_path / pin.file
+    data = bytearray(weights.package_file(pin).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    forged.write_bytes(bytes(data))
+    res = run(FRUGALML + ["weights", "add", str(forged), "--arch", LITE0], work, check=False, env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "pinned sha256" in res.stderr
+
+    res = run(FRUGALML + ["weights", "add", str(weights.package_file(pin)), "--arch", LITE0], work, env=env)
+    key = f"weights/{LITE0}/{pin.file}"
+    assert store.uri(key) in res.stderr and store.head(key)["Metadata"]["sha256"] == pin.sha256
+    listed = run(FRUGALML + ["weights", "list"], work, env=env).stdout
+    assert LITE0 in listed and pin.file in listed
+    fetched = json.loads(run(FRUGALML + ["weights", "fetch"], work, env=env).stdout)  # model.arch: the default
+    assert (fetched["source"], fetched["sha256"], fetched["package"]) == ("mirror", pin.sha256, pin.package)
