@@ -297,8 +297,8 @@ def _rotate_labels(workspace: Path) -> None:
 def test_distillation_learns_from_the_teacher_alone_at_alpha_1(tmp_path, s3_server):
     """train.distill_from: a resnet18 teacher (16 px) from the registry teaches an ImageNet-initialised
     timm tf_efficientnet_lite0 student (32 px: the teacher's input is resized). At alpha 1 the
-    labels play no part: a student trained on all-wrong labels ends bitwise equal to one trained on the right ones, and both
-    differ from a student trained without the teacher."""
+    labels play no part: a student trained on all-wrong labels ends bitwise equal to one trained
+    on the right ones, and both differ from a student trained without the teacher."""
     import json
 
     from frugalml.config import StorageConfig
