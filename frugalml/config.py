@@ -332,9 +332,9 @@ class SweepConfig(_Strict):
 
     # params key -> a list of choices, or a Range. The default: image size x depth x epochs.
     space: dict[str, list[str | int | float | bool] | Range] = {
-        "model.image_size": [32, 64, 96],
+        "model.image_size": [64, 96],
         "train.finetune": ["head", "last_n", "full"],
-        "train.epochs": [2, 4, 6],
+        "train.epochs": [3, 6],
     }
     objective: Literal["accuracy", "macro_f1"] = "accuracy"  # the quality axis, on the test split
     budget_usd: float = Field(0.05, gt=0)  # compute for the whole sweep (pruned and failed trials included)

@@ -50,6 +50,8 @@ def backbone_sha256(model: nn.Module) -> str:
 
 
 def cache_key(cfg: Params, backbone: str) -> str:
+    """Every input of an image's features besides its bytes: the backbone's weights, the arch, the
+    input size and normalisation, and the cap on the prepared image's side (``data.max_side``)."""
     m = cfg.model
     spec = {
         "arch": m.arch,
@@ -57,6 +59,7 @@ def cache_key(cfg: Params, backbone: str) -> str:
         "size": m.image_size,
         "mean": list(m.norm()[0]),
         "std": list(m.norm()[1]),
+        "max_side": cfg.data.max_side,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -70,16 +73,31 @@ class FeatureCache:
         self.remote = f"features/{key}.pt"
 
     def load(self) -> dict[str, torch.Tensor]:
+        """The entry's features; {} when there is none or it is malformed (then it is removed,
+        locally, so it is recomputed instead of staying pinned)."""
         if not self.local.exists() and self.store is not None:
             try:
                 if self.store.exists(self.remote):
-                    self.store.download(self.remote, self.local)
+                    self.store.download(self.remote, self.local)  # checks the sha256 recorded at write
             except StorageError as exc:
                 info(f"train: feature cache not read from the store ({exc}); computing locally")
         if not self.local.exists():
             return {}
-        blob = torch.load(self.local, map_location="cpu", weights_only=True)
-        return dict(zip(blob["sha256"], blob["features"]))
+        try:
+            blob = torch.load(self.local, map_location="cpu", weights_only=True)
+            keys, feats = blob["sha256"], blob["features"]
+            if not (isinstance(keys, list) and isinstance(feats, torch.Tensor) and feats.dim() == 2):
+                raise ValueError("not a list of image hashes and a 2-D tensor of features")
+            if len(keys) != len(feats) or not all(isinstance(k, str) for k in keys):
+                raise ValueError(f"{len(keys)} image hashes for {len(feats)} feature rows")
+        except Exception as exc:  # a torn, foreign or tampered file: not used, not kept
+            info(f"train: feature cache {self.key} is malformed ({exc.__class__.__name__}: {exc}); discarded")
+            self.discard()
+            return {}
+        return dict(zip(keys, feats))
+
+    def discard(self) -> None:
+        self.local.unlink(missing_ok=True)
 
     def save(self, features: dict[str, torch.Tensor]) -> None:
         keys = sorted(features)
@@ -117,7 +135,9 @@ def headless(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def extract(model: nn.Module, rows: list[dict], root: Path, cfg: Params, device: torch.device) -> torch.Tensor:
+def extract(
+    model: nn.Module, rows: list[dict], root: Path, cfg: Params, device: torch.device, what: str = "computing"
+) -> torch.Tensor:
     """The backbone's features for ``rows`` (eval mode, in order), batch by batch, with progress."""
     m = cfg.model
     ds = ManifestDataset(rows, root, sorted({r["label"] for r in rows}), eval_transform(m.image_size, *m.norm()))
@@ -125,7 +145,7 @@ def extract(model: nn.Module, rows: list[dict], root: Path, cfg: Params, device:
     was_training = model.training
     net = headless(model)
     out = []
-    progress = Progress("train: computing backbone features", len(rows), "images")
+    progress = Progress(f"train: {what} backbone features", len(rows), "images")
     for x, _ in loader:
         out.append(net(x.to(device)).float().cpu())
         progress.update(len(x))
@@ -141,6 +161,13 @@ def features_for(
     now and added to it)."""
     cache = FeatureCache(cache_key(cfg, backbone_sha256(model)), store)
     known = cache.load()
+    if known and not agrees(model, known, rows, root, cfg, device):
+        info(
+            f"train: feature cache {cache.key} disagrees with the backbone on images computed again; "
+            "discarded, computing every image"
+        )
+        cache.discard()
+        known = {}
     missing = [r for r in rows if r["sha256"] not in known]
     if missing:
         for r, f in zip(missing, extract(model, missing, root, cfg, device)):
@@ -148,3 +175,23 @@ def features_for(
         cache.save(known)
     info(f"train: feature cache {cache.key}: {len(rows) - len(missing)} of {len(rows)} images cached")
     return torch.stack([known[r["sha256"]] for r in rows]), len(rows) - len(missing)
+
+
+SPOT_CHECK = 16  # cached images whose features are computed again before the entry is trusted
+
+
+def agrees(model: nn.Module, known: dict, rows: list[dict], root: Path, cfg: Params, device) -> bool:
+    """Whether the entry holds this backbone's features: ``SPOT_CHECK`` of the requested images it
+    has, drawn at random, are computed again and compared. An entry is keyed by what produces the
+    features, but the store is writable by others: a wrong entry under the right key (a bug of
+    another version, a tampered object) is caught here instead of training a head on it."""
+    import random
+
+    cached = [r for r in rows if r["sha256"] in known]
+    if not cached:
+        return True
+    sample = random.Random().sample(cached, min(SPOT_CHECK, len(cached)))
+    with torch.random.fork_rng(devices=[]):  # the check draws nothing from training's random stream
+        fresh = extract(model, sample, root, cfg, device, what="checking cached")
+    stored = torch.stack([known[r["sha256"]] for r in sample]).float()
+    return fresh.shape == stored.shape and torch.allclose(fresh, stored, rtol=1e-3, atol=1e-4)

@@ -163,7 +163,7 @@ def test_estimate_probes_without_history(tmp_path, monkeypatch):
     assert by["train"].basis.startswith("probe") and by["train"].wall_s > 0 and by["train"].usd > 0
     assert by["ingest"].wall_s is None and by["ingest"].basis == "no history"
     assert est.new_images == 1797 and est.labeling_usd == pytest.approx(1797 * 0.08)
-    longer = config.validate(config.apply_overrides(config.dump(cfg), ["train.epochs=16"]))
+    longer = config.validate(config.apply_overrides(config.dump(cfg), [f"train.epochs={2 * cfg.train.epochs}"]))
     more = from_probe(longer, est.probe, est.images)["train"].wall_s  # the same measurement, twice the epochs
     s0 = est.probe.startup_s
     assert (more - s0) / (by["train"].wall_s - s0) == pytest.approx(2.0, rel=0.01)
@@ -178,3 +178,49 @@ def test_estimate_needs_an_image_count(tmp_path, monkeypatch):
     cfg = config.validate(config.apply_overrides({}, [f"data.source={tmp_path}/images"]))
     with pytest.raises(ConfigError, match="run `dvc repro ingest`"):
         estimate(cfg, [])
+
+
+def test_a_wrong_or_malformed_shared_feature_entry_is_recomputed_not_trusted(tmp_path, s3_server):
+    """Trust round 2, item 3: an entry in the store under the right key but with other features (a
+    tampered or foreign object, its recorded sha256 consistent) is caught by recomputing a sample
+    and is recomputed; a malformed one is discarded, not left pinned; data.max_side is in the key."""
+    from frugalml import config, features
+    from frugalml.config import StorageConfig
+    from frugalml.store import Store
+
+    first = _workspace(tmp_path / "first", *HEAD, per_class=30)
+    _train(first)
+    report = json.loads((first / "metrics/train.json").read_text())
+    key = next((first / ".frugalml" / "features").glob("*.pt")).stem
+    store = Store.from_config(StorageConfig())
+    blob = torch.load(first / ".frugalml" / "features" / f"{key}.pt", weights_only=True)
+    assert len(blob["sha256"]) > features.SPOT_CHECK  # every cached image can be drawn for the check
+
+    # every feature scaled by 1.5: the right key and a consistent object, but not this backbone's
+    forged = tmp_path / "forged.pt"
+    torch.save({"sha256": blob["sha256"], "features": blob["features"] * 1.5}, forged)
+    store.put_file(f"features/{key}.pt", forged)
+    second = _workspace(tmp_path / "second", *HEAD, per_class=30)  # same images, no local cache
+    res = _train(second)
+    assert "disagrees with the backbone" in res.stderr and "computing backbone features" in res.stderr
+    assert json.loads((second / "costs/train.json").read_text())["features_cached"] == 0
+    assert _same_head(first, second)  # trained on the recomputed features, as the first one was
+    again = torch.load(second / ".frugalml" / "features" / f"{key}.pt", weights_only=True)
+    assert torch.equal(again["features"], blob["features"])  # and the entry is repaired
+
+    # a malformed entry (not a feature table) is discarded and recomputed, not left in place
+    store.put_bytes(f"features/{key}.pt", b"not a torch file")
+    third = _workspace(tmp_path / "third", *HEAD, per_class=30)
+    res = _train(third)
+    assert "is malformed" in res.stderr and report["final_val_acc"] == pytest.approx(
+        json.loads((third / "metrics/train.json").read_text())["final_val_acc"]
+    )
+    # capping the prepared images' side changes their pixels, so it changes the key
+    cfg = config.load(first / "params.yaml")
+    capped = config.load(first / "params.yaml", ["data.max_side=8"])
+    assert features.cache_key(cfg, "b") != features.cache_key(capped, "b")
+
+
+def _same_head(a, b) -> bool:
+    wa, wb = _weights(a), _weights(b)
+    return all(torch.equal(wa[k], wb[k]) for k in wa)
