@@ -188,6 +188,9 @@ def run(
 
     if until and until not in STAGE_NAMES:
         raise ConfigError(f"--until must be one of {', '.join(STAGE_NAMES)}")
+    # SIGTERM (a scheduler, a CI timeout) ends the run like Ctrl-C: the exit handlers run, so the
+    # local Prefect server this run started is stopped instead of outliving it.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     # One run per workspace: two runs would interleave params.yaml, DVC's config and the metrics.
     with workspace_lock(
         RUN_LOCK, "frugalml run", wait=wait, on_wait=lambda h: err.print(f"waiting for the run in progress ({h})")

@@ -112,3 +112,58 @@ def test_store_outage_mid_run_is_retried_and_nothing_is_half_written(private_s3,
     record = store.get_json(f"runs/{runs[0]}/record.json")
     assert record["status"] == "succeeded" and record["package"]["version"]
     assert assert_nothing_half_written(store) > 10
+
+
+def test_sigterm_to_frugalml_run_leaves_nothing_running(tmp_path, store):
+    """A scheduler or CI timeout stops `frugalml run` with SIGTERM mid-stage: the run ends, and the
+    local Prefect server it started (and every other process below it) ends with it."""
+    import os
+    import signal
+
+    import psutil
+
+    repo = make_pipeline_repo(tmp_path, store, extra=["train.epochs=30"])
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen(
+        FRUGALML + ["run"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    seen: set[int] = set()
+    try:
+        deadline = time.time() + 300
+        for line in proc.stdout:
+            seen |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+            if "train: epoch 1/" in line or time.time() > deadline:
+                break
+        assert any("uvicorn" in " ".join(_cmdline(p)) for p in seen), "the run's local Prefect server"
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.time() + 30
+    while time.time() < deadline and [p for p in seen if psutil.pid_exists(p) and _alive(p)]:
+        time.sleep(0.5)
+    left = [" ".join(_cmdline(p))[:120] for p in seen if psutil.pid_exists(p) and _alive(p)]
+    for p in seen:  # whatever failed the check is not left for the next test
+        if psutil.pid_exists(p) and _alive(p):
+            psutil.Process(p).kill()
+    assert not left, left
+
+
+def _cmdline(pid: int) -> list[str]:
+    import psutil
+
+    try:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
