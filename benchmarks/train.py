@@ -81,7 +81,7 @@ def main() -> None:
         work = Path(tmp)
         (work / "params.yaml").write_text(
             "data:\n  source: builtin:digits\n"
-            f"model:\n  arch: {args.arch}\n  image_size: {args.image_size}\n"
+            f"model:\n  arch: {args.arch}\n  image_size: {args.image_size}\n  pretrained: none\n"
             f"train:\n  epochs: {args.epochs}\n  batch_size: {args.batch}\n  num_threads: {args.threads}\n"
             "  checkpoint_to_s3: false\n"
         )

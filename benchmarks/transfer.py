@@ -87,6 +87,7 @@ def main() -> None:
         env["PYTHONPATH"] = str(ROOT)
         common = {
             "model.arch": "resnet18",
+            "model.pretrained": "none",  # the backbone pretrained below is our own (the target runs override)
             "model.image_size": args.image_size,
             "train.checkpoint_to_s3": False,
             "evaluate.latency_samples": 5,
