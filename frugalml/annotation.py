@@ -29,7 +29,7 @@ import numpy as np
 
 from frugalml.config import Params
 from frugalml.contracts import ImportedLabel, ImportRecord, NextBatch, NextImage, read_manifest
-from frugalml.errors import ConfigError, DataError, FrugalError
+from frugalml.errors import ConfigError, DataError, FrugalError, PreconditionFailed
 from frugalml.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from frugalml.sources import describe, is_hidden, iter_archive, iter_folder, iter_s3
 from frugalml.store import Store, source_settings, split_s3_uri
@@ -320,26 +320,58 @@ def _read_export(path: Path) -> tuple[list, str]:
     return tasks, hashlib.sha256(raw).hexdigest()[:16]
 
 
-def _task_problem(task: dict, known: list[str], labeled: dict[str, str], by_path: dict) -> str | None:
-    """Why one exported task cannot be imported, or None."""
-    from frugalml.ingestion import unsafe_name
+def plain_class_name(label) -> str | None:
+    """Why ``label`` cannot be a class, or None. A class becomes one folder under data.source, so
+    it must be one plain folder name: not empty, no path separator, not relative or hidden."""
+    if not isinstance(label, str) or not label.strip():
+        return "an empty class name"
+    if label != label.strip():
+        return "leading or trailing spaces"
+    if "/" in label or "\\" in label:
+        return "a path, not one folder name"
+    if label.startswith("."):
+        return "a relative or hidden folder name"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in label):
+        return "control characters"
+    if len(label.encode()) > 255:
+        return "longer than a folder name may be"
+    return None
 
-    data = task.get("data") or {}
+
+def _task_problem(
+    task: dict, known: list[str], labeled: dict[str, str], by_path: dict, extensions: list[str]
+) -> str | None:
+    """Why one exported task cannot be imported, or None."""
+    data = task.get("data") if isinstance(task.get("data"), dict) else {}
     label, _, why = _choice(task)
     path, sha = data.get("source_path"), data.get("sha256")
     if why:
         return why
     if not isinstance(path, str) or not isinstance(sha, str):
         return "no source_path/sha256 in its data (not a `frugalml labels next` task)"
+    if bad := plain_class_name(label):
+        return f"class {label!r} cannot be a folder name ({bad})"
     if known and label not in known:
         return f"unknown class {label!r} (known: {', '.join(known)})"
-    if bad := unsafe_name([label]):
-        return f"class {label!r} cannot be a folder name ({bad})"
+    if PurePosixPath(path).suffix.lower() not in extensions:
+        return f"{path!r} is not an image (its extension is not in data.extensions)"
     if path not in by_path:
         return f"image {path!r} is not in labels.unlabeled"
     if labeled.get(sha) not in (None, label):
         return f"{path} is labeled {labeled[sha]!r} already, the export says {label!r}"
     return None
+
+
+def _pending() -> dict[str, str]:
+    """image sha256 -> class of the labels imported before on this machine (ingested or not)."""
+    out: dict[str, str] = {}
+    for f in sorted(IMPORTS.glob("*.json")) if IMPORTS.is_dir() else []:
+        try:
+            for x in ImportRecord.model_validate_json(f.read_text()).labels:
+                out[x.sha256] = x.label
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def _take(task: dict, tid, entry) -> tuple[ImportedLabel, bytes]:
@@ -372,15 +404,27 @@ def plan_import(cfg: Params, export: Path) -> tuple[ImportRecord, dict[str, byte
         raise ConfigError("labels.unlabeled is not set: the images of the export are read from there")
     manifest = read_manifest()
     known = list(cfg.validate_.expected_classes or sorted({r["label"] for r in manifest}))
-    labeled = {r["sha256"]: r["label"] for r in manifest}
+    ingested = {r["sha256"]: r["label"] for r in manifest}
+    labeled = {**_pending(), **ingested}  # an import not yet ingested counts: its image has a class
     by_path = {e.path: e for e in _entries(cfg, cfg.labels.unlabeled, "labels.unlabeled") if not e.problem}
     problems, blobs, labels, again = [], {}, [], 0
+    chosen: dict[str, tuple] = {}  # image sha256 -> (class, task id) within this export
     for n, task in enumerate(tasks):
         tid = task.get("id", f"#{n}")
-        if why := _task_problem(task, known, labeled, by_path):
+        if why := _task_problem(task, known, labeled, by_path, cfg.data.extensions):
             problems.append(f"task {tid}: {why}")
-        elif task["data"]["sha256"] in labeled:
-            again += 1  # the same image with the same label: imported before
+            continue
+        label, sha = _choice(task)[0], task["data"]["sha256"]
+        if sha in chosen:
+            if chosen[sha][0] != label:
+                problems.append(
+                    f"task {tid}: {task['data']['source_path']} is {label!r} here and {chosen[sha][0]!r} in task "
+                    f"{chosen[sha][1]}: settle it in Label Studio and export again"
+                )
+            continue  # the same image twice with one class: one label
+        chosen[sha] = (label, tid)
+        if sha in ingested:
+            again += 1  # the same image with the same label: imported and ingested before
         else:
             try:
                 label, blob = _take(task, tid, by_path[task["data"]["source_path"]])
@@ -417,12 +461,17 @@ def write_import(cfg: Params, record: ImportRecord, blobs: dict[str, bytes]) -> 
             atomic_write_bytes(root / rel, blob)
     else:
         raise ConfigError(f"data.source {dest} is {kind}: imported labels go to an s3:// prefix or a folder")
+    # The record is keyed by the export's hash: a replay (after an ingest every task counts as
+    # labeled already) must leave the first record, the provenance of the labels, as it was.
     path = IMPORTS / f"{record.id}.json"
-    atomic_write_text(path, record.model_dump_json(indent=2))
+    if not path.exists():
+        atomic_write_text(path, record.model_dump_json(indent=2))
     store = _store(cfg)
     if store is not None:
         try:
-            store.put_file(f"labels/imports/{record.id}.json", path)
+            store.put_file(f"labels/imports/{record.id}.json", path, if_none_match=True)
+        except PreconditionFailed:
+            pass  # the store has this export's record already: the first one stands
         except FrugalError:
             pass  # the local record stands; the next import uploads its own
 

@@ -7,10 +7,12 @@ import shutil
 import sys
 import urllib.request
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from frugalml import config
 from frugalml.builtin import write_digits
 from frugalml.labels import fit_power_law, labels_for, nested_subsets, power_law
 from tests.conftest import make_pipeline_repo, run, upload_folder
@@ -158,7 +160,7 @@ def _export(tasks: list[dict], truth: dict, label=None) -> list[dict]:
     """What Label Studio exports after annotators chose a class for each task."""
     out = []
     for n, t in enumerate(tasks, 1):
-        choice = label or truth[t["data"]["source_path"]]
+        choice = truth[t["data"]["source_path"]] if label is None else label
         result = [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [choice]}}]
         annotation = {"id": 100 + n, "completed_by": {"id": 7, "email": "ann@example.com"}, "result": result}
         out.append({"id": n, "data": t["data"], "annotations": [annotation], "predictions": []})
@@ -196,6 +198,24 @@ def test_next_then_import_buys_the_chosen_labels_and_the_run_prices_them(unlabel
     res = run(FRUGALML + ["labels", "import", str(bad)], repo, check=False)
     assert res.returncode == 2 and "unknown class 'cat'" in res.stderr and "nothing imported" in res.stderr
     assert _objects(store, source) == before and not (repo / ".frugalml" / "labels" / "imports").exists()
+    # trust round 2, items 1 and 6: a class must be one plain folder name, only images are imported,
+    # and one image given two classes (in one export) is a conflict listed, not two writes
+    pool = Path(config.load(repo / "params.yaml").labels.unlabeled)
+    notes = {"source_path": "notes.txt", "sha256": hashlib.sha256((pool / "notes.txt").read_bytes()).hexdigest()}
+    hostile = [
+        *(_export(tasks[i : i + 1], truth, label=bad) for i, bad in enumerate(["../../x", "a/b", ".hidden", " "])),
+        _export([{"data": notes}], truth, label="3"),
+        _export(tasks[5:6], truth),
+        _export(tasks[5:6], truth, label=str((int(truth[tasks[5]["data"]["source_path"]]) + 1) % 10)),
+    ]
+    bad.write_text(json.dumps([t for part in hostile for t in part]))
+    res = run(FRUGALML + ["labels", "import", str(bad)], repo, check=False)
+    assert res.returncode == 2 and "nothing imported" in res.stderr and "Traceback" not in res.stderr
+    for why in ("'../../x' cannot be a folder name", "'a/b' cannot be a folder name", "'.hidden' cannot be",
+                "' ' cannot be", "'notes.txt' is not an image", "settle it in Label Studio"):  # fmt: skip
+        assert why in res.stderr, why
+    assert _objects(store, source) == before and not (repo / ".frugalml" / "labels" / "imports").exists()
+    assert not list(repo.parent.rglob("x")) and not (repo / "a").exists()
     res = run(FRUGALML + ["labels", "import", str(repo / "missing.json")], repo, check=False)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     (repo / "broken.json").write_text('{"not": "a list"}')
@@ -219,8 +239,35 @@ def test_next_then_import_buys_the_chosen_labels_and_the_run_prices_them(unlabel
     assert est["new_images"] == 20 and est["labeling_usd"] == pytest.approx(1.60)  # priced before the run
     run(FRUGALML + ["labels", "import", str(good)], repo)  # a replay writes the same objects again
     assert _objects(store, source) - before == added
+    # item 6 against a pending import: another class for an image imported but not yet ingested
+    other = repo / "other.json"
+    wrong = str((int(truth[tasks[0]["data"]["source_path"]]) + 1) % 10)
+    other.write_text(json.dumps(_export(tasks[:1], truth, label=wrong)))
+    res = run(FRUGALML + ["labels", "import", str(other)], repo, check=False)
+    assert res.returncode == 2 and "labeled" in res.stderr and "already" in res.stderr
+    assert _objects(store, source) - before == added
+    record = next((repo / ".frugalml" / "labels" / "imports").glob("*.json"))
+    first_record = record.read_bytes()
 
     run(FRUGALML + ["run", "--until", "ingest"], repo, timeout=600)
     ingest = json.loads((repo / "metrics" / "headline" / "ingest.json").read_text())
     cost = json.loads((repo / "costs" / "ingest.json").read_text())
     assert ingest["new_images"] == 20 and cost["labeled_images"] == 20  # only those, and priced
+    # item 5: replaying the export after the ingest leaves its provenance as it was (locally and in the store)
+    out = run(FRUGALML + ["labels", "import", str(good)], repo).stderr
+    assert "20 were labeled already" in out and record.read_bytes() == first_record
+    assert store.get_bytes(f"labels/imports/{record.name}")[0] == first_record
+
+
+@pytest.mark.parametrize("label", ["../../.venv/lib/python3.11/site-packages", "/abs/dir", "a/b", "", "..", "a\\b"])
+def test_a_class_that_is_not_one_plain_folder_name_is_refused_even_with_no_known_classes(label):
+    """Trust round 2, item 1: before the first ingest (no manifest, no validate.expected_classes)
+    the known classes are empty; the class is still checked as one folder name."""
+    from frugalml.annotation import _task_problem
+
+    task = _export([{"data": {"source_path": "img.png", "sha256": "0" * 64}}], {}, label=label)[0]
+    why = _task_problem(task, [], {}, {"img.png": object()}, [".png"])
+    assert why is not None and "cannot be a folder name" in why
+    ok = _export([{"data": {"source_path": "img.png", "sha256": "0" * 64}}], {}, label="cat")[0]
+    assert _task_problem(ok, [], {}, {"img.png": object()}, [".png"]) is None
+    assert "not an image" in _task_problem(ok | {"data": {"source_path": "x.pth", "sha256": "0"}}, [], {}, {}, [".png"])
