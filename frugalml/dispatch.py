@@ -77,6 +77,11 @@ def own_files(stage: str, root: Path = Path(".")) -> list[str]:
     return list(dict.fromkeys(files + extra))
 
 
+def _declared(rel: str, own: list[str]) -> bool:
+    """``rel`` is one of the stage's own files, or inside one of its declared output folders."""
+    return any(rel == o.rstrip("/") or rel.startswith(o.rstrip("/") + "/") for o in own)
+
+
 def _safe(rel: str) -> str:
     """A relative path inside the workspace, or an error: names from the store never escape it."""
     p = PurePosixPath(rel)
@@ -132,6 +137,16 @@ def merge(store: Store, run_id: str, stage: str) -> RemoteStage:
     except NotFound:
         raise StorageError(f"stage {stage}: the worker left no result under {prefix(run_id, stage)}") from None
     result = RemoteStage.model_validate_json(data)
+    # Whoever can write the bucket writes result.json: only this stage's own files, as this
+    # workspace's dvc.yaml declares them, are taken (never dvc.yaml, code or .git), and nothing
+    # is written unless every file named is one of them.
+    own = own_files(stage)
+    foreign = [rel for rel in result.files if not _declared(_safe(rel), own)]
+    if foreign or result.stage != stage:
+        raise StorageError(
+            f"stage {stage}: the worker's result names {', '.join(map(repr, foreign[:3])) or repr(result.stage)}, "
+            f"not among the stage's own outputs in dvc.yaml; refused, nothing merged"
+        )
     for rel in result.files:
         blob, _ = store.get_bytes(prefix(run_id, stage) + "out/" + _safe(rel))
         atomic_write_bytes(Path(_safe(rel)), blob)

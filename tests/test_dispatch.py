@@ -258,3 +258,37 @@ def test_a_pool_without_a_worker_fails_in_bounded_time_naming_the_pool(prefect_s
     assert "Traceback" not in res.stderr
     runs = prefect_api(api, "/flow_runs/filter", {"deployments": {"name": {"any_": ["idle"]}}})
     assert [r["state_type"] for r in runs] == ["CANCELLED"]  # not left scheduled for a worker that may come later
+
+
+def test_merge_takes_only_the_stage_s_own_outputs_from_the_store(store, tmp_path, monkeypatch):
+    """Trust round 2, item 2: whoever can write runs/<id>/stages/<stage>/result.json in the bucket
+    must not get dvc.yaml, code or git hooks written on the orchestrating machine."""
+    from frugalml import dispatch
+    from frugalml.contracts import RemoteStage
+    from frugalml.errors import StorageError
+    from tests.conftest import make_pipeline_repo
+
+    repo = make_pipeline_repo(tmp_path, store)
+    monkeypatch.chdir(repo)
+    base = dispatch.prefix("run-x", "train")
+    hostile = ["dvc.yaml", "tasks/train.py", ".git/hooks/pre-commit", "metrics/train.json"]
+    for rel in hostile:
+        store.put_bytes(base + "out/" + rel, b"#!/bin/sh\necho owned\n")
+    before = {rel: (repo / rel).read_bytes() if (repo / rel).exists() else None for rel in hostile}
+
+    def result(files, stage="train"):
+        r = RemoteStage(stage=stage, run_id="run-x", pool="gpu", commit="c", worker="w", exit_code=0, files=files)
+        store.put_bytes(base + "result.json", r.model_dump_json().encode())
+
+    for files in (hostile, ["tasks/train.py"], [".git/hooks/pre-commit"]):
+        result(files)
+        with pytest.raises(StorageError, match="not among the stage's own outputs"):
+            dispatch.merge(store, "run-x", "train")
+        assert {rel: (repo / rel).read_bytes() if (repo / rel).exists() else None for rel in hostile} == before
+    result(["metrics/train.json"], stage="evaluate")  # another stage's result under this stage's prefix
+    with pytest.raises(StorageError):
+        dispatch.merge(store, "run-x", "train")
+    result(["metrics/train.json", "costs/train.json"])  # the stage's own files are merged
+    store.put_bytes(base + "out/costs/train.json", b"{}")
+    dispatch.merge(store, "run-x", "train")
+    assert (repo / "metrics/train.json").read_bytes() == b"#!/bin/sh\necho owned\n"
