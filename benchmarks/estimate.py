@@ -1,4 +1,4 @@
-"""``frugalml estimate`` against what the train stage then costs, for three configs.
+"""``frugalml estimate`` against what the train stage then costs, for four configs (three on the pretrained default backbone).
 
     .venv/bin/python benchmarks/estimate.py
 
@@ -21,19 +21,27 @@ sys.path.insert(0, str(ROOT))
 from _common import BENCH_DIR, exit_cleanly_on_sigterm  # noqa: E402
 from feature_cache import NO_AUG, set_params, sh  # noqa: E402
 
+LITE0 = {"model.arch": "timm/tf_efficientnet_lite0", "model.pretrained": "imagenet"}  # the default backbone
 CONFIGS = {
-    "resnet18 32px full 3 epochs": {"model.arch": "resnet18", "model.image_size": 32, "train.epochs": 3},
-    "mobilenet_v3_small 64px full 2 epochs": {
-        "model.arch": "mobilenet_v3_small",
-        "model.image_size": 64,
+    "lite0 ImageNet 64px full 2 epochs": {**LITE0, "model.image_size": 64, "train.epochs": 2},
+    "lite0 ImageNet 96px last_n 2 epochs": {
+        **LITE0,
+        "model.image_size": 96,
+        "train.finetune": "last_n",
         "train.epochs": 2,
     },
-    "resnet18 64px head (feature cache) 5 epochs": {
-        "model.arch": "resnet18",
+    "lite0 ImageNet 64px head (feature cache) 5 epochs": {
+        **LITE0,
         "model.image_size": 64,
         "train.finetune": "head",
         "train.epochs": 5,
         **NO_AUG,
+    },
+    "resnet18 from scratch 32px full 3 epochs": {
+        "model.arch": "resnet18",
+        "model.pretrained": "none",
+        "model.image_size": 32,
+        "train.epochs": 3,
     },
 }
 
@@ -43,7 +51,7 @@ def main() -> None:
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("FRUGALML_S3_ENDPOINT", "AWS_ACCESS_KEY_ID")}
     env["PYTHONPATH"] = str(ROOT)
-    base = {"data.source": "builtin:shapes", "model.pretrained": "none", "train.checkpoint_to_s3": False}
+    base = {"data.source": "builtin:shapes", "train.checkpoint_to_s3": False}
     out = {}
     with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
         work = Path(tmp)

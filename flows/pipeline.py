@@ -194,7 +194,7 @@ def _submit(stage: str, run_id: str, pool: str, cfg):
         "stage": stage,
         "run_id": run_id,
         "commit": git_commit(),
-        "repo_url": dispatch.repo_url(cfg.orchestration.git_remote),
+        "repo_url": dispatch.redact(dispatch.repo_url(cfg.orchestration.git_remote)),  # no token in Prefect's DB
         "pool": pool,
         "storage": cfg.storage.model_dump(),
     }

@@ -14,6 +14,7 @@ remote and ``publish``es the stage's dvc.lock entry and uncached outputs to ``..
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -90,6 +91,16 @@ def _safe(rel: str) -> str:
     return p.as_posix()
 
 
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of any URL in it removed (``https://user:token@host/...`` ->
+    ``https://host/...``): for what leaves the process (flow-run parameters, messages). A worker
+    clones with its own git credentials."""
+    return _USERINFO.sub("", text)
+
+
 # -- the orchestrating workspace ----------------------------------------------------------------
 def repo_url(git_remote: str, root: Path = Path(".")) -> str:
     """``orchestration.git_remote`` as a URL: a remote's name is looked up, anything else is a URL or a path."""
@@ -108,13 +119,13 @@ def check_reachable(url: str, commit: str, root: Path = Path(".")) -> None:
         raise ConfigError("remote stages need a git commit: commit the pipeline first (`git commit`)")
     res = subprocess.run(["git", "ls-remote", url], cwd=root, capture_output=True, text=True, timeout=120)
     if res.returncode != 0:
-        raise ConfigError(f"the workers' git remote {url} cannot be read: {res.stderr.strip()[:300]}")
+        raise ConfigError(f"the workers' git remote {redact(url)} cannot be read: {redact(res.stderr.strip())[:300]}")
     for sha in {line.split()[0] for line in res.stdout.splitlines() if line.strip()}:
         known = subprocess.run(["git", "cat-file", "-e", sha], cwd=root, capture_output=True).returncode == 0
         if known and subprocess.run(["git", "merge-base", "--is-ancestor", commit, sha], cwd=root).returncode == 0:
             return
     raise ConfigError(
-        f"commit {commit[:12]} is not on {url} (no branch or tag there contains it): "
+        f"commit {commit[:12]} is not on {redact(url)} (no branch or tag there contains it): "
         "push it first; the workers run the code of the run's commit"
     )
 
@@ -165,7 +176,9 @@ def materialize(store: Store, run_id: str, stage: str, url: str, commit: str, de
     subprocess.run(["git", "clone", "--quiet", "--no-checkout", url, str(dest)], check=True, capture_output=True)
     res = subprocess.run(["git", "checkout", "--quiet", commit], cwd=dest, capture_output=True, text=True)
     if res.returncode != 0:
-        raise ConfigError(f"commit {commit[:12]} is not in {url}: push it first ({res.stderr.strip()[:200]})")
+        raise ConfigError(
+            f"commit {commit[:12]} is not in {redact(url)}: push it first ({redact(res.stderr.strip())[:200]})"
+        )
     pre = prefix(run_id, stage) + "in/"
     for obj in store.list(pre):
         rel = _safe(obj["key"][len(pre) :])

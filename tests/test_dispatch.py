@@ -292,3 +292,26 @@ def test_merge_takes_only_the_stage_s_own_outputs_from_the_store(store, tmp_path
     store.put_bytes(base + "out/costs/train.json", b"{}")
     dispatch.merge(store, "run-x", "train")
     assert (repo / "metrics/train.json").read_bytes() == b"#!/bin/sh\necho owned\n"
+
+
+def test_a_token_in_the_git_remote_never_leaves_the_process(tmp_path):
+    """Trust round 2, item 14: credentials in the remote URL are kept out of the flow-run
+    parameters (Prefect's database and UI) and out of error messages."""
+    from frugalml import dispatch
+    from frugalml.errors import ConfigError
+
+    url = "https://ci-bot:ghp_s3cretT0ken@127.0.0.1:9/team/pipeline.git"
+    assert dispatch.redact(url) == "https://127.0.0.1:9/team/pipeline.git"
+    assert dispatch.redact(f"fatal: unable to access '{url}/': refused") == (
+        "fatal: unable to access 'https://127.0.0.1:9/team/pipeline.git/': refused"
+    )
+    assert dispatch.redact("git@github.com:team/pipeline.git") == "git@github.com:team/pipeline.git"  # ssh: no secret
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    with pytest.raises(ConfigError) as e:
+        dispatch.check_reachable(url, "0" * 40, tmp_path)
+    assert "ghp_s3cretT0ken" not in str(e.value) and "127.0.0.1:9/team/pipeline.git" in str(e.value)
+    import inspect
+
+    from flows import pipeline
+
+    assert "dispatch.redact(dispatch.repo_url(" in inspect.getsource(pipeline._submit)
