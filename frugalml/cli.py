@@ -30,7 +30,7 @@ from frugalml.contracts import STAGES as STAGE_NAMES
 from frugalml.contracts import RunRecord, SweepRecord, VariantsReport
 from frugalml.dvcconf import write_local_config
 from frugalml.embedded import EmbeddedS3
-from frugalml.errors import ConfigError, DataError, FrugalError, StorageError
+from frugalml.errors import ConfigError, DataError, FrugalError, Rejected, StorageError
 from frugalml.estimate import Estimate, estimate
 from frugalml.locks import RUN_LOCK, workspace_lock
 from frugalml.procs import dvc_env
@@ -332,6 +332,11 @@ def sweep_cmd(
     err.print("sweep: preparing the data once (dvc repro validate): the trials start from it")
     code = subprocess.run([sys.executable, "-m", "dvc", "repro", "validate"], env=dvc_env()).returncode
     if code != 0:
+        from frugalml.contracts import ValidationReport
+
+        report = ValidationReport.read() if ValidationReport.PATH.exists() else None
+        if report is not None and not report.success:  # the pipeline ran and rejected the data: exit 3
+            raise Rejected(f"the data failed validation ({ValidationReport.PATH}): a sweep needs data that validates")
         raise FrugalError(f"dvc repro validate exited {code}: the data must validate before a sweep")
     if not resume:
         one, first = _one_trial_estimate(cfg, space)

@@ -85,12 +85,18 @@ def suggest(trial, space: dict[str, list | Range]) -> list[str]:
     """The trial's settings as KEY=VALUE overrides (Optuna records the choices in the study)."""
     out = []
     for key, values in space.items():
-        if isinstance(values, list):
-            value = trial.suggest_categorical(key, values)
-        elif values.int_:
-            value = trial.suggest_int(key, int(values.low), int(values.high), log=values.log)
-        else:
-            value = trial.suggest_float(key, values.low, values.high, log=values.log)
+        try:
+            if isinstance(values, list):
+                value = trial.suggest_categorical(key, values)
+            elif values.int_:
+                value = trial.suggest_int(key, int(values.low), int(values.high), log=values.log)
+            else:
+                value = trial.suggest_float(key, values.low, values.high, log=values.log)
+        except ValueError as exc:  # Optuna: the study recorded another space for this key
+            raise ConfigError(
+                f"sweep.space.{key} is not what this sweep started with ({exc}); --resume continues a sweep "
+                "over the same space: run a new sweep (without --resume) to search the edited one"
+            ) from None
         out.append(f"{key}={value if isinstance(value, str) else json.dumps(value)}")
     return out
 

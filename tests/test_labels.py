@@ -271,3 +271,13 @@ def test_a_class_that_is_not_one_plain_folder_name_is_refused_even_with_no_known
     ok = _export([{"data": {"source_path": "img.png", "sha256": "0" * 64}}], {}, label="cat")[0]
     assert _task_problem(ok, [], {}, {"img.png": object()}, [".png"]) is None
     assert "not an image" in _task_problem(ok | {"data": {"source_path": "x.pth", "sha256": "0"}}, [], {}, {}, [".png"])
+
+
+@pytest.mark.parametrize("task", [{"id": None, "data": "x"}, {"id": 3, "data": None}, {"data": {"source_path": 5}}])
+def test_a_malformed_export_field_is_a_listed_problem_not_a_crash(task):
+    """Trust round 2, item 13: a malformed field is one of the listed problems (exit 2), never an
+    exception (exit 1)."""
+    from frugalml.annotation import _task_problem
+
+    task = {**task, "annotations": [{"result": [{"type": "choices", "value": {"choices": ["cat"]}}]}]}
+    assert "not a `frugalml labels next` task" in _task_problem(task, [], {}, {}, [".png"])

@@ -431,3 +431,20 @@ def test_a_rejected_experiment_completes_and_the_table_is_readable(pipeline_repo
 
     again = run(FRUGALML + ["run", "--set", "gates.max_model_size_mb=2"], repo, check=False)
     assert again.returncode == 3 and "gate rejected the model" in again.stderr, again.stderr[-3000:]
+
+
+def test_resume_over_an_edited_space_says_to_start_a_new_sweep():
+    """Trust round 2, item 13: Optuna's 'dynamic value space' (exit 1) becomes one line that says
+    what to do (exit 2)."""
+    import optuna
+
+    from frugalml import sweep
+    from frugalml.errors import ConfigError
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    sweep.suggest(trial, {"train.epochs": [2, 4]})
+    study.tell(trial, 0.5)
+    with pytest.raises(ConfigError) as e:
+        sweep.suggest(study.ask(), {"train.epochs": [2, 4, 6]})
+    assert e.value.exit_code == 2 and "run a new sweep (without --resume)" in str(e.value)
