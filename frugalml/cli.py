@@ -986,7 +986,7 @@ def serve(
     host = host or cfg.serving.host
     port = port or cfg.serving.port
     if follow:
-        code = runner.follow(reg, alias, host, port, poll_s, cfg.serving.max_image_bytes)
+        code = runner.follow(reg, alias, host, port, poll_s, runner.proxy_body_limit(cfg.serving))
     else:
         code = runner.serve(reg, version or alias, host, port)
     if code not in (0, -2, -15):

@@ -77,3 +77,9 @@ def png_bytes(im: Image.Image) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=False, compress_level=1)
     return buf.getvalue()
+
+
+def body_limits(max_image_bytes: int, max_images: int) -> dict[str, int]:
+    """The largest request body each classify endpoint takes, multipart overhead included: the
+    service enforces these, and the ``--follow`` proxy in front of it lets the largest through."""
+    return {"/classify": max_image_bytes + (64 << 10), "/classify_batch": max_images * max_image_bytes + (256 << 10)}

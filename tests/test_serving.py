@@ -559,3 +559,16 @@ def test_item13_bento_is_verified_against_the_registry_every_time(served, ctx, m
     reg.store.put_file(f"bentos/{cfg.model.name}/v-bad.bento", archive)
     with pytest.raises(FrugalError, match="does not match"):
         ensure_bento(reg, "v-bad")
+
+
+def test_the_follow_proxy_takes_what_the_service_takes():
+    """Trust round 2, item 12: `serve --follow` read at most 4 x max_image_bytes + 1 MiB (41 MB by
+    default) while the service takes a batch of max_images_per_request images (80 MB): the same
+    request got 413 only through the proxy."""
+    from frugalml.config import ServingConfig
+    from frugalml.images import body_limits
+    from frugalml.serving.runner import proxy_body_limit
+
+    for s in (ServingConfig(), ServingConfig(max_image_bytes=20000, max_images_per_request=3)):
+        assert proxy_body_limit(s) == body_limits(s.max_image_bytes, s.max_images_per_request)["/classify_batch"]
+    assert proxy_body_limit(ServingConfig()) > 80_000_000

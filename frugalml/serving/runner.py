@@ -286,7 +286,7 @@ class Follower:
             version = await loop.run_in_executor(None, self.reg.resolve, self.alias)
             self.backend = await loop.run_in_executor(None, self._launch, version)
             self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120), auto_decompress=False)
-            app = web.Application(client_max_size=self.max_body * 4 + (1 << 20))
+            app = web.Application(client_max_size=self.max_body)  # the service's own largest (body_limits)
             app.router.add_route("*", "/{tail:.*}", self.handle)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
@@ -307,6 +307,14 @@ class Follower:
             if self.session is not None:
                 await self.session.close()
             await loop.run_in_executor(None, self.stop_all)
+
+
+def proxy_body_limit(serving) -> int:
+    """The largest body the ``--follow`` proxy reads: the largest the service itself takes (a
+    full ``/classify_batch``), so a request is refused by the same rule with or without the proxy."""
+    from frugalml.images import body_limits
+
+    return max(body_limits(serving.max_image_bytes, serving.max_images_per_request).values())
 
 
 def follow(reg: Registry, alias: str, host: str, port: int, poll_s: float, max_body: int) -> int:

@@ -15,7 +15,7 @@ import bentoml
 from PIL import Image, UnidentifiedImageError
 from pydantic import AfterValidator, BaseModel
 
-from frugalml.images import to_rgb
+from frugalml.images import body_limits, to_rgb
 from frugalml.modeling import eval_transform, load_model
 
 
@@ -247,8 +247,5 @@ class UploadGuard:
 
 Classifier.add_asgi_middleware(
     UploadGuard,
-    limits={
-        "/classify": ARGS.max_image_bytes + (64 << 10),
-        "/classify_batch": ARGS.max_images_per_request * ARGS.max_image_bytes + (256 << 10),
-    },
+    limits=body_limits(ARGS.max_image_bytes, ARGS.max_images_per_request),
 )
