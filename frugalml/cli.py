@@ -307,12 +307,22 @@ def sweep_cmd(
     resume: Optional[str] = typer.Option(
         None, "--resume", help="Continue a sweep that was stopped: its id, or 'last'.", show_default=False
     ),
+    wait: bool = typer.Option(False, "--wait", help="Wait for a run or sweep in progress instead of exiting 2."),
 ) -> None:
     """Search sweep.space for the cheapest model that meets the gates (Optuna, accuracy vs USD;
     each trial a DVC experiment), then print the frontier and the recommendation."""
+    _require_git_commit()
+    # A sweep rewrites params.yaml and dvc.lock and drives Optuna's study: it takes the workspace
+    # lock as a run does, so a second sweep (--resume of this one) or a run cannot clash with it.
+    with workspace_lock(
+        RUN_LOCK, "frugalml sweep", wait=wait, on_wait=lambda h: err.print(f"waiting for the run in progress ({h})")
+    ):
+        _sweep_locked(set_, resume)
+
+
+def _sweep_locked(set_: list[str], resume: str | None) -> None:
     from frugalml import sweep as sw
 
-    _require_git_commit()
     if set_:
         config.write_overrides("params.yaml", set_)
     cfg = _cfg()

@@ -64,7 +64,7 @@ def workspace_lock(path: str | os.PathLike, what: str, wait: bool = False, on_wa
             holder = _holder(fd)
             if not wait:
                 raise WorkspaceBusy(
-                    f"{what} is already running in this workspace ({holder}); "
+                    f"{what} cannot start: another command is already running in this workspace ({holder}); "
                     f"wait for it to finish, or pass --wait to queue behind it"
                 ) from None
             if on_wait:

@@ -448,3 +448,26 @@ def test_resume_over_an_edited_space_says_to_start_a_new_sweep():
     with pytest.raises(ConfigError) as e:
         sweep.suggest(study.ask(), {"train.epochs": [2, 4, 6]})
     assert e.value.exit_code == 2 and "run a new sweep (without --resume)" in str(e.value)
+
+
+def test_a_sweep_takes_the_workspace_lock_as_a_run_does(tmp_path):
+    """Trust round 2, item 4: `sweep --resume last` beside a live sweep killed its trial and failed
+    its Optuna trials; a sweep beside `frugalml run` rewrote params.yaml under it. A sweep now
+    takes the workspace lock: a second one exits 2 and touches nothing."""
+    import subprocess
+    import sys
+
+    from frugalml.locks import RUN_LOCK, workspace_lock
+
+    cli = [sys.executable, "-m", "frugalml.cli"]
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    (tmp_path / "params.yaml").write_text("train:\n  epochs: 2\n")
+    for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        subprocess.run(["git", *cmd], cwd=tmp_path, check=True)
+    with workspace_lock(tmp_path / RUN_LOCK, "frugalml run"):  # a run (or another sweep) in progress
+        for args in (["sweep", "--set", "train.epochs=3"], ["sweep", "--resume", "last"]):
+            res = subprocess.run(cli + args, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+            assert res.returncode == 2 and "already running in this workspace" in res.stderr, res.stderr[-500:]
+            assert "Traceback" not in res.stderr
+    assert (tmp_path / "params.yaml").read_text() == "train:\n  epochs: 2\n"  # nothing written
+    assert not (tmp_path / ".frugalml" / "sweeps").exists()
