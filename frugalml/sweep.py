@@ -137,8 +137,18 @@ def pareto_front(trials: list[SweepTrial], objective: str = "accuracy") -> list[
 
 
 def recommend(trials: list[SweepTrial], objective: str = "accuracy") -> int | None:
-    """The cheapest trial whose gate decision accepts (ties: the higher ``objective``)."""
-    ok = [t for t in trials if t.gate is not None and t.gate.decision == "accept" and t.state != "failed"]
+    """The cheapest trial whose gate decision accepts (ties: the higher ``objective``), among those
+    that ran all their epochs (or stopped early by ``train.early_stopping``, which the settings
+    reproduce): a trial stopped by its budget or the pruner was cheaper than `frontier --apply`
+    then `frugalml run` would be, which trains every epoch."""
+    ok = [
+        t
+        for t in trials
+        if t.gate is not None
+        and t.gate.decision == "accept"
+        and t.state == "complete"
+        and t.stopped in (None, "completed", "early_stopping")
+    ]
     if not ok:
         return None
     return min(ok, key=lambda t: (t.usd, -(t.score(objective) or 0.0))).number

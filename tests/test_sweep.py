@@ -471,3 +471,15 @@ def test_a_sweep_takes_the_workspace_lock_as_a_run_does(tmp_path):
             assert "Traceback" not in res.stderr
     assert (tmp_path / "params.yaml").read_text() == "train:\n  epochs: 2\n"  # nothing written
     assert not (tmp_path / ".frugalml" / "sweeps").exists()
+
+
+def test_a_trial_cut_short_is_not_recommended():
+    """Trust round 2, item 11: a trial stopped by its budget (or pruned) passed the gate at a price
+    `frontier --apply` + `frugalml run` does not reproduce (every epoch is trained then)."""
+    budget = _t(0, 0.95, 0.002).model_copy(update={"stopped": "budget"})
+    pruned = _t(1, 0.92, 0.001, state="pruned").model_copy(update={"stopped": "pruned"})
+    early = _t(2, 0.93, 0.003).model_copy(update={"stopped": "early_stopping"})  # the settings reproduce it
+    full = _t(3, 0.94, 0.004).model_copy(update={"stopped": "completed"})
+    assert recommend([budget, pruned, full]) == 3
+    assert recommend([budget, pruned, early, full]) == 2
+    assert recommend([budget, pruned]) is None
