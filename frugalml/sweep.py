@@ -37,6 +37,7 @@ from frugalml import config, lanes
 from frugalml.config import Params, Range
 from frugalml.console import info
 from frugalml.contracts import (
+    STAGES,
     SWEEPS,
     CostEntry,
     EvalReport,
@@ -314,6 +315,9 @@ def run_trial(
     ev = EvalReport.model_validate_json(_git_show(ref, str(EvalReport.PATH), lane) or "{}")
     tr = TrainReport.model_validate_json(_git_show(ref, str(TrainReport.PATH), lane) or "{}")
     cost = CostEntry.model_validate_json(_git_show(ref, str(cost_file("train")), lane) or "{}")
+    texts = [_git_show(ref, str(cost_file(st)), lane) for st in STAGES]  # the stages that ever ran here
+    entries = [CostEntry.model_validate_json(t) for t in texts if t]
+    trial.usd = trial_usd(wall, [e for e in entries if e.run_id == experiment], costs)
     trial_cfg = config.validate(config.apply_overrides(config.dump(cfg), overrides))
     trial.state = "pruned" if tr.stopped == "pruned" else "complete"
     trial.accuracy, trial.macro_f1 = ev.accuracy, ev.macro_f1
@@ -322,6 +326,16 @@ def run_trial(
     trial.train_usd = cost.total_usd
     trial.gate = decide(trial_cfg, ev, cost.total_usd)
     return trial
+
+
+def trial_usd(wall_s: float, ran: list[CostEntry], costs) -> float:
+    """A trial billed as its stages are: each stage that ran in it (its cost entry: vCPU and GPU
+    time at the capacity's rates, S3 requests) plus the rest of the trial's wall (DVC, start-ups)
+    at the on-demand vCPU rate. Billing the whole wall at the vCPU rate left out the GPU (a sweep
+    on a GPU recorded a fraction of its spend) and spot prices."""
+    stage_wall = sum(e.wall_s for e in ran)
+    rest = price({"wall_s": max(0.0, wall_s - stage_wall)}, costs)["total_usd"]
+    return round(rest + sum(e.total_usd - e.labeling_usd for e in ran), 6)
 
 
 # -- the sweep ------------------------------------------------------------------------------------

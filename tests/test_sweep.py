@@ -290,8 +290,9 @@ def test_sweep_runs_trials_as_dvc_experiments_and_recommends_one(pipeline_repo, 
     assert record["spent_usd"] == pytest.approx(sum(t["usd"] for t in record["trials"]), abs=1e-6)
     assert all(t["usd"] > 0 and t["state"] in ("complete", "pruned") for t in record["trials"])
     share = (os.cpu_count() or 1) / 2  # two trials share the machine: each billed half of it
-    for t in record["trials"]:
-        assert t["usd"] == pytest.approx(t["wall_s"] / 3600 * share * 0.0446, rel=0.01, abs=2e-6), t
+    for t in record["trials"]:  # the machine's share for the trial's wall, plus its stages' S3 requests
+        machine = t["wall_s"] / 3600 * share * 0.0446  # (the train stage's checkpoint PUTs: in train_usd)
+        assert machine * 0.99 - 2e-6 <= t["usd"] <= machine * 1.01 + t["train_usd"] + 2e-6, t
     spans = sorted((t["started_at"], t["started_at"] + t["wall_s"]) for t in record["trials"])
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans  # trials ran side by side
     assert not (repo / ".frugalml" / "lanes" / sweep_id).exists()  # the lanes are removed
@@ -483,3 +484,23 @@ def test_a_trial_cut_short_is_not_recommended():
     assert recommend([budget, pruned, full]) == 3
     assert recommend([budget, pruned, early, full]) == 2
     assert recommend([budget, pruned]) is None
+
+
+def test_a_trial_is_billed_as_its_stages_are_gpu_and_spot_included():
+    """Trust round 2, item 8: a trial was billed price({"wall_s": wall}): no GPU, no spot rates, so
+    a sweep on a GPU recorded a fraction of its spend and its overhead went negative."""
+    from frugalml.config import CostsConfig
+    from frugalml.contracts import CostEntry
+    from frugalml.costs import price
+    from frugalml.sweep import trial_usd
+
+    costs = CostsConfig(vcpus=8)
+    train_entry = {"stage": "train", "run_id": "x-t0", "wall_s": 100.0, "gpu_s": 100.0}
+    train = CostEntry(**train_entry, **price(train_entry, costs, "spot"))
+    ev_entry = {"stage": "evaluate", "run_id": "x-t0", "wall_s": 10.0, "gpu_s": 10.0}
+    ev = CostEntry(**ev_entry, **price(ev_entry, costs))
+    usd = trial_usd(130.0, [train, ev], costs)
+    rest = price({"wall_s": 20.0}, costs)["total_usd"]  # DVC and start-ups around the stages
+    assert usd == pytest.approx(train.total_usd + ev.total_usd + rest, abs=2e-6)
+    assert train.gpu_usd > 0 and usd > price({"wall_s": 130.0}, costs)["total_usd"]  # the GPU is billed
+    assert usd - train.total_usd >= rest  # the overhead a trial adds is never negative
