@@ -1,4 +1,5 @@
-"""``frugalml estimate`` against what the train stage then costs, for four configs (three on the pretrained default backbone).
+"""``frugalml estimate`` against what the train stage then costs, for four configs (three on the
+pretrained default backbone, one from scratch).
 
     .venv/bin/python benchmarks/estimate.py
 
