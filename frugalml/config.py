@@ -123,6 +123,11 @@ class ModelConfig(_Strict):
             return v
         raise ValueError("must be 'none', 'imagenet', 'torchvision' or 'registry:<model>@<alias or version>'")
 
+    @property
+    def from_imagenet(self) -> bool:
+        """``pretrained`` names ImageNet weights (``imagenet``, or ``torchvision`` kept from before)."""
+        return self.pretrained in ("imagenet", "torchvision")
+
     def norm(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
         """(mean, std) of the input transform: as set, else what the arch's pretrained weights expect."""
         from frugalml.archs import default_normalization

@@ -53,12 +53,13 @@ def cache_key(cfg: Params, backbone: str) -> str:
     """Every input of an image's features besides its bytes: the backbone's weights, the arch, the
     input size and normalisation, and the cap on the prepared image's side (``data.max_side``)."""
     m = cfg.model
+    mean, std = m.norm()
     spec = {
         "arch": m.arch,
         "backbone": backbone,
         "size": m.image_size,
-        "mean": list(m.norm()[0]),
-        "std": list(m.norm()[1]),
+        "mean": list(mean),
+        "std": list(std),
         "max_side": cfg.data.max_side,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]

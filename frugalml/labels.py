@@ -272,7 +272,8 @@ def out_of_sample_probs_trained(cfg: Params, data: Labeled, folds: int, seed: in
 
     _enough_per_class(data, folds)
     m = cfg.model
-    meta = {"classes": data.classes, "image_size": m.image_size, "mean": m.norm()[0], "std": m.norm()[1]}
+    mean, std = m.norm()
+    meta = {"classes": data.classes, "image_size": m.image_size, "mean": mean, "std": std}
     device = select_device(cfg.train.device)
     probs = np.zeros((len(data.y), len(data.classes)))
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)

@@ -82,7 +82,7 @@ def version_record(cfg: Params, run_id: str, version: str, model_sha: str, gate:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "arch": m.arch,
         "image_size": m.image_size,
-        "mean": list(m.norm()[0]),
+        "mean": list(m.norm()[0]),  # what the model was trained with (model.mean/std or the arch's)
         "std": list(m.norm()[1]),
         "classes": sorted(ev.per_class),
         "metrics": ev.model_dump(include=set(METRICS_KEPT)),

@@ -78,7 +78,7 @@ def effective_train(cfg: Params) -> TrainConfig:
 def resolve_pretrained(cfg: Params, meter=None):
     """``model.pretrained: imagenet | torchvision``: the weights file (cache, mirror, package or
     download), its transfer counted in the stage's cost entry. None for the other kinds of start."""
-    if cfg.model.pretrained not in ("torchvision", "imagenet"):
+    if not cfg.model.from_imagenet:
         return None
     found = weights.resolve(
         cfg.model.arch,
@@ -98,7 +98,7 @@ def initial_model(cfg: Params, classes: list[str], meter=None) -> tuple[nn.Modul
     m = cfg.model
     if m.pretrained == "none":
         return build_model(m.arch, len(classes)), "none", {"kind": "none"}
-    if m.pretrained in ("torchvision", "imagenet"):
+    if m.from_imagenet:
         found = resolve_pretrained(cfg, meter)
         return (
             build_model(m.arch, len(classes), found.state_dict()),
@@ -888,7 +888,8 @@ def train(cfg: Params, meter: CostMeter | None, run_id: str, started: float | No
         meter.add(features_cached=tr.cached or 0)
         meter.extra["stopped"] = stopped
     model = tr.model.to("cpu").to(memory_format=torch.contiguous_format)
-    save_model(MODEL, model, classes=classes, arch=m.arch, image_size=m.image_size, mean=m.norm()[0], std=m.norm()[1])
+    mean, std = m.norm()
+    save_model(MODEL, model, classes=classes, arch=m.arch, image_size=m.image_size, mean=mean, std=std)
     atomic_write_text(TRAIN_CURVES, "\n".join([CURVE_COLUMNS, *state.curves]) + "\n")
     report = _report(
         tr,

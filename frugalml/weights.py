@@ -449,9 +449,8 @@ def resolve(
         if found is None:
             found = _from_package(arch, pin.file, url)
     name = pin.file if found is not None else file_name(url)
-    if found is None:  # the published file
-        found, bad = _cache_or_mirror(store, arch, name, url)
-        mirror_bad = bad if pin is None or found is None else mirror_bad
+    if found is None:  # the published file (its mirror copy is the one a download would replace)
+        found, mirror_bad = _cache_or_mirror(store, arch, name, url)
     if found is None:
         found, reason = _download(arch, name, url, progress)
         if found is None:
