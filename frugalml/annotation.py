@@ -39,22 +39,36 @@ IMPORTS = ImportRecord.DIR
 
 @dataclass
 class Unlabeled:
-    entries: list  # sources.Entry of the new images, in the order of ``X``
+    paths: list[str]  # the new images' paths in labels.unlabeled, in the order of ``X`` (no bytes held)
     sha256: list[str]
     X: np.ndarray
     skipped: dict[str, int] = field(default_factory=dict)
 
 
-def _entries(cfg: Params, source: str, what: str):
-    """The entries of a source, read as ingest reads ``data.source``."""
+def _entries(cfg: Params, source: str, what: str, want=None):
+    """The entries of a source, read as ingest reads ``data.source``, one at a time. ``want(path)``
+    false: a tar member's bytes are not read (folder, zip and S3 entries are read only on demand)."""
     kind, cap = describe(source), cfg.data.max_file_bytes
     if kind == "s3":
         return iter_s3(source, Store(source_settings(cfg.data.endpoint_url, cfg.storage)), cap)
     if kind == "archive":
-        return iter_archive(Path(source).expanduser(), cap)
+        return iter_archive(Path(source).expanduser(), cap, want)
     if kind == "folder":
         return iter_folder(Path(source).expanduser(), cap)
     raise ConfigError(f"{what} must be a folder, a .zip/.tar archive or an s3:// prefix (got {source!r})")
+
+
+def _read_wanted(cfg: Params, source: str, wanted: set[str]) -> dict[str, bytes | Exception]:
+    """The bytes of the images at ``wanted`` paths (or why each could not be read), in one pass
+    over the source that reads nothing else."""
+    out: dict[str, bytes | Exception] = {}
+    for e in _entries(cfg, source, "labels.unlabeled", want=wanted.__contains__):
+        if e.path in wanted and not e.problem and e.path not in out:
+            try:
+                out[e.path] = e.read()
+            except (OSError, DataError) as exc:
+                out[e.path] = exc
+    return out
 
 
 def _count(skipped: dict[str, int], reason: str) -> None:
@@ -120,7 +134,7 @@ def read_unlabeled(cfg: Params, model, progress=lambda line: None) -> Unlabeled:
             pending.clear()
 
     for entry, sha, rgb in _new_images(cfg, out.skipped):
-        out.entries.append(entry)
+        out.paths.append(entry.path)
         out.sha256.append(sha)
         if sha not in known:
             pending.append((sha, transform(rgb)))
@@ -129,10 +143,10 @@ def read_unlabeled(cfg: Params, model, progress=lambda line: None) -> Unlabeled:
     flush()
     if len(known) > before:
         cache.save(known)
-    if not out.entries:
+    if not out.paths:
         raise DataError(f"labels.unlabeled {cfg.labels.unlabeled}: no new images ({_skipped_text(out.skipped)})")
     out.X = torch.stack([known[s] for s in out.sha256]).numpy().astype(np.float64)
-    progress(f"labels next: {len(out.entries)} new images ({_skipped_text(out.skipped)})")
+    progress(f"labels next: {len(out.paths)} new images ({_skipped_text(out.skipped)})")
     return out
 
 
@@ -198,20 +212,28 @@ def choose(
 
 
 # -- what the annotators get -------------------------------------------------------------------------
-def image_url(cfg: Params, store: Store | None, entry, sha: str) -> str:
-    """A presigned URL for one image: the object itself for an s3:// source, else a copy in the
-    store under ``labels/queue/<sha256><ext>`` (content-addressed: a replay writes the same)."""
+def image_urls(cfg: Params, store: Store | None, images: list[tuple[str, str]]) -> dict[str, str]:
+    """A presigned URL for each (path, sha256) of ``labels.unlabeled``: the object itself for an
+    s3:// source, else a copy in the store under ``labels/queue/<sha256><ext>`` (content-addressed:
+    a replay writes the same), the missing copies read in one pass over the source."""
     if store is None:
         raise ConfigError("labels next needs the store to serve images to annotators: `frugalml storage up`")
     src, expiry = cfg.labels.unlabeled, cfg.labels.url_expiry_s
     if describe(src) == "s3":
         bucket, prefix = split_s3_uri(src)
-        key = (prefix.rstrip("/") + "/" if prefix.strip("/") else "") + entry.path
-        return Store(source_settings(cfg.data.endpoint_url, cfg.storage)).presign(bucket, key, expiry)
-    rel = f"labels/queue/{sha}{PurePosixPath(entry.path).suffix.lower()}"
-    if not store.exists(rel):
-        store.put_bytes(rel, entry.read())
-    return store.presign(store.bucket, store.key(rel), expiry)
+        prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+        source = Store(source_settings(cfg.data.endpoint_url, cfg.storage))
+        return {path: source.presign(bucket, prefix + path, expiry) for path, _ in images}
+    rel = {path: f"labels/queue/{sha}{PurePosixPath(path).suffix.lower()}" for path, sha in images}
+    missing = {path for path in rel if not store.exists(rel[path])}
+    blobs = _read_wanted(cfg, src, missing)
+    if lost := missing - set(blobs):
+        raise DataError(f"labels.unlabeled changed while it was read: {', '.join(sorted(lost))} no longer there")
+    for path, blob in blobs.items():
+        if isinstance(blob, Exception):
+            raise DataError(f"labels.unlabeled {path}: {blob}")
+        store.put_bytes(rel[path], blob)
+    return {path: store.presign(store.bucket, store.key(key), expiry) for path, key in rel.items()}
 
 
 def label_studio_config(classes: list[str]) -> str:
@@ -252,14 +274,14 @@ def next_batch(cfg: Params, budget: int, progress=lambda line: None) -> tuple[Ne
     new = read_unlabeled(cfg, data.model, progress)
     lc = cfg.labels
     picked, doubt, predicted = choose(data.X, data.y, new.X, budget, lc.uncertainty, lc.candidates, lc.seed)
-    store = _store(cfg)
+    urls = image_urls(cfg, _store(cfg), [(new.paths[i], new.sha256[i]) for i in picked])
     chosen = []
     for rank, i in enumerate(picked, 1):
-        url = image_url(cfg, store, new.entries[i], new.sha256[i])
+        url = urls[new.paths[i]]
         chosen.append(
             NextImage(
                 rank=rank,
-                source_path=new.entries[i].path,
+                source_path=new.paths[i],
                 sha256=new.sha256[i],
                 uncertainty=round(float(doubt[i]), 6),
                 predicted=data.classes[int(predicted[i])],
@@ -269,7 +291,7 @@ def next_batch(cfg: Params, budget: int, progress=lambda line: None) -> tuple[Ne
     batch = NextBatch(
         id=time.strftime("n%Y%m%d-%H%M%S", time.gmtime()),
         unlabeled=lc.unlabeled,
-        candidates=len(new.entries),
+        candidates=len(new.paths),
         skipped=new.skipped,
         budget=budget,
         uncertainty=lc.uncertainty,
@@ -339,7 +361,7 @@ def plain_class_name(label) -> str | None:
 
 
 def _task_problem(
-    task: dict, known: list[str], labeled: dict[str, str], by_path: dict, extensions: list[str]
+    task: dict, known: list[str], labeled: dict[str, str], available, extensions: list[str]
 ) -> str | None:
     """Why one exported task cannot be imported, or None."""
     data = task.get("data") if isinstance(task.get("data"), dict) else {}
@@ -355,7 +377,7 @@ def _task_problem(
         return f"unknown class {label!r} (known: {', '.join(known)})"
     if PurePosixPath(path).suffix.lower() not in extensions:
         return f"{path!r} is not an image (its extension is not in data.extensions)"
-    if path not in by_path:
+    if path not in available:
         return f"image {path!r} is not in labels.unlabeled"
     if labeled.get(sha) not in (None, label):
         return f"{path} is labeled {labeled[sha]!r} already, the export says {label!r}"
@@ -374,12 +396,15 @@ def _pending() -> dict[str, str]:
     return out
 
 
-def _take(task: dict, tid, entry) -> tuple[ImportedLabel, bytes]:
-    """The label and the image bytes of a checked task; OSError or DataError if the image cannot
-    be read or changed since it was sent for labeling."""
+def _take(task: dict, tid, blob: bytes | Exception | None) -> tuple[ImportedLabel, bytes]:
+    """The label and the image bytes of a checked task; OSError or DataError if the image could
+    not be read (``blob``: what reading it gave) or changed since it was sent for labeling."""
     label, annotation, _ = _choice(task)
     path, sha = task["data"]["source_path"], task["data"]["sha256"]
-    blob = entry.read()
+    if blob is None:
+        raise DataError(f"{path} left labels.unlabeled while the export was read")
+    if isinstance(blob, Exception):
+        raise blob
     if hashlib.sha256(blob).hexdigest() != sha:
         raise DataError(f"{path} changed since it was sent for labeling (sha256 differs)")
     dest = f"{label}/{sha[:32]}{PurePosixPath(path).suffix.lower()}"
@@ -406,12 +431,14 @@ def plan_import(cfg: Params, export: Path) -> tuple[ImportRecord, dict[str, byte
     known = list(cfg.validate_.expected_classes or sorted({r["label"] for r in manifest}))
     ingested = {r["sha256"]: r["label"] for r in manifest}
     labeled = {**_pending(), **ingested}  # an import not yet ingested counts: its image has a class
-    by_path = {e.path: e for e in _entries(cfg, cfg.labels.unlabeled, "labels.unlabeled") if not e.problem}
-    problems, blobs, labels, again = [], {}, [], 0
+    src = cfg.labels.unlabeled
+    # the names only: an archive is streamed, the bytes read once below for the tasks' images alone
+    available = {e.path for e in _entries(cfg, src, "labels.unlabeled", want=lambda _: False) if not e.problem}
+    problems, takes, again = [], [], 0
     chosen: dict[str, tuple] = {}  # image sha256 -> (class, task id) within this export
     for n, task in enumerate(tasks):
         tid = task.get("id", f"#{n}")
-        if why := _task_problem(task, known, labeled, by_path, cfg.data.extensions):
+        if why := _task_problem(task, known, labeled, available, cfg.data.extensions):
             problems.append(f"task {tid}: {why}")
             continue
         label, sha = _choice(task)[0], task["data"]["sha256"]
@@ -426,13 +453,17 @@ def plan_import(cfg: Params, export: Path) -> tuple[ImportRecord, dict[str, byte
         if sha in ingested:
             again += 1  # the same image with the same label: imported and ingested before
         else:
-            try:
-                label, blob = _take(task, tid, by_path[task["data"]["source_path"]])
-            except (OSError, DataError) as exc:
-                problems.append(f"task {tid}: {exc}")
-                continue
-            blobs[label.dest] = blob
-            labels.append(label)
+            takes.append((task, tid))
+    read = _read_wanted(cfg, src, {task["data"]["source_path"] for task, _ in takes})
+    blobs, labels = {}, []
+    for task, tid in takes:
+        try:
+            label, blob = _take(task, tid, read.get(task["data"]["source_path"]))
+        except (OSError, DataError) as exc:
+            problems.append(f"task {tid}: {exc}")
+            continue
+        blobs[label.dest] = blob
+        labels.append(label)
     record = ImportRecord(
         id=export_id,
         export=str(export),

@@ -21,6 +21,7 @@ from frugalml.store import split_s3_uri
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 DEFAULT_MAX_FILE_BYTES = 100_000_000
+_CHUNK = 1 << 20
 
 
 class FileTooLarge(OSError):
@@ -36,11 +37,19 @@ def read_capped(f, limit: int) -> bytes:
 
     The cap holds while reading, so a declared size that lies (a zip header, a 10 GB
     zero-filled member compressed to 10 MB) never puts more than ``limit`` + 1 bytes in memory.
+    Read a MiB at a time: one ``read(limit + 1)`` makes a buffered reader allocate the whole
+    cap (100 MB by default) for every file, however small.
     """
-    data = f.read(limit + 1)
-    if len(data) > limit:
+    chunks, n = [], 0
+    while n <= limit:
+        chunk = f.read(min(_CHUNK, limit + 1 - n))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        n += len(chunk)
+    if n > limit:
         raise FileTooLarge(limit)
-    return data
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 @dataclass
@@ -135,7 +144,9 @@ def _unsafe_member(name: str) -> str | None:
     return None
 
 
-def iter_archive(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Iterator[Entry]:
+def iter_archive(
+    path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES, want: Callable[[str], bool] | None = None
+) -> Iterator[Entry]:
     """Members are read in place, never extracted, so nothing can be written outside the workspace.
 
     A tar archive is one stream: its members are read here, in order, by the thread that
@@ -143,13 +154,17 @@ def iter_archive(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Iterato
     one ``TarFile`` while it is being iterated lost most of them and mixed up their bytes.)
     A zip has a central directory and ``ZipFile`` serialises its reads, so zip members are
     read by the pool. Either way no member is read past ``max_bytes``.
+
+    ``want(path)`` false: that tar member is listed but its bytes are not read (its entry's
+    ``read`` raises). A caller that needs a few members' bytes, or only the names, streams the
+    archive without holding it: memory stays one member, whatever the archive's size.
     """
     if not path.is_file():
         raise DataError(f"data.source {path} does not exist")
     if path.name.lower().endswith(".zip"):
         yield from _iter_zip(path, max_bytes)
     else:
-        yield from _iter_tar(path, max_bytes)
+        yield from _iter_tar(path, max_bytes, want)
 
 
 def _iter_zip(path: Path, max_bytes: int) -> Iterator[Entry]:
@@ -179,21 +194,24 @@ def _iter_zip(path: Path, max_bytes: int) -> Iterator[Entry]:
             yield Entry(info.filename, info.file_size, partial(read, info), stamp=f"crc{info.CRC}")
 
 
-def _iter_tar(path: Path, max_bytes: int) -> Iterator[Entry]:
+def _iter_tar(path: Path, max_bytes: int, want: Callable[[str], bool] | None = None) -> Iterator[Entry]:
     try:
         tf = tarfile.open(path, "r:*")
     except (tarfile.TarError, OSError) as exc:
         raise DataError(f"data.source {path} is not a readable tar archive: {exc}") from None
+    seen = 0
     with tf:
         try:
-            for member in tf:
+            while (member := tf.next()) is not None:
+                seen += 1
+                tf.members.clear()  # TarFile keeps every header it read: a million members, a GB
                 if not member.isdir():
-                    yield _tar_entry(tf, member, max_bytes)
+                    yield _tar_entry(tf, member, max_bytes, want is None or want(member.name))
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise DataError(f"data.source {path} is damaged after {len(tf.members)} members: {exc}") from None
+            raise DataError(f"data.source {path} is damaged after {seen} members: {exc}") from None
 
 
-def _tar_entry(tf: tarfile.TarFile, member: tarfile.TarInfo, max_bytes: int) -> Entry:
+def _tar_entry(tf: tarfile.TarFile, member: tarfile.TarInfo, max_bytes: int, wanted: bool = True) -> Entry:
     bad = _unsafe_member(member.name)
     if bad:
         return Entry(member.name, member.size, problem="unsafe_archive_member", detail=bad)
@@ -206,9 +224,15 @@ def _tar_entry(tf: tarfile.TarFile, member: tarfile.TarInfo, max_bytes: int) -> 
             problem="too_large",
             detail=f"{member.size} bytes > {max_bytes} (data.max_file_bytes)",
         )
+    if not wanted:
+        return Entry(member.name, member.size, partial(_not_read, member.name), stamp=f"mtime{member.mtime}")
     f = tf.extractfile(member)
     data = read_capped(f, max_bytes) if f is not None else b""
     return Entry(member.name, member.size, partial(_given, data), stamp=f"mtime{member.mtime}")
+
+
+def _not_read(name: str) -> bytes:
+    raise DataError(f"archive member {name} was listed without its bytes (iter_archive's want)")
 
 
 def _given(data: bytes) -> bytes:
