@@ -11,9 +11,10 @@ Real ``frugalml sweep`` runs, each trial a DVC experiment with the real train an
 and their cost meters:
 
 - ``grid``: every setting, no pruner: the reference;
-- ``tpe + hyperband``: a third of the trials, as a team would run it with a budget (Optuna's TPE
-  samples at random for its first trials; the pruner stops trials trailing the others at
-  epoch 1, 2 ...).
+- ``tpe + hyperband``: the sweep as a team runs it, with a budget: a third of what the grid
+  spent (``sweep.budget_usd``), up to as many trials (Optuna's TPE samples at random for its
+  first trials; the pruner stops trials trailing the others at epoch 1, 2 ...; the last trial
+  trains on what is left and may be stopped by it).
 
 For each: the best test accuracy, the $ spent (every trial billed as its stages are, pruned ones
 included) and ``cost ratio = sweep $ / grid $``. The grid's ``floor_ratio`` is its best trial's $
@@ -42,7 +43,8 @@ SPACE = "{model.pretrained: [imagenet, none], model.image_size: [64, 96], train.
 GRID = 12
 VARIANTS = {
     "grid": ["sweep.sampler=grid", "sweep.pruner=none", f"sweep.max_trials={GRID}"],
-    "tpe + hyperband": ["sweep.sampler=tpe", "sweep.pruner=hyperband", f"sweep.max_trials={GRID // 3}"],
+    # as many trials as the grid, but a third of what the grid spent as its budget
+    "tpe + hyperband": ["sweep.sampler=tpe", "sweep.pruner=hyperband", f"sweep.max_trials={GRID}"],
 }
 NO_AUGMENT = [
     "train.augment.rotation_deg=0",
@@ -89,6 +91,8 @@ def one_run(run: int, epochs: int) -> dict:
             sh(["git", "add", "-A"], repo, env)
             sh(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"], repo, env)
             for name, settings in VARIANTS.items():
+                if name != "grid":
+                    settings = [*settings, f"sweep.budget_usd={results['grid']['usd'] / 3:.6f}"]
                 print(f"run {run}, {name}: sweeping ...", file=sys.stderr, flush=True)
                 t0 = time.perf_counter()
                 sh(cli + ["sweep", *(a for s in settings for a in ("--set", s))], repo, env)

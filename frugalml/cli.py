@@ -288,12 +288,17 @@ def estimate_cmd(
     _print_estimate(est)
 
 
-def _one_trial_estimate(cfg, space) -> tuple[float, list[str]]:
-    """What the cheapest-looking trial (each key's first choice or low end) would cost."""
+def _one_trial_estimate(cfg, space) -> tuple[float, float, list[str]]:
+    """What the cheapest-looking trial (each key's first choice or low end) would cost, and what
+    of that is not its train stage (evaluation, DVC's checks and start-ups around the stages)."""
+    from frugalml.costs import price
+    from frugalml.sweep import DVC_TRIAL_S
+
     first = [f"{k}={(v[0] if isinstance(v, list) else v.low)}" for k, v in space.items()]
     trial_cfg = config.validate(config.apply_overrides(config.dump(cfg), first))
-    est = estimate(trial_cfg, _history(trial_cfg))
-    return sum(s.usd or 0.0 for s in est.stages if s.stage in ("train", "evaluate")), first
+    usd = {s.stage: s.usd or 0.0 for s in estimate(trial_cfg, _history(trial_cfg)).stages}
+    overhead = usd.get("evaluate", 0.0) + price({"wall_s": DVC_TRIAL_S}, cfg.costs)["total_usd"]
+    return usd.get("train", 0.0) + overhead, overhead, first
 
 
 def _require_git_commit() -> None:
@@ -348,14 +353,14 @@ def _sweep_locked(set_: list[str], resume: str | None) -> None:
         if report is not None and not report.success:  # the pipeline ran and rejected the data: exit 3
             raise Rejected(f"the data failed validation ({ValidationReport.PATH}): a sweep needs data that validates")
         raise FrugalError(f"dvc repro validate exited {code}: the data must validate before a sweep")
-    if not resume:
-        one, first = _one_trial_estimate(cfg, space)
-        if one > cfg.sweep.budget_usd:
-            raise ConfigError(
-                f"sweep.budget_usd ${cfg.sweep.budget_usd:g} is below one trial's estimate "
-                f"(${one:.5f} for {' '.join(first)}); raise it or search a cheaper space"
-            )
-    record = sw.Sweep(cfg, sweep_id, set_, resume=bool(resume)).run(lambda line: err.print(line))
+    one, overhead, first = _one_trial_estimate(cfg, space)
+    if not resume and one > cfg.sweep.budget_usd:
+        raise ConfigError(
+            f"sweep.budget_usd ${cfg.sweep.budget_usd:g} is below one trial's estimate "
+            f"(${one:.5f} for {' '.join(first)}); raise it or search a cheaper space"
+        )
+    sweep = sw.Sweep(cfg, sweep_id, set_, resume=bool(resume), overhead_usd=overhead)
+    record = sweep.run(lambda line: err.print(line))
     _show_frontier(cfg, record, plot=None, as_json=False)
     _publish_sweep(record)
 

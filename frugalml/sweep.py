@@ -175,6 +175,10 @@ def closest_misses(trials: list[SweepTrial]) -> list[tuple[GateCheck, SweepTrial
 
 # -- one trial: a DVC experiment ------------------------------------------------------------------
 RUNNING: set[int] = set()  # process groups of the trials running now (killed when the sweep stops)
+# What a trial's DVC experiment spends around its stages (dvc exp run's checks, the stages' process
+# start-ups besides their own clock): 6-12 s on 2 cores. Only the estimate held back before the first
+# trial finishes; from then on the sweep uses the overhead it saw (Sweep._overhead).
+DVC_TRIAL_S = 10.0
 MAX_REPEATS_IN_A_ROW = 200  # proposals of settings that ran already before the sweep stops (ms each)
 
 
@@ -351,11 +355,15 @@ def latest_id() -> str | None:
 class Sweep:
     """One sweep: its two Optuna studies (in SQLite), its record, and the loop over trials."""
 
-    def __init__(self, cfg: Params, sweep_id: str, base_overrides: list[str], resume: bool):
+    def __init__(self, cfg: Params, sweep_id: str, base_overrides: list[str], resume: bool, overhead_usd: float = 0.0):
+        """``overhead_usd``: what a trial is estimated to cost besides its train stage (evaluation,
+        DVC, start-ups), held back from the train budget of the trials that start before any has
+        finished (see ``_overhead``)."""
         import optuna  # lazy: Optuna loads SQLAlchemy (about a second)
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.optuna, self.cfg, self.id = optuna, cfg, sweep_id
+        self.overhead_reserve = overhead_usd
         self.space = check_space(cfg)
         s = cfg.sweep
         folder = SweepRecord.path(sweep_id).parent.resolve()  # a bad id is refused here
@@ -499,10 +507,13 @@ class Sweep:
                 raise
 
     def _overhead(self) -> float:
-        """What a trial costs besides its train stage (DVC, start-ups, evaluation), the most seen
-        so far: the train stage's live budget is what is left less this, or the sweep would pass
-        its budget by that much on its last trial."""
-        return max((t.usd - t.train_usd for t in self.record.trials if t.state in FINISHED), default=0.0)
+        """What a trial costs besides its train stage (DVC, start-ups, evaluation): the most seen
+        so far, or the estimate the sweep was given until a trial has finished. The train stage's
+        live budget is what is left less this, or the sweep would pass its budget by that much on
+        its last trial, and on its first (before any trial finished, with nothing reserved, the
+        first trial trained on the whole budget and paid its evaluation and DVC on top)."""
+        seen = [t.usd - t.train_usd for t in self.record.trials if t.state in FINISHED]
+        return max(seen) if seen else self.overhead_reserve
 
     def _next_budget(self, running: dict, free: int, progress: Callable[[str], None]) -> tuple[float, float] | None:
         """A new trial's train-stage live budget and what it holds of the sweep's budget (that and
