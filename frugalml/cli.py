@@ -27,7 +27,7 @@ from frugalml.builtin import materialize
 from frugalml.charts import plot_cost_per_run
 from frugalml.console import Progress, err, fast_exit
 from frugalml.contracts import STAGES as STAGE_NAMES
-from frugalml.contracts import RunRecord, SweepRecord, VariantsReport
+from frugalml.contracts import CostEntry, RunRecord, SweepRecord, VariantsReport, cost_file
 from frugalml.dvcconf import write_local_config
 from frugalml.embedded import EmbeddedS3
 from frugalml.errors import ConfigError, DataError, FrugalError, Rejected, StorageError
@@ -345,7 +345,10 @@ def _sweep_locked(set_: list[str], resume: str | None) -> None:
     # are stopped, finished trials stay recorded, and `--resume` continues.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     err.print("sweep: preparing the data once (dvc repro validate): the trials start from it")
-    code = subprocess.run([sys.executable, "-m", "dvc", "repro", "validate"], env=dvc_env()).returncode
+    prep_id = f"{sweep_id}-prep-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    code = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "validate"], env=dvc_env({"FRUGALML_RUN_ID": prep_id})
+    ).returncode
     if code != 0:
         from frugalml.contracts import ValidationReport
 
@@ -359,10 +362,33 @@ def _sweep_locked(set_: list[str], resume: str | None) -> None:
             f"sweep.budget_usd ${cfg.sweep.budget_usd:g} is below one trial's estimate "
             f"(${one:.5f} for {' '.join(first)}); raise it or search a cheaper space"
         )
-    sweep = sw.Sweep(cfg, sweep_id, set_, resume=bool(resume), overhead_usd=overhead)
+    prep = _entries_of(prep_id, ("ingest", "validate"))  # the stages DVC ran now (none: nothing changed)
+    if prep:
+        err.print(f"sweep: data preparation billed to the sweep: {_prep_text(prep)}")
+    sweep = sw.Sweep(cfg, sweep_id, set_, resume=bool(resume), overhead_usd=overhead, prep=prep)
     record = sweep.run(lambda line: err.print(line))
     _show_frontier(cfg, record, plot=None, as_json=False)
     _publish_sweep(record)
+
+
+def _entries_of(run_id: str, stages: tuple[str, ...]) -> list:
+    """The cost entries of ``stages`` written under ``run_id`` (a stage DVC skipped keeps the
+    entry of the run that last ran it)."""
+    out = []
+    for stage in stages:
+        path = cost_file(stage)
+        if path.exists():
+            entry = CostEntry.read(path)
+            if entry.run_id == run_id:
+                out.append(entry)
+    return out
+
+
+def _prep_text(entries) -> str:
+    compute = sum(e.total_usd - e.labeling_usd for e in entries)
+    labels = sum(e.labeling_usd for e in entries)
+    names = " and ".join(e.stage for e in entries)
+    return f"{names} ${compute:.5f} of compute" + (f", ${labels:.2f} of new labels" if labels else "")
 
 
 def _publish_sweep(record) -> None:
@@ -383,6 +409,8 @@ def _publish_sweep(record) -> None:
 def _frontier_table(record) -> Table:
     t = Table(
         title=f"Sweep {record.id}: {len(record.trials)} trials, ${record.spent_usd:.5f} of ${record.budget_usd:g}"
+        + (f" (data preparation ${record.prep_usd:.5f} of it)" if record.prep_usd else "")
+        + (f"; ${record.prep_labeling_usd:.2f} of new labels" if record.prep_labeling_usd else "")
         + (f"; {record.repeats_skipped} repeated settings not run again" if record.repeats_skipped else "")
     )
     for col in ("trial", "settings", "state", "accuracy", "macro-F1", "USD", "p95 ms", "gate", ""):

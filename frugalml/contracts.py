@@ -602,6 +602,10 @@ class SweepRecord(BaseModel):
     recommended: int | None = None  # the cheapest trial that passes every gate
     base_overrides: list[str] = []
     repeats_skipped: int = 0  # settings the sampler proposed again: the earlier result told, not run
+    # the data preparation before the trials (`dvc repro validate`: ingest, validate), when stages ran:
+    # its compute counts in spent_usd (and against the budget); labels ingested then are billed here too
+    prep_usd: float = 0.0
+    prep_labeling_usd: float = 0.0
 
     @staticmethod
     def path(sweep_id: str) -> Path:

@@ -355,10 +355,19 @@ def latest_id() -> str | None:
 class Sweep:
     """One sweep: its two Optuna studies (in SQLite), its record, and the loop over trials."""
 
-    def __init__(self, cfg: Params, sweep_id: str, base_overrides: list[str], resume: bool, overhead_usd: float = 0.0):
+    def __init__(
+        self,
+        cfg: Params,
+        sweep_id: str,
+        base_overrides: list[str],
+        resume: bool,
+        overhead_usd: float = 0.0,
+        prep: list[CostEntry] = (),
+    ):
         """``overhead_usd``: what a trial is estimated to cost besides its train stage (evaluation,
         DVC, start-ups), held back from the train budget of the trials that start before any has
-        finished (see ``_overhead``)."""
+        finished (see ``_overhead``). ``prep``: the cost entries of the stages that prepared the
+        data for this sweep (or this resume of it), billed to its record."""
         import optuna  # lazy: Optuna loads SQLAlchemy (about a second)
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -411,6 +420,9 @@ class Sweep:
                 max_trials=s.max_trials,
                 base_overrides=base_overrides,
             )
+        for entry in prep:
+            self.record.prep_usd = round(self.record.prep_usd + entry.total_usd - entry.labeling_usd, 6)
+            self.record.prep_labeling_usd = round(self.record.prep_labeling_usd + entry.labeling_usd, 6)
         self.store = Store.optional(cfg.storage, tolerate_transient=True)
 
     def _sampler(self):
@@ -454,7 +466,8 @@ class Sweep:
 
     @property
     def spent(self) -> float:
-        return round(sum(t.usd for t in self.record.trials), 6)
+        """Compute so far: the data preparation and every trial (pruned and failed ones too)."""
+        return round(self.record.prep_usd + sum(t.usd for t in self.record.trials), 6)
 
     def run(self, progress: Callable[[str], None] = info) -> SweepRecord:
         try:

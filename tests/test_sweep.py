@@ -317,7 +317,14 @@ def test_sweep_runs_trials_as_dvc_experiments_and_recommends_one(pipeline_repo, 
     assert record["status"] == "finished" and len(record["trials"]) == 4
     settings = sorted(tuple(t["overrides"]) for t in record["trials"])
     assert len(set(settings)) == 4  # the grid, each combination once
-    assert record["spent_usd"] == pytest.approx(sum(t["usd"] for t in record["trials"]), abs=1e-6)
+    # trust round 2, item 10: the data preparation (ingest, validate) is billed to the sweep, once
+    prep = [json.loads((repo / "costs" / f"{s}.json").read_text()) for s in ("ingest", "validate")]
+    assert all(e["run_id"].startswith(f"{sweep_id}-prep-") for e in prep)
+    assert record["prep_usd"] == pytest.approx(sum(e["total_usd"] - e["labeling_usd"] for e in prep), abs=1e-6)
+    assert record["prep_usd"] > 0 and "data preparation billed to the sweep: ingest and validate" in out
+    assert record["prep_labeling_usd"] == pytest.approx(sum(e["labeling_usd"] for e in prep), abs=1e-6)
+    trials_usd = sum(t["usd"] for t in record["trials"])
+    assert record["spent_usd"] == pytest.approx(record["prep_usd"] + trials_usd, abs=1e-6)
     assert all(t["usd"] > 0 and t["state"] in ("complete", "pruned") for t in record["trials"])
     share = (os.cpu_count() or 1) / 2  # two trials share the machine: each billed half of it
     for t in record["trials"]:  # the machine's share for the trial's wall, plus its stages' S3 requests
