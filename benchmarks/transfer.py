@@ -1,21 +1,24 @@
-"""What a pretrained backbone buys with few labels, on builtin:shapes, in one run.
+"""What does accuracy cost, labels included? builtin:shapes learned from 20, 60 and 200 labels a
+class, from scratch or from ImageNet, in one run.
 
-    .venv/bin/python benchmarks/transfer.py [--labels 0.2] [--epochs 12] [--seeds 3]
+    .venv/bin/python benchmarks/transfer.py [--budgets 20,60,200] [--seeds 3] [--chart PATH]
 
-torchvision's ImageNet weights cannot be downloaded on the machine this was written on, so the
-backbone is pretrained here the way a team reuses one of its own models, and the way transfer is
-usually measured (disjoint classes of one domain): a resnet18 is trained on five classes of
-builtin:shapes (circle, triangle, square, star, cross), packaged and registered by the real
-stages. The five *other* classes (ring, crescent, pentagon, hexagon, arrow) are then learned from
-only ``--labels`` of their images (most of the rest is the test split), four ways, each by the
-real train and evaluate stages with the real cost meter:
+builtin:shapes has 10 classes of 300 images. Each class keeps the same 80 test and 20 validation
+images for every budget; the training labels are the first 20, 60 or 200 of the other 200
+(nested: the 60 hold the 20). For each budget, four ways to train, each by the real ingest, train
+and evaluate stages with the real cost meter and the default settings otherwise
+(EfficientNet-Lite0, 64 px, 6 epochs, augmentation on):
 
-  scratch          model.pretrained: none, all layers trained
-  head             registry backbone frozen, only the new head trained
-  last_n           the last residual stage and the head (backbone lr x 0.1)
-  full             every layer (backbone lr x 0.1)
+  scratch          model.pretrained: none, every layer trained
+  imagenet head    the ImageNet backbone (the pip package's weights) frozen, the new head trained
+  imagenet last_n  the last block and the head
+  imagenet full    every layer
 
-Prints test accuracy (median over seeds, with min-max) and the train stage's $ per config.
+Per config: test accuracy (median of ``--seeds`` training seeds, with min-max), compute $ (the
+train and evaluate stages), labeling $ (the labels x costs.labeling_usd_per_image) and total $.
+A chart of total $ against accuracy with the Pareto front goes to ``--chart``. And what
+`frugalml labels curve` predicts, from the smallest budget alone, for the larger ones, next to
+what the head (its model: a head on the frozen features) measured there.
 """
 
 from __future__ import annotations
@@ -32,15 +35,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from _common import BENCH_DIR  # noqa: E402
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import BENCH_DIR, exit_cleanly_on_sigterm  # noqa: E402
 
-SOURCE_CLASSES = ("circle", "triangle", "square", "star", "cross")
-TARGET_CLASSES = ("ring", "crescent", "pentagon", "hexagon", "arrow")
+TEST_PER_CLASS, VAL_PER_CLASS = 80, 20
 CONFIGS = {
-    "scratch": {"model.pretrained": "none", "train.finetune": "full", "train.backbone_lr_mult": 1.0},
-    "head": {"train.finetune": "head"},
-    "last_n": {"train.finetune": "last_n", "train.finetune_last_n": 1, "train.backbone_lr_mult": 0.1},
-    "full": {"train.finetune": "full", "train.backbone_lr_mult": 0.1},
+    "scratch": {"model.pretrained": "none", "train.finetune": "full"},
+    "imagenet head": {"train.finetune": "head"},
+    "imagenet last_n": {"train.finetune": "last_n"},
+    "imagenet full": {"train.finetune": "full"},
 }
 
 
@@ -56,119 +59,154 @@ def stages(work: Path, env: dict, names) -> None:
         sh([sys.executable, "-m", f"tasks.{stage}"], work, env)
 
 
-def set_params(work: Path, base: dict, overrides: dict) -> None:
+def set_params(work: Path, overrides: dict) -> None:
     from frugalml.config import write_overrides
 
     (work / "params.yaml").write_text("{}\n")
-    write_overrides(work / "params.yaml", [f"{k}={v}" for k, v in {**base, **overrides}.items()])
+    write_overrides(work / "params.yaml", [f"{k}={v}" for k, v in overrides.items()])
+
+
+def budget_source(shapes: Path, dest: Path, per_class: int) -> Path:
+    """train/, val/ and test/ folders: the same val and test images for every budget."""
+    for cls in sorted(p.name for p in shapes.iterdir() if p.is_dir()):
+        files = sorted((shapes / cls).glob("*.png"))
+        test, val, pool = files[:TEST_PER_CLASS], files[TEST_PER_CLASS : TEST_PER_CLASS + VAL_PER_CLASS], files[100:]
+        if per_class > len(pool):
+            raise SystemExit(f"--budgets: at most {len(pool)} labels a class")
+        for split, chosen in (("train", pool[:per_class]), ("val", val), ("test", test)):
+            (dest / split / cls).mkdir(parents=True, exist_ok=True)
+            for f in chosen:
+                shutil.copy2(f, dest / split / cls / f.name)
+    return dest
+
+
+def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """The points no other beats on both axes (cheaper or equal and more accurate), by $."""
+    front, best = [], -1.0
+    for usd, acc, name in sorted(points, key=lambda p: (p[0], -p[1])):
+        if acc > best:
+            front.append((usd, acc, name))
+            best = acc
+    return front
+
+
+def chart(rows: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    markers = {"scratch": "x", "imagenet head": "o", "imagenet last_n": "s", "imagenet full": "D"}
+    colours = dict(zip(sorted({r["labels_per_class"] for r in rows.values()}), ("#9ecae1", "#4292c6", "#08519c")))
+    for key, r in rows.items():
+        err = [[r["accuracy_median"] - r["accuracy_min"]], [r["accuracy_max"] - r["accuracy_median"]]]
+        style = {"fmt": markers[r["config"]], "color": colours[r["labels_per_class"]], "markersize": 7, "capsize": 3}
+        ax.errorbar(r["total_usd"], r["accuracy_median"], yerr=err, label=key, **style)
+    front = pareto([(r["total_usd"], r["accuracy_median"], k) for k, r in rows.items()])
+    ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="#d62728", lw=1.2, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("total $ (labels + compute), log scale")
+    ax.set_ylabel("test accuracy (median of seeds, min-max)")
+    ax.set_title("builtin:shapes, EfficientNet-Lite0 at 64 px: what accuracy costs, labels included")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main() -> None:
-    from _common import exit_cleanly_on_sigterm
-
     exit_cleanly_on_sigterm()
+    from frugalml.builtin import materialize
+    from frugalml.config import Prices
     from frugalml.embedded import EmbeddedS3
+    from frugalml.labels import power_law
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--labels", type=float, default=0.2, help="share of the target classes' images trained on")
-    ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--pretrain-epochs", type=int, default=10)
-    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--budgets", default="20,60,200", help="labels a class, comma-separated")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--chart", default=str(ROOT / "benchmarks" / "results" / "transfer.png"))
     args = ap.parse_args()
+    budgets = [int(b) for b in args.budgets.split(",")]
+    price = Prices().labeling_usd_per_image
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    rows, curve = {}, {}
     with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
         work = Path(tmp)
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("FRUGALML_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FRUGALML_", "PREFECT_API"))}
         env["PYTHONPATH"] = str(ROOT)
-        common = {
-            "model.arch": "resnet18",
-            "model.pretrained": "none",  # the backbone pretrained below is our own (the target runs override)
-            "model.image_size": args.image_size,
-            "train.checkpoint_to_s3": False,
-            "evaluate.latency_samples": 5,
-            "gates.min_accuracy": 0.0,
-            "gates.max_regression": "null",
-        }
-        from frugalml.builtin import materialize
-
         shapes = materialize("builtin:shapes", ROOT)
-        for folder, classes in (("source", SOURCE_CLASSES), ("target", TARGET_CLASSES)):
-            for c in classes:
-                shutil.copytree(shapes / c, work / folder / c)
+        classes = len([p for p in shapes.iterdir() if p.is_dir()])
         server = EmbeddedS3(work)
         server.up()
         try:
-            set_params(
-                work,
-                common,
-                {
-                    "data.source": str(work / "source"),
-                    "model.name": "shapes-backbone",
-                    "train.epochs": args.pretrain_epochs,
-                },
-            )
-            stages(work, env, ("ingest", "validate", "train", "evaluate", "gate", "package"))
-            version = json.loads((work / "metrics/package.json").read_text())["version"]
-            pre_acc = json.loads((work / "metrics/eval.json").read_text())["accuracy"]
-            pre_usd = json.loads((work / "costs/train.json").read_text())["total_usd"]
-            for d in ("data", "metrics", "costs", "models", "plots"):
-                shutil.rmtree(work / d, ignore_errors=True)
-            rest = (1 - args.labels) / 8
-            target = {
-                **common,
-                "data.source": str(work / "target"),
-                "model.name": "shapes-target",
-                "data.splits.train": args.labels,
-                "data.splits.val": round(rest, 6),
-                "data.splits.test": round(1 - args.labels - rest, 6),
-                "model.pretrained": f"registry:shapes-backbone@{version}",
-                "train.epochs": args.epochs,
-                "train.warm_start.epochs": "null",
-                "train.warm_start.lr_mult": 1.0,
-                "validate.min_images_per_class": 5,
-            }
-            rows = {}
-            for name, over in CONFIGS.items():
-                accs, usd, wall = [], [], []
-                for seed in range(args.seeds):
-                    set_params(work, target, {**over, "train.seed": seed})
-                    stages(work, env, ("ingest", "train", "evaluate"))
-                    accs.append(json.loads((work / "metrics/eval.json").read_text())["accuracy"])
-                    cost = json.loads((work / "costs/train.json").read_text())
-                    usd.append(cost["total_usd"])
-                    wall.append(cost["wall_s"])
-                    print(f"{name} seed {seed}: accuracy {accs[-1]:.4f}, train {cost['wall_s']:.0f} s", file=sys.stderr)
-                rows[name] = {
-                    "accuracy_median": round(statistics.median(accs), 4),
-                    "accuracy_min": round(min(accs), 4),
-                    "accuracy_max": round(max(accs), 4),
-                    "train_usd_median": round(statistics.median(usd), 6),
-                    "train_wall_s_median": round(statistics.median(wall), 1),
+            for per_class in budgets:
+                source = budget_source(shapes, work / f"labels-{per_class}", per_class)
+                base = {
+                    "data.source": str(source),
+                    "train.checkpoint_to_s3": False,
+                    "evaluate.latency_samples": 5,
+                    "gates.min_accuracy": 0.0,
+                    "validate.min_images_per_class": 5,
                 }
-            manifest = (work / "data/manifest.csv").read_text().splitlines()[1:]
-            print(
-                json.dumps(
-                    {
-                        "backbone": f"resnet18 pretrained on shapes {', '.join(SOURCE_CLASSES)} "
-                        f"({args.pretrain_epochs} epochs, "
-                        f"test accuracy {pre_acc:.4f}, train ${pre_usd:.5f}), registry version {version}",
-                        "target": f"shapes {', '.join(TARGET_CLASSES)} at {args.image_size} px, "
-                        f"{sum(',train,' in ln for ln in manifest)} training labels, "
-                        f"{sum(',test,' in ln for ln in manifest)} test images, {args.epochs} epochs, "
-                        f"{args.seeds} seeds",
-                        "configs": rows,
-                    },
-                    indent=2,
-                )
-            )
+                for d in ("data", "metrics", "costs", "models", "plots"):
+                    shutil.rmtree(work / d, ignore_errors=True)
+                set_params(work, base)
+                stages(work, env, ("ingest", "validate"))
+                if per_class == budgets[0]:  # what the curve predicts from the smallest budget alone
+                    cli = [sys.executable, "-m", "frugalml.cli", "labels", "curve", "--json"]
+                    curve = json.loads(sh(cli, work, env).stdout)
+                for name, over in CONFIGS.items():
+                    accs, usd = [], []
+                    for seed in range(args.seeds):
+                        set_params(work, {**base, **over, "train.seed": seed})
+                        stages(work, env, ("train", "evaluate"))
+                        accs.append(json.loads((work / "metrics/eval.json").read_text())["accuracy"])
+                        spent = [json.loads((work / f"costs/{s}.json").read_text()) for s in ("train", "evaluate")]
+                        usd.append(sum(c["total_usd"] for c in spent))
+                        print(f"{per_class}/class {name} seed {seed}: accuracy {accs[-1]:.4f}, ${usd[-1]:.5f}",
+                              file=sys.stderr, flush=True)  # fmt: skip
+                    labels_usd = per_class * classes * price
+                    compute = statistics.median(usd)
+                    rows[f"{per_class}/class {name}"] = {
+                        "labels_per_class": per_class,
+                        "config": name,
+                        "accuracy_median": round(statistics.median(accs), 4),
+                        "accuracy_min": round(min(accs), 4),
+                        "accuracy_max": round(max(accs), 4),
+                        "compute_usd": round(compute, 5),
+                        "labeling_usd": round(labels_usd, 2),
+                        "total_usd": round(labels_usd + compute, 5),
+                    }
         finally:
             server.down()
             shutil.rmtree(work / ".frugalml" / "bentoml", ignore_errors=True)
+    fit = curve["fit"]
+    predicted = {
+        f"{b}/class": {
+            "predicted": round(float(power_law(b * classes, fit["a"], fit["b"], fit["c"])), 4),
+            "measured_imagenet_head": rows[f"{b}/class imagenet head"]["accuracy_median"],
+            "measured_imagenet_full": rows[f"{b}/class imagenet full"]["accuracy_median"],
+        }
+        for b in budgets[1:]
+    }
+    chart(rows, Path(args.chart))
+    front = [k for _, _, k in pareto([(r["total_usd"], r["accuracy_median"], k) for k, r in rows.items()])]
+    print(
+        json.dumps(
+            {
+                "setup": f"builtin:shapes, {classes} classes, {TEST_PER_CLASS} test and {VAL_PER_CLASS} val images a "
+                f"class, EfficientNet-Lite0 at 64 px, 6 epochs, {args.seeds} seeds, labels at ${price}/image",
+                "configs": rows,
+                "pareto_front": front,
+                "curve_from_smallest_budget": {"fit": fit, "head": curve["head"], "predictions": predicted},
+                "chart": args.chart,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -26,13 +26,22 @@ PARAMS_FILE = "params.yaml"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A section of params.yaml. Each key's description is the docstring under it (pydantic's
+    ``use_attribute_docstrings``): written once here, shown in params.yaml's comments and the
+    docs' params reference (``frugalml.paramsdoc``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Splits(_Strict):
     train: float = Field(0.7, gt=0, lt=1)
+    """share of the images in the train split, drawn from each image's content hash (the three sum to 1; an image keeps
+    its split across re-ingests)
+    """
     val: float = Field(0.15, ge=0, lt=1)
+    """share in the validation split (early stopping, int8 calibration)"""
     test: float = Field(0.15, gt=0, lt=1)
+    """share in the test split (the gates' figures)"""
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> Splits:
@@ -44,14 +53,34 @@ class Splits(_Strict):
 
 class DataConfig(_Strict):
     source: str = "s3://frugalml/sources/shapes"
+    """labeled images: `s3://bucket/prefix`, a local folder, a `.zip`/`.tar`/`.tar.gz`, or a generated dataset,
+    `builtin:digits` or `builtin:shapes` (see Built-in datasets). The class is the top folder (`<class>/<image>`),
+    optionally below `train/`, `val/`, `test/`
+    """
     splits: Splits = Splits()
+    """train / val / test fractions (below)"""
     extensions: list[str] = [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
+    """accepted file extensions; others are rejected as `unknown_extension`"""
     max_side: int | None = Field(None, gt=0)
+    """cap the longest side of prepared images (pixels)"""
     max_pixels: int = Field(89_478_485, gt=0)
+    """larger images are rejected as `decompression_bomb`"""
     workers: int = Field(0, ge=0)
+    """decode workers; 0 = one process per core for local folders, 8 threads for S3 and archives (reads wait on the
+    network or the archive)
+    """
     shard_mb: int = Field(256, ge=1)
+    """prepared images are packed into `data/prepared/shard-*.tar` files of about this size (many small files make DVC
+    slow)
+    """
     max_file_bytes: int = Field(100_000_000, gt=0)
+    """a source file larger than this is rejected (reason `too_large`); the cap holds while reading, so a lying archive
+    header or a huge S3 object never lands in memory
+    """
     endpoint_url: str | None = None
+    """S3 endpoint of an `s3://` source on another server (credentials from `AWS_ACCESS_KEY_ID` /
+    `AWS_SECRET_ACCESS_KEY`); null reads it from the pipeline's own store
+    """
 
     @field_validator("source")
     @classmethod
@@ -73,33 +102,69 @@ class DataConfig(_Strict):
 
 class ValidateConfig(_Strict):
     expected_classes: list[str] | None = None
+    """exact class set required; null accepts any"""
     min_images_per_class: int = Field(10, ge=1)
+    """fewest images a class may have"""
     max_imbalance_ratio: float = Field(20.0, ge=1)
+    """largest class / smallest class"""
     max_reject_ratio: float = Field(0.05, ge=0, le=1)
+    """rejected files / files seen in the source"""
     max_label_drift: float = Field(0.15, ge=0, le=1)
+    """largest total variation distance (half the sum of absolute share differences) between this dataset's label
+    distribution and the last validated one, kept at `validation/<model.name>/last.json` in the bucket
+    """
     drift_action: Literal["warn", "fail"] = "warn"
-    # the share of labels a k-fold audit flags (frugalml labels audit); null = not checked (it costs
-    # a backbone pass over every image, cached by content); computed with model.* as it is then
+    """`warn` reports a drift above the limit; `fail` rejects the run (exit 3)"""
     max_label_issue_ratio: float | None = Field(None, ge=0, le=1)
+    """the share of labels the label audit (`frugalml labels audit`: cleanlab on k-fold out-of-sample probabilities)
+    may flag; null = not checked. When set, validation runs the audit: a backbone pass over every image (cached by
+    content) and a few seconds of fitting. It uses `model.*` as they are when validation runs (changing them does
+    not re-run validation)
+    """
     label_issue_action: Literal["warn", "fail"] = "warn"
+    """`warn` or `fail` when the label issue ratio is above the maximum"""
     min_width: int = Field(1, ge=1)
+    """narrowest original image accepted (pixels)"""
     min_height: int = Field(1, ge=1)
+    """lowest original image accepted (pixels)"""
     max_width: int = Field(20_000, ge=1)
+    """widest original image accepted (pixels)"""
     max_height: int = Field(20_000, ge=1)
+    """tallest original image accepted (pixels)"""
     allowed_modes: list[str] = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I", "I;16", "F"]
+    """allowed original PIL modes"""
 
 
 class ModelConfig(_Strict):
     name: str = Field("frugal-classifier", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    # a torchvision name (resnet18/34/50, mobilenet_v3_small/large, efficientnet_b0, convnext_tiny)
-    # or timm/<name>, any model of timm's zoo (timm/tf_efficientnet_lite0 ...)
+    """registry and BentoML model name"""
     arch: str = "timm/tf_efficientnet_lite0"
+    """a torchvision model (resnet18/34/50, mobilenet_v3_small/large, efficientnet_b0, convnext_tiny) or `timm/<name>`,
+    any model of timm's zoo (`timm.list_models()`); an unknown name stops with the closest names (exit 2)
+    """
     pretrained: str = "imagenet"
+    """`imagenet`: the arch's ImageNet weights, from the local torch hub cache, the team mirror in the store, the
+    installed `frugalml[weights]` package (EfficientNet-Lite0/1/2, sha256 pinned), then the published download
+    (torchvision's or timm's), see Your own data; `torchvision`: the same for a torchvision arch (kept from earlier
+    releases); `none`: random initialisation; or `registry:<model>@<alias or version>` (a model of yours; the head
+    is re-initialised when the classes differ)
+    """
     weights_url: str | None = None
+    """where ImageNet weights are downloaded from: null = the published URL (torchvision's, or timm's pretrained
+    config); a URL ending in `/` = a base (an internal HTTP mirror) to which torchvision's file name is appended;
+    otherwise the file's own URL (`http(s)://` or `file://`), whose name must carry its sha256 prefix
+    (`<name>-<hex>.pth`)
+    """
     image_size: int = Field(64, ge=16, le=1024)
-    # null = what the arch's pretrained weights expect (torchvision's ImageNet values, timm's config)
+    """input side in pixels (the ImageNet weights were trained at 224 px, lite1 240, lite2 260; smaller costs less per
+    image)
+    """
     mean: tuple[float, float, float] | None = None
+    """input normalisation's per-channel mean; null = what the arch's pretrained weights expect: timm's
+    pretrained config (0.5 / 0.5 for the EfficientNet-Lites), torchvision's ImageNet values
+    """
     std: tuple[float, float, float] | None = None
+    """input normalisation's per-channel spread; null = what the arch's pretrained weights expect, as for `mean`"""
 
     @field_validator("arch")
     @classmethod
@@ -152,61 +217,128 @@ def registry_ref(ref: str) -> tuple[str, str]:
 
 class AugmentConfig(_Strict):
     hflip: bool = False
+    """random horizontal flips"""
     rotation_deg: float = Field(180.0, ge=0, le=180)
+    """largest random rotation in degrees (the demo's shapes come in any orientation; use a small angle for photos)"""
     translate: float = Field(0.08, ge=0, le=0.5)
+    """largest random shift, as a share of the side"""
     scale_min: float = Field(0.9, gt=0)
+    """smallest random zoom"""
     scale_max: float = Field(1.1, gt=0)
+    """largest random zoom"""
     color_jitter: float = Field(0.0, ge=0, le=1)
+    """brightness, contrast and saturation jitter"""
 
 
 class EarlyStoppingConfig(_Strict):
-    patience: int = Field(0, ge=0)  # epochs without improvement; 0 = off
+    patience: int = Field(0, ge=0)
+    """stop after this many epochs without improvement (0 = off); the last epoch's weights are kept"""
     metric: Literal["val_acc", "val_loss"] = "val_acc"
+    """`val_acc` or `val_loss`: the validation figure watched"""
     min_delta: float = Field(0.0, ge=0)
+    """the least change that counts as an improvement"""
 
 
 class DistributedConfig(_Strict):
     nproc_per_node: int = Field(1, ge=1)
+    """more than 1: the stage relaunches itself under `torchrun` (DDP; gloo on CPU, nccl on GPU)"""
 
 
 class WarmStartConfig(_Strict):
     """Training from a registry model (``model.pretrained: registry:...``): short and gentle."""
 
-    epochs: int | None = Field(1, ge=1)  # None = train.epochs
-    lr_mult: float = Field(0.005, gt=0)  # learning rates x this: a converged model needs small steps
+    epochs: int | None = Field(1, ge=1)
+    """epochs when `model.pretrained` is `registry:...`; null = `train.epochs`"""
+    lr_mult: float = Field(0.005, gt=0)
+    """learning rates x this when warm-starting from the registry (AdamW's first steps move every weight by about lr,
+    which unsettles a converged model at the cold-start lr)
+    """
 
 
 class TrainConfig(_Strict):
     epochs: int = Field(6, ge=1)
+    """epochs"""
     batch_size: int = Field(32, ge=1)
+    """batch size (per process under DDP)"""
     optimizer: Literal["adamw", "sgd"] = "adamw"
+    """`adamw` or `sgd` (momentum 0.9)"""
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    """`onecycle`, `cosine` or `constant` learning rate"""
     lr: float = Field(0.002, gt=0)
+    """the head's (peak) learning rate"""
     backbone_lr_mult: float = Field(1.0, ge=0)
+    """backbone learning rate = `lr` x this; 0 freezes the backbone"""
     weight_decay: float = Field(0.0001, ge=0)
+    """weight decay"""
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    """cross-entropy label smoothing"""
     class_weights: bool = False
+    """weight the loss by inverse class frequency (imbalanced data)"""
     finetune: Literal["full", "head", "last_n"] = "full"
+    """`full`, `head` (frozen backbone) or `last_n` (only the last `finetune_last_n` backbone blocks train)"""
     finetune_last_n: int = Field(1, ge=1)
+    """blocks trained with `last_n` (resnet: layer1-4; others: `features` stages)"""
     augment: AugmentConfig = AugmentConfig()
+    """training-time augmentation (below); all off lets `finetune: head` train on cached features"""
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    """stop when the validation metric stops improving (below)"""
     seed: int = 42
+    """seed; CPU training with a fixed seed is bitwise deterministic"""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """`auto` (cuda, then mps, then cpu), `cpu`, `cuda`, `mps`"""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """`auto` (bf16 autocast on CUDA, fp32 elsewhere), `fp32`, `bf16`, `fp16` (with GradScaler)"""
     channels_last: bool = True
+    """channels-last memory format on CUDA"""
     compile: bool = False
+    """`torch.compile` the model"""
     num_threads: int = Field(0, ge=0)
+    """torch CPU threads; 0 = torch's default"""
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+    """DataLoader worker processes: `auto` = cores - 1 on CUDA (with pinned memory and a prefetch of 4 batches per
+    worker), 0 on CPU, where workers compete with the compute for the same cores; or a number
+    """
     checkpoint_to_s3: bool = True
+    """upload each epoch's checkpoint to `checkpoints/<run_id>/` (resume on another worker); only the newest epoch's is
+    kept
+    """
     keep_checkpoints: bool = False
+    """keep that last checkpoint in S3 after a successful train stage; by default it is deleted (it is priced per
+    GB-month in the run record while it stays)
+    """
     warm_start: WarmStartConfig = WarmStartConfig()
+    """training from a registry model: short and gentle (below)"""
     distributed: DistributedConfig = DistributedConfig()
-    max_usd: float | None = Field(None, gt=0)  # live budget of the train stage; null = none
-    feature_cache: bool = True  # finetune: head without augmentation trains on cached backbone features
-    distill_from: str | None = None  # registry:<model>@<alias or version>: learn from that model's soft targets
-    distill_temperature: float = Field(4.0, gt=0)  # softens both models' outputs in the distillation loss
-    distill_alpha: float = Field(0.7, ge=0, le=1)  # weight of the teacher's soft targets; 1 - alpha: the labels
-    capacity: Literal["on_demand", "spot"] = "on_demand"  # priced at costs.prices' spot rates when spot
+    """data-parallel training (below)"""
+    max_usd: float | None = Field(None, gt=0)
+    """a live budget for the train stage, in USD at the price sheet (compute, GPU): checked between steps (every 0.5 s)
+    and before each epoch; training stops before the budget is passed, keeps the last completed epoch's model, and
+    the report, cost entry and run record say `stopped: budget`. A budget that does not cover the first epoch is an
+    error (exit 2). `gates.max_train_usd` stays the after-the-fact gate
+    """
+    feature_cache: bool = True
+    """with `train.finetune: head`, no augmentation (`train.augment` rotation 0, translate 0, scale 1..1, no flip or
+    jitter) and one process, the backbone's features are computed once per image and the head trains on them:
+    `.frugalml/features/<key>.pt`, and `features/<key>.pt` in the store for the team; keyed by the image's sha256, a
+    hash of the backbone's weights, arch, image size and normalisation. Same weights as without it (bitwise on CPU)
+    """
+    distill_from: str | None = None
+    """`registry:<model>@<alias or version>`: knowledge distillation. That model is the teacher; `model.arch` (smaller)
+    trains on the loss `alpha * T^2 * KL(teacher/T ‖ student/T) + (1 - alpha) * CE(labels)`. The teacher must know
+    the same classes; its input is resized and renormalised when it was trained at another `image_size`, `mean` or
+    `std`. `metrics/train.json` names it (`distilled_from`: ref, arch, sha256). Turns the feature cache off (the
+    teacher reads the images)
+    """
+    distill_temperature: float = Field(4.0, gt=0)
+    """T above: higher spreads the teacher's probability over the runner-up classes"""
+    distill_alpha: float = Field(0.7, ge=0, le=1)
+    """weight of the teacher's soft targets (0..1); at 1 the labels play no part"""
+    capacity: Literal["on_demand", "spot"] = "on_demand"
+    """`on_demand` or `spot`: the train stage's compute is billed at `costs.prices.spot_*` (or
+    `orchestration.pool_spot_usd_per_hour`) when spot, and its ledger shows the saving vs on-demand and the work
+    lost to interruptions; `train.max_usd` and `frugalml estimate` count at the same rates. Placement on spot nodes
+    is the pool's job (infra/k8s/pool-gpu.json's spot affinity)
+    """
 
     @field_validator("distill_from")
     @classmethod
@@ -235,49 +367,80 @@ def feature_cache_off(t: TrainConfig, world: int = 1) -> str | None:
 
 
 class EvaluateConfig(_Strict):
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1)
+    """batch size for scoring and the throughput figure"""
     latency_samples: int = Field(50, ge=5)
+    """batch-1 forward passes timed for latency p50/p95"""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """device for evaluation"""
 
 
 class GatesConfig(_Strict):
     """Every gate but min_accuracy is off when null."""
 
     min_accuracy: float = Field(0.9, ge=0, le=1)
+    """test accuracy below this rejects the model"""
     min_macro_f1: float | None = Field(None, ge=0, le=1)
+    """test macro-F1 below this rejects the model; null = no check"""
     min_class_recall: float | None = Field(None, ge=0, le=1)
+    """the worst class's recall below this rejects"""
     max_regression: float | None = Field(0.01, ge=0, le=1)
+    """largest accuracy drop allowed against the `production` model on the same test set (checked when one exists)"""
     max_latency_ms_p95: float | None = Field(None, gt=0)
+    """batch-1 p95 latency (ms) on the evaluation device"""
     max_model_size_mb: float | None = Field(None, gt=0)
+    """model file size (MB)"""
     max_train_usd: float | None = Field(None, ge=0)
+    """the train stage's cost (USD)"""
     max_serving_usd_per_1k: float | None = Field(None, ge=0)
-    max_variant_accuracy_drop: float | None = Field(0.01, ge=0, le=1)  # a variant may lose this much vs fp32
+    """serving cost per 1000 predictions: p50 latency x `costs.prices.serving_usd_per_hour`"""
+    max_variant_accuracy_drop: float | None = Field(0.01, ge=0, le=1)
+    """the compress stage: an ONNX or int8 variant may lose at most this test accuracy vs the fp32 model to be chosen
+    (null: no limit)
+    """
 
 
 class PromotionConfig(_Strict):
     auto: Literal["none", "staging", "production"] = "none"
+    """`none`, `staging` or `production`: after a run whose gate accepts, point that alias at the new version"""
 
 
 class CompressConfig(_Strict):
     """The compress stage: cheaper-to-serve variants of the trained model, each measured."""
 
     variants: list[Literal["fp32", "onnx", "int8"]] = ["fp32", "onnx", "int8"]
-    calibration_images: int = Field(64, ge=1, le=100_000)  # int8 calibration, from the val split
+    """the compress stage: `fp32` the PyTorch model; `onnx` exported with `torch.onnx.export` (dynamo) and run by ONNX
+    Runtime; `int8` that ONNX model statically quantized by ONNX Runtime (QDQ, per-channel int8 weights, uint8
+    activations). One that cannot be built is reported as skipped with the reason
+    """
+    calibration_images: int = Field(64, ge=1, le=100_000)
+    """int8 calibration images, from the val split"""
 
 
 class Prices(_Strict):
     # Defaults: AWS us-east-1 on-demand list prices, read 2026 (see README "Price sheet").
     usd_per_vcpu_hour: float = Field(0.0446, ge=0)
+    """c7i.large on-demand, $0.0893/h for 2 vCPUs"""
     usd_per_gpu_hour: dict[str, float] = {"a100": 1.84, "h100": 4.92, "h200": 5.41}
+    """EC2 capacity blocks per GPU-hour (p4d, p5, p5e)"""
     usd_per_gb_month: float = Field(0.023, ge=0)
+    """S3 Standard, first 50 TB"""
     usd_per_1k_put: float = Field(0.005, ge=0)
+    """S3 PUT, COPY, POST, LIST requests"""
     usd_per_1k_get: float = Field(0.0004, ge=0)
+    """S3 GET and other requests"""
     labeling_usd_per_image: float = Field(0.08, ge=0)
+    """SageMaker Ground Truth image classification, per object (first 50k), workforce extra"""
     serving_usd_per_hour: float = Field(0.0893, ge=0)
+    """one c7i.large serving replica"""
     # Spot capacity (train.capacity: spot). Spot prices move hourly: these are placeholders at 40% of
     # the on-demand ones above; put yours (`aws ec2 describe-spot-price-history`).
     spot_usd_per_vcpu_hour: float = Field(0.0178, ge=0)
+    """the vCPU-hour on spot capacity (`train.capacity: spot`). A placeholder at 40% of on-demand: spot prices move
+    hourly, put yours (`aws ec2 describe-spot-price-history`)
+    """
     spot_usd_per_gpu_hour: dict[str, float] = {"a100": 0.74, "h100": 1.97, "h200": 2.16}
+    """the GPU-hour on spot capacity; placeholders at 40% of the on-demand row"""
 
     def rates(self, capacity: str) -> tuple[float, dict[str, float]]:
         """(USD per vCPU-hour, USD per GPU-hour by type) on ``on_demand`` or ``spot`` capacity."""
@@ -288,15 +451,26 @@ class Prices(_Strict):
 
 class CostsConfig(_Strict):
     prices: Prices = Prices()
-    vcpus: float = Field(0, ge=0)  # fractional: a sweep's side-by-side trials are billed at their share
+    """the price sheet (below): what each resource costs"""
+    vcpus: float = Field(0, ge=0)
+    """vCPUs billed per second of stage wall time; 0 = this machine's cores. May be fractional: a sweep's side-by-side
+    trials each run with `costs.vcpus` = their share (see `sweep.parallel`)
+    """
     gpu_type: str = "a100"
+    """key into `costs.prices.usd_per_gpu_hour` (and `spot_usd_per_gpu_hour` when `train.capacity` is spot): a type
+    without a price is refused at load, never billed $0
+    """
 
 
 class StorageConfig(_Strict):
     endpoint_url: str | None = None
+    """S3 endpoint; null = `$FRUGALML_S3_ENDPOINT`, else embedded, else AWS"""
     bucket: str = Field("frugalml", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    """the bucket for everything"""
     prefix: str = ""
+    """key prefix for everything in the bucket"""
     region: str = "us-east-1"
+    """S3 region"""
 
     @field_validator("prefix")
     @classmethod
@@ -307,21 +481,37 @@ class StorageConfig(_Strict):
 
 class ServingConfig(_Strict):
     host: str = "127.0.0.1"
+    """address the service binds to (127.0.0.1: this machine only; 0.0.0.0 to serve others, behind your proxy)"""
     port: int = Field(3000, ge=1, le=65535)
+    """port the service listens on"""
     max_image_bytes: int = Field(10_000_000, ge=1)
+    """larger uploads get HTTP 400"""
     max_image_pixels: int = Field(40_000_000, ge=1)
+    """images with more pixels get HTTP 400"""
     max_images_per_request: int = Field(8, ge=1, le=32)
+    """images in one `/classify_batch` request; its body is refused (413) above this x `max_image_bytes`, before it is
+    read
+    """
     top_k: int = Field(3, ge=1)
-    variant: Literal["auto", "fp32", "onnx", "int8"] = "auto"  # the compress stage's choice (see README)
+    """labels returned per image"""
+    variant: Literal["auto", "fp32", "onnx", "int8"] = "auto"
+    """the variant to serve: `auto` = the cheapest per 1k predictions within `gates.max_variant_accuracy_drop`, or
+    `fp32`, `onnx`, `int8` (falls back to fp32, saying why, when that one is not built or loses too much). Recorded
+    in `metrics/variants.json`; the gate judges it and the bento ships and runs it
+    """
 
 
 class Range(_Strict):
     """A numeric range in ``sweep.space``: ``{low: 0.0005, high: 0.01, log: true}``."""
 
     low: float
+    """the range's low end"""
     high: float
+    """the range's high end"""
     log: bool = False
+    """sample on a log scale (low must be > 0)"""
     int_: bool = Field(False, alias="int")
+    """whole numbers only"""
 
     @model_validator(mode="after")
     def _ordered(self) -> Range:
@@ -335,38 +525,76 @@ class Range(_Strict):
 class SweepConfig(_Strict):
     """``frugalml sweep``: the search space and what the search may spend."""
 
-    # params key -> a list of choices, or a Range. The default: image size x depth x epochs.
     space: dict[str, list[str | int | float | bool] | Range] = {
         "model.image_size": [64, 96],
         "train.finetune": ["head", "last_n", "full"],
         "train.epochs": [3, 6],
     }
-    objective: Literal["accuracy", "macro_f1"] = "accuracy"  # the quality axis, on the test split
-    budget_usd: float = Field(0.05, gt=0)  # compute for the whole sweep (pruned and failed trials included)
+    """params keys (model, train, evaluate, gates) to search: a list of choices, or a range `{low, high, log, int}`"""
+    objective: Literal["accuracy", "macro_f1"] = "accuracy"
+    """the quality axis of the front and the recommendation's tie-break: test `accuracy` or `macro_f1` (the pruner
+    always uses per-epoch validation accuracy)
+    """
+    budget_usd: float = Field(0.05, gt=0)
+    """compute the whole sweep may spend (every trial billed as its stages are, plus its DVC and start-up time, at the
+    price sheet)
+    """
     max_trials: int = Field(10, ge=1)
-    parallel: int = Field(1, ge=1, le=32)  # trials at a time (more than 1: each in its own lane, frugalml/lanes.py)
-    sampler: Literal["tpe", "random", "grid"] = "tpe"  # grid: every combination of the choices
+    """trials at most (a grid stops at its size)"""
+    parallel: int = Field(1, ge=1, le=32)
+    """trials at a time. DVC runs one temporary experiment at a time per workspace, so above 1 each trial runs in a
+    *lane*: a clone of the workspace at its commit with its uncommitted changes and run state, sharing the
+    workspace's DVC cache; the experiment is pushed back, so `dvc exp show` and `dvc exp apply` work as usual. The
+    budget left is shared among the running trials (each one's live `train.max_usd`). The CPU cores are split
+    between the trials (torch threads = cores / parallel, unless `train.num_threads` or `OMP_NUM_THREADS` is set):
+    each taking every core slowed two side-by-side trainings 7x on 2 cores. On a CPU box, more trials than cores
+    only slows each one. Each trial is billed its share of the machine, `costs.vcpus` (or the cores) / parallel, set
+    as the trial's `costs.vcpus` so that its stages' ledgers and live budget use it too: billed whole, two trials
+    side by side charged the sweep twice for the same machine-hours
+    """
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    """`tpe` (multivariate), `random`, or `grid` (every combination of the choices, once)"""
     pruner: Literal["hyperband", "successive_halving", "none"] = "hyperband"
+    """`hyperband`, `successive_halving` or `none`, on per-epoch validation accuracy"""
     seed: int = 0
+    """the sampler's seed"""
 
 
 class LabelsConfig(_Strict):
     """``frugalml labels``: what more labels buy and which labels are wrong (on cached features)."""
 
-    curve_fractions: list[float] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0]  # nested subsets of the train split
-    target_accuracy: float = Field(0.98, gt=0, le=1)  # "how many labels to reach it?"
-    bootstrap: int = Field(200, ge=20, le=10_000)  # resamples of the test split for the curve's band
-    audit_folds: int = Field(5, ge=2, le=20)  # out-of-sample probabilities for the audit (k-fold)
-    # the audit's k models: a head on the frozen backbone's cached features (seconds), or the train
-    # stage's own model and settings (train.*), trained k times (minutes; better on a weak backbone)
+    curve_fractions: list[float] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0]
+    """`labels curve`: nested, stratified subsets of the train split; at least 3, the last 1.0 (three or more <= 0.5
+    give the backtest)
+    """
+    target_accuracy: float = Field(0.98, gt=0, le=1)
+    """`labels curve`: about how many more labels reach it, at what price"""
+    bootstrap: int = Field(200, ge=20, le=10_000)
+    """`labels curve`: resamples of the test split for the 95% band"""
+    audit_folds: int = Field(5, ge=2, le=20)
+    """`labels audit`: k of the stratified k-fold out-of-sample probabilities (every class needs k images)"""
     audit_model: Literal["head", "train"] = "head"
-    # cleanlab's find_label_issues(filter_by=...): "both" flags what two of its rules agree on
+    """`labels audit`: the k models: `head` (a head on the cached frozen features: seconds) or `train` (the train
+    stage's arch, start and `train.*` settings, trained once per fold on the other folds: k trainings, but far
+    better where the backbone is weak)
+    """
     audit_filter_by: Literal["both", "prune_by_noise_rate", "prune_by_class", "confident_learning"] = "both"
-    unlabeled: str | None = None  # images without labels: a folder, an archive or an s3:// prefix (labels next)
-    uncertainty: Literal["margin", "entropy"] = "margin"  # how `labels next` ranks the current head's doubt
-    candidates: int = Field(5, ge=1, le=1000)  # pool: the budget x this most uncertain; k-means picks from it
-    url_expiry_s: int = Field(604_800, ge=60, le=604_800)  # presigned image URLs for annotators (S3 max: 7 days)
+    """`labels audit`: cleanlab's `filter_by` (`both`, `prune_by_noise_rate`, `prune_by_class`, `confident_learning`)"""
+    unlabeled: str | None = None
+    """`labels next` / `labels import`: images without labels (a folder, a .zip/.tar archive or an s3:// prefix)"""
+    uncertainty: Literal["margin", "entropy"] = "margin"
+    """`labels next`: `margin` (1 - the gap between the head's top two probabilities) or `entropy`"""
+    candidates: int = Field(5, ge=1, le=1000)
+    """`labels next`: the pool is the budget x this most uncertain images; k-means splits it into budget clusters and
+    the most uncertain of each is picked (1 = uncertainty alone). On the digits with a random backbone (16 starts of
+    the rounds in benchmarks/labels.py): 5 did best, 2 and 3 a little less; k-center greedy, used before, did worse:
+    it picks far-out points, and those of a weak feature space are not the informative ones. The value was chosen on
+    that benchmark's own test split
+    """
+    url_expiry_s: int = Field(604_800, ge=60, le=604_800)
+    """`labels next`: lifetime of the presigned image URLs (7 days, S3's maximum)"""
     seed: int = 0
+    """subsets, folds and resamples"""
 
     @field_validator("curve_fractions")
     @classmethod
@@ -383,11 +611,28 @@ class OrchestrationConfig(_Strict):
     """Where each stage runs: ``local`` (this workspace) or a Prefect work pool (a deployment of
     ``flows/remote_stage.py`` named after the pool: ``frugalml-stage/<pool>``)."""
 
-    pools: dict[str, str] = {"default": "local"}  # stage -> pool; "default" for the stages not listed
-    submit_timeout_s: float = Field(600, gt=0)  # a remote stage no worker picks up fails after this
-    git_remote: str = "origin"  # where workers fetch the run's commit: a remote's name, a URL or a path
-    pool_usd_per_hour: dict[str, float] = {}  # a pool's node price: its stages are billed wall x this
-    pool_spot_usd_per_hour: dict[str, float] = {}  # the same node on spot capacity (train.capacity: spot)
+    pools: dict[str, str] = {"default": "local"}
+    """where each stage runs: `local` (this workspace) or a Prefect work pool; `default` covers the stages not listed.
+    E.g. `{default: local, train: gpu}`. Only `frugalml run` reads it: `dvc repro` runs everything here
+    """
+    submit_timeout_s: float = Field(600, gt=0)
+    """a remote stage that no worker picks up in this time is cancelled (no orphaned flow run) and the run fails naming
+    the pool
+    """
+    git_remote: str = "origin"
+    """where workers fetch the run's commit: a git remote's name, a URL or a path. The run checks first that a branch
+    or tag there contains the commit. Credentials in the URL (`https://user:token@host/...`) are removed before it
+    reaches Prefect (flow-run parameters, logs) or a message: a worker clones with its own git credentials (a
+    credential helper, an SSH key)
+    """
+    pool_usd_per_hour: dict[str, float] = {}
+    """a pool's node price per hour, e.g. `{gpu: 1.10}`: a stage there is billed wall time x this (instead of its CPU
+    and GPU share of `costs.prices`)
+    """
+    pool_spot_usd_per_hour: dict[str, float] = {}
+    """the same node's spot price, e.g. `{gpu: 0.45}`: the train stage there with `train.capacity: spot` is billed at
+    it. Required for the train pool when that pool has an on-demand node price and capacity is spot
+    """
 
     @model_validator(mode="after")
     def _known_stages(self):
@@ -401,22 +646,38 @@ class OrchestrationConfig(_Strict):
 
 
 class Params(_Strict):
-    data: DataConfig = DataConfig()
-    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    gates: GatesConfig = GatesConfig()
-    costs: CostsConfig = CostsConfig()
-    storage: StorageConfig = StorageConfig()
-    serving: ServingConfig = ServingConfig()
-    promotion: PromotionConfig = PromotionConfig()
-    sweep: SweepConfig = SweepConfig()
-    labels: LabelsConfig = LabelsConfig()
-    compress: CompressConfig = CompressConfig()
-    orchestration: OrchestrationConfig = OrchestrationConfig()
+    """Everything a run reads: ``params.yaml``, one section per part of the pipeline."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    data: DataConfig = DataConfig()
+    """Where the labeled images come from and how the ingest stage prepares them."""
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    """What the validate stage (Great Expectations) requires of the prepared data; a failure exits 3."""
+    model: ModelConfig = ModelConfig()
+    """The network: architecture, where its weights start from, input size and normalisation."""
+    train: TrainConfig = TrainConfig()
+    """The train stage: epochs, optimiser, fine-tuning depth, augmentation, budget and hardware."""
+    evaluate: EvaluateConfig = EvaluateConfig()
+    """The evaluate stage: test-split metrics and latency."""
+    gates: GatesConfig = GatesConfig()
+    """What a model must pass to be packaged and promoted; every gate but min_accuracy is off when null."""
+    costs: CostsConfig = CostsConfig()
+    """How stages are priced: the price sheet and the machine."""
+    storage: StorageConfig = StorageConfig()
+    """The S3-compatible store of artifacts, DVC's remote and the registry (credentials from the environment)."""
+    serving: ServingConfig = ServingConfig()
+    """`frugalml serve`: where it listens, what it accepts, which variant it serves."""
+    promotion: PromotionConfig = PromotionConfig()
+    """What a run does with a model that passes the gates."""
+    sweep: SweepConfig = SweepConfig()
+    """`frugalml sweep`: Optuna over these settings, each trial a DVC experiment."""
+    labels: LabelsConfig = LabelsConfig()
+    """`frugalml labels curve | audit | next | import`: on the frozen backbone's cached features."""
+    compress: CompressConfig = CompressConfig()
+    """The compress stage: cheaper-to-serve variants of the trained model, each scored on the test split."""
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+    """Where each stage runs: this workspace or a Prefect work pool, and what a pool's node costs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True)
 
     @model_validator(mode="after")
     def _priced(self):

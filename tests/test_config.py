@@ -131,3 +131,19 @@ def test_a_contract_file_with_a_renamed_field_is_a_clear_error(tmp_path):
     assert "decision: Field required" in str(e.value) and "verdict" in str(e.value)
     with pytest.raises(DataError, match="missing"):
         GateDecision.read(tmp_path / "absent.json")
+
+
+def test_params_yaml_is_written_from_the_config_models_and_every_key_is_described():
+    """Issue 30, item 7: each key is described once (the docstring under it in frugalml/config.py);
+    params.yaml lists every section at its defaults with that description as its comment, and the
+    docs' reference shows the same. A key added without a description, or a params.yaml edited by
+    hand, fails here: `python -m frugalml.paramsdoc --write` rewrites it."""
+    from frugalml import paramsdoc
+
+    undescribed = [k.path for k in paramsdoc.keys() if not k.description]
+    assert not undescribed, undescribed
+    assert Path("params.yaml").read_text() == paramsdoc.params_yaml(), "run: python -m frugalml.paramsdoc --write"
+    sections = {k.path for k in paramsdoc.keys() if "." not in k.path}
+    assert "orchestration" in sections and len(sections) == 14
+    page = paramsdoc.reference_markdown()
+    assert all(f"`{k.path}`" in page for k in paramsdoc.keys())
