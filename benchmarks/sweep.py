@@ -1,10 +1,10 @@
 """A full grid run to the end against a pruned sweep over the same space, on builtin:shapes,
 repeated ``--runs`` times (each run in a fresh workspace: its own store and feature cache).
 
-    .venv/bin/python benchmarks/sweep.py [--epochs 3] [--runs 3]
+    .venv/bin/python benchmarks/sweep.py [--epochs 2] [--runs 3]
 
 The space is the decision a team faces with a pretrained backbone: where to start (EfficientNet-
-Lite0 from its ImageNet weights, or the same network from scratch) x input size (64, 96 px) x how
+Lite0 from its ImageNet weights, or the same network from scratch) x input size (32, 64 px) x how
 deep to fine-tune (head, last_n, full): 12 settings, every trial ``--epochs`` epochs. Augmentation
 is off, so head-only trials train on the frozen backbone's cached features (train.feature_cache).
 Real ``frugalml sweep`` runs, each trial a DVC experiment with the real train and evaluate stages
@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BENCH_DIR, ROOT, bin_on_path, exit_cleanly_on_sigterm, pipeline_repo  # noqa: E402
 
-SPACE = "{model.pretrained: [imagenet, none], model.image_size: [64, 96], train.finetune: [head, last_n, full]}"
+SPACE = "{model.pretrained: [imagenet, none], model.image_size: [32, 64], train.finetune: [head, last_n, full]}"
 GRID = 12
 VARIANTS = {
     "grid": ["sweep.sampler=grid", "sweep.pruner=none", f"sweep.max_trials={GRID}"],
@@ -142,7 +142,7 @@ def summarise(record: dict, wall: float, epochs: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     exit_cleanly_on_sigterm()
