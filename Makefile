@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test lint install storage-up storage-down clean-local
+.PHONY: demo test docs lint install storage-up storage-down clean-local
 
 install: $(STAMP)
 
@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,labels,weights]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,labels,weights,docs]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -27,6 +27,10 @@ test: $(STAMP)
 	$(BIN)/ruff check frugalml tasks flows tests benchmarks
 	$(BIN)/ruff format --check frugalml tasks flows tests benchmarks
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+
+# The documentation site on http://127.0.0.1:8000 (rebuilt on every change; Ctrl-C stops it).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
 
 # Fix what ruff can fix, and format.
 lint: $(STAMP)

@@ -1,6 +1,6 @@
 """The one typed configuration, read from params.yaml.
 
-Every key is documented in README.md ("params.yaml reference"). Unknown keys and wrong
+Every key is described by the docstring under it (see frugalml.paramsdoc). Unknown keys and wrong
 values fail at load time with the key's path and what was expected.
 """
 
@@ -418,7 +418,7 @@ class CompressConfig(_Strict):
 
 
 class Prices(_Strict):
-    # Defaults: AWS us-east-1 on-demand list prices, read 2026 (see README "Price sheet").
+    # Defaults: AWS us-east-1 on-demand list prices, read 2026 (see the docs, params.md "Price sheet").
     usd_per_vcpu_hour: float = Field(0.0446, ge=0)
     """c7i.large on-demand, $0.0893/h for 2 vCPUs"""
     usd_per_gpu_hour: dict[str, float] = {"a100": 1.84, "h100": 4.92, "h200": 5.41}
@@ -703,7 +703,7 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
         path = ".".join(str(p).rstrip("_") for p in e["loc"])
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; every key is listed in README.md)"
+            msg = "unknown key (check the spelling; every key is listed in params.yaml and docs/params.md)"
         got = e.get("input")
         shown = "" if e["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"  - {path}: {msg}{shown}")

@@ -87,15 +87,25 @@ def params_yaml() -> str:
 
 
 def reference_markdown() -> str:
-    """The docs' params reference: one table per section."""
-    out: list[str] = []
+    """The docs' params reference: one table per section (a nested section gets its own)."""
+    sections: dict[str, list[Key]] = {}
+    described: dict[str, str] = {}
     for k in keys():
         if k.section:
-            out += ["", f"## `{k.path}`", "", k.description, "", "| key | default | description |", "|---|---|---|"]
+            sections.setdefault(k.path, [])
+            described[k.path] = k.description
+        else:
+            sections.setdefault(k.path.rpartition(".")[0], []).append(k)
+    out: list[str] = []
+    for section, rows in sections.items():
+        out += ["", f"## `{section}`", "", described.get(section, ""), ""]
+        if not rows:
             continue
-        default = yaml_value(k.default).replace("|", "\\|")
-        desc = k.description.replace("|", "\\|")
-        out.append(f"| `{k.path}` | `{default}` | {desc} |")
+        out += ["| key | default | description |", "|---|---|---|"]
+        for k in rows:
+            default = yaml_value(k.default).replace("|", "\\|")
+            desc = k.description.replace("|", "\\|")
+            out.append(f"| `{k.path.rpartition('.')[2]}` | `{default}` | {desc} |")
     return "\n".join(out).lstrip("\n") + "\n"
 
 
