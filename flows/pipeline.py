@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from frugalml import config, dispatch
 from frugalml.config import OrchestrationConfig
@@ -309,7 +309,12 @@ def record_files() -> list[Path]:
     files = [Path("params.yaml"), Path("dvc.lock")]
     files += sorted(Path("metrics").glob("*.json")) + sorted(Path("costs").glob("*.json"))
     files += sorted(Path("plots").glob("*.csv"))
-    files += sorted(p for p in Path("reports").rglob("*") if p.is_file()) if Path("reports").exists() else []
+    own = {Path("reports/run.html"), Path("reports/sweep.html")}  # reports of a run or sweep: not inputs of the next
+    files += (
+        sorted(p for p in Path("reports").rglob("*") if p.is_file() and p not in own)
+        if Path("reports").exists()
+        else []
+    )
     return [f for f in files if f.is_file()]
 
 
@@ -569,7 +574,22 @@ def run_if_unchanged(run_id: str, overrides: list[str] | None = None, until: str
     record = _build_record(cfg, run_id, overrides, until, outcomes, "succeeded", "", DvcPush(), None, t0, "")
     record.orchestrator = "none: dvc status found nothing to run"
     record.record_uri = record_run.fn(cfg.storage, run_id, record)
+    run_report(cfg.storage, record)
     return record
+
+
+def run_report(cfg_storage, record: RunRecord) -> Path | None:
+    """``reports/run.html`` and ``runs/<id>/report.html``; a report that cannot be written is said
+    and the run stands (it is recorded already)."""
+    from frugalml.report import write_run_report
+
+    try:
+        return write_run_report(record, Store.optional(cfg_storage, tolerate_transient=True))
+    except Exception as exc:  # the run is recorded: a chart or upload problem must not fail it
+        from frugalml.console import err
+
+        err.print(f"run report not written ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})")
+        return None
 
 
 @flow(name="frugalml-training", log_prints=True)
@@ -659,5 +679,13 @@ def _pipeline(run_id: str | None, overrides: list[str] | None, until: str | None
     record.orchestrator = "prefect"
     record.record_uri = record_run(cfg.storage, run_id, record)
     _artifacts(run_id, record.stages, record.gate)
+    report = run_report(cfg.storage, record)
+    if report is not None:
+        create_link_artifact(
+            key="run-report",
+            link=report.resolve().as_uri(),
+            link_text=f"report of run {run_id}",
+            description=f"One HTML file, charts inlined: opens offline. In the store: runs/{run_id}/report.html",
+        )
     logger.info("run %s %s; record at %s", run_id, status, record.record_uri)
     return record

@@ -157,33 +157,93 @@ def plot_label_curve(curve: LabelCurve, path: Path) -> None:
 
 def plot_variants(report: VariantsReport, path: Path, max_drop: float | None) -> None:
     """Test accuracy vs USD per 1k predictions per built variant (marker area: file size), the
-    allowed accuracy drop below fp32 drawn, the chosen variant circled."""
-    plt, fig, axes = _figure(6.5, 4.2)
+    allowed accuracy drop below fp32 drawn, the chosen variant circled. Each variant's figures
+    are in the legend, not beside its marker: variants of one model sit close together (ONNX and
+    int8 often on the same pixel), and labels at the points printed over each other."""
+    plt, fig, axes = _figure(7.0, 4.6)
     ax = axes[0][0]
     built = [v for v in report.variants if v.status == "built"]
     biggest = max(v.size_bytes for v in built)
+    colours = {"fp32": "#4c72b0", "onnx": "#55a868", "int8": "#c44e52"}
+    markers = {"fp32": "o", "onnx": "s", "int8": "D"}
     for v in built:
         ax.scatter(
-            v.usd_per_1k, v.accuracy, s=40 + 400 * v.size_bytes / biggest, color=STAGE_COLORS["evaluate"], alpha=0.6
-        )
-        ax.annotate(
-            f"{v.name} ({v.runtime})\n{v.size_bytes / 1e6:.1f} MB, p50 {v.latency_ms_p50:.2f} ms",
-            (v.usd_per_1k, v.accuracy),
-            textcoords="offset points",
-            xytext=(6, 4),
-            fontsize=7,
-        )
+            v.usd_per_1k, v.accuracy, s=40 + 400 * v.size_bytes / biggest, color=colours.get(v.name, OTHER_COLOR),
+            marker=markers.get(v.name, "o"), alpha=0.7,
+            label=f"{v.name} ({v.runtime}): {v.size_bytes / 1e6:.1f} MB, p50 {v.latency_ms_p50:.2f} ms, "
+            f"accuracy {v.accuracy:.4f}",
+        )  # fmt: skip
     fp32 = next(v for v in built if v.name == "fp32")
     if max_drop is not None:
-        ax.axhline(fp32.accuracy - max_drop, color=STAGE_COLORS["train"], linestyle="--", linewidth=1)
-        ax.text(0, fp32.accuracy - max_drop, " fp32 - gates.max_variant_accuracy_drop", va="top", fontsize=7)
+        ax.axhline(
+            fp32.accuracy - max_drop, color="#8172b2", linestyle="--", linewidth=1,
+            label="fp32 - gates.max_variant_accuracy_drop",
+        )  # fmt: skip
     chosen = report.chosen_score()
-    ax.scatter(chosen.usd_per_1k, chosen.accuracy, s=500, facecolors="none", edgecolors=LABEL_COLOR, linewidths=2)
-    ax.set_xlim(0, 1.6 * max(v.usd_per_1k for v in built))  # room for the labels
+    ax.scatter(
+        chosen.usd_per_1k, chosen.accuracy, s=600, facecolors="none", edgecolors=LABEL_COLOR, linewidths=2,
+        label=f"ships: {chosen.name}",
+    )  # fmt: skip
+    ax.set_xlim(0, 1.15 * max(v.usd_per_1k for v in built))
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
-    ax.margins(y=0.2)
+    ax.margins(y=0.3)
     ax.set(xlabel="USD per 1k predictions (batch 1)", ylabel="test accuracy")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, frameon=False)
     skipped = [f"{v.name}: {v.reason}" for v in report.variants if v.status == "skipped"]
-    title = f"Variants: {report.chosen} chosen (ring)" + (f"; skipped {'; '.join(skipped)}" if skipped else "")
+    title = f"Variants: {report.chosen} ships (ringed)" + (f"; skipped {'; '.join(skipped)}" if skipped else "")
     ax.set_title(title[:110], fontsize=9)
+    _save(plt, fig, path)
+
+
+def plot_confusion(pairs: list[tuple[str, str]], classes: list[str], path: Path) -> None:
+    """The confusion matrix: rows the actual class, columns the predicted one, each cell's count
+    written in it and its colour the share of its row (a colour scale beside)."""
+    n = len(classes)
+    index = {c: i for i, c in enumerate(classes)}
+    counts = [[0] * n for _ in range(n)]
+    for actual, predicted in pairs:
+        if actual in index and predicted in index:
+            counts[index[actual]][index[predicted]] += 1
+    share = [[c / max(1, sum(row)) for c in row] for row in counts]
+    side = max(4.5, min(12.0, 2.5 + 0.55 * n))
+    plt, fig, axes = _figure(side + 1.2, side)
+    ax = axes[0][0]
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            if counts[i][j]:
+                colour = "white" if share[i][j] > 0.6 else "black"
+                ax.text(j, i, str(counts[i][j]), ha="center", va="center", fontsize=8 if n <= 12 else 6, color=colour)
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticklabels(classes, fontsize=8)
+    ax.set(xlabel="predicted class", ylabel="actual class", title=f"Confusion matrix ({len(pairs)} test images)")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the actual class")
+    _save(plt, fig, path)
+
+
+def plot_run_costs(record: RunRecord, path: Path) -> None:
+    """One run: compute + S3 per stage (bars), and labels against compute on a log scale."""
+    plt, fig, axes = _figure(10.0, 3.8, ncols=2)
+    by_stage, by_kind = axes[0]
+    rows = [s for s in record.stages if s.usd - s.labeling_usd > 0]
+    names = [s.stage for s in rows]
+    values = [s.usd - s.labeling_usd for s in rows]
+    by_stage.barh(names, values, color=[STAGE_COLORS.get(n, OTHER_COLOR) for n in names])
+    for i, (v, s) in enumerate(zip(values, rows)):
+        by_stage.annotate(f" ${v:.5f}, {s.wall_s:.0f} s", (v, i), va="center", fontsize=7)
+    by_stage.invert_yaxis()
+    by_stage.set_xlim(0, 1.45 * max(values, default=1))
+    by_stage.set(title="Compute + S3 by stage", xlabel="USD")
+    compute, labels = record.total_usd - record.labeling_usd, record.labeling_usd
+    kinds = [("compute + S3", compute, STAGE_COLORS["train"]), ("labels", labels, LABEL_COLOR)]
+    kinds = [k for k in kinds if k[1] > 0]
+    by_kind.bar([k[0] for k in kinds], [k[1] for k in kinds], color=[k[2] for k in kinds])
+    for i, k in enumerate(kinds):
+        by_kind.annotate(f"${k[1]:.5g}", (i, k[1]), ha="center", va="bottom", fontsize=8)
+    if kinds:
+        by_kind.set_yscale("log")
+        by_kind.set_ylim(min(k[1] for k in kinds) / 3, max(k[1] for k in kinds) * 5)
+    by_kind.set(title="Labels vs compute (log scale)", ylabel="USD")
     _save(plt, fig, path)

@@ -225,6 +225,10 @@ def _run_locked(set_: list[str], until: str | None, always_flow: bool) -> None:
             run_id=run_id, overrides=set_, until=until, checked_changed=ephemeral and not always_flow
         )
     print_summary(record)
+    from frugalml.report import RUN_HTML
+
+    if RUN_HTML.is_file() and record.run_id in RUN_HTML.read_text()[:4000]:
+        err.print(f"report: {RUN_HTML} (open it in a browser; in the store: runs/{record.run_id}/report.html)")
     if record.status == "rejected":
         raise typer.Exit(3)
     if record.status == "failed":
@@ -369,6 +373,12 @@ def _sweep_locked(set_: list[str], resume: str | None) -> None:
     record = sweep.run(lambda line: err.print(line))
     _show_frontier(cfg, record, plot=None, as_json=False)
     _publish_sweep(record)
+    from frugalml.report import write_sweep_report
+
+    path = write_sweep_report(
+        record, cfg.gates, Store.optional(cfg.storage, tolerate_transient=True), Path("reports/sweep.html")
+    )
+    err.print(f"report: {path} (in the store: sweeps/{record.id}/report.html)")
 
 
 def _entries_of(run_id: str, stages: tuple[str, ...]) -> list:
@@ -389,6 +399,47 @@ def _prep_text(entries) -> str:
     labels = sum(e.labeling_usd for e in entries)
     names = " and ".join(e.stage for e in entries)
     return f"{names} ${compute:.5f} of compute" + (f", ${labels:.2f} of new labels" if labels else "")
+
+
+@app.command("report")
+def report_cmd(
+    run_id: Optional[str] = typer.Argument(
+        None, help="A run id (default: the latest run in the store).", show_default=False
+    ),
+    sweep: Optional[str] = typer.Option(
+        None, "--sweep", help="A sweep's report instead: its id, or 'last'.", show_default=False
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="The HTML file (default: reports/run.html, reports/sweep.html)."
+    ),
+) -> None:
+    """One self-contained HTML report of a run (costs, gate, accuracy, confusion matrix, variants,
+    validation, lineage, trend) or of a sweep (frontier, trials, recommendation): charts inlined,
+    opens offline. Also uploaded beside the run's (the sweep's) record in the store."""
+    from frugalml import report
+
+    cfg = _cfg()
+    store = Store.optional(cfg.storage, tolerate_transient=True)
+    if sweep is not None:
+        from frugalml import sweep as sw
+
+        sweep_id = sw.latest_id() if sweep == "last" else sweep
+        if sweep_id is None:
+            raise ConfigError("--sweep last: there is no sweep in .frugalml/sweeps/")
+        path = report.write_sweep_report(
+            SweepRecord.read(sweep_id), cfg.gates, store, out or Path("reports/sweep.html")
+        )
+    else:
+        if store is None:
+            raise ConfigError(
+                "run reports read the run records in the store: `frugalml storage up` or configure storage.*"
+            )
+        ids = list_runs(store)
+        rid = run_id or (ids[-1] if ids else None)
+        if rid is None:
+            raise ConfigError("no run recorded yet: `frugalml run` first")
+        path = report.write_stored_run_report(store, rid, out or report.RUN_HTML)
+    err.print(f"report: {path}")
 
 
 def _publish_sweep(record) -> None:

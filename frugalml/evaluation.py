@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from frugalml.config import Params
 from frugalml.console import info
 from frugalml.contracts import MODEL, PREPARED, ChampionScores, EvalReport, read_manifest
 from frugalml.errors import DataError
-from frugalml.fsutil import atomic_write_bytes, atomic_write_text
+from frugalml.fsutil import atomic_write_text
 from frugalml.modeling import ManifestDataset, build_model, eval_transform, load_model, select_device
 from frugalml.registry import Registry, fetch_model_blob, read_champion
 from frugalml.store import Store
@@ -97,29 +96,10 @@ def quality(y_true: list[int], probs: torch.Tensor, classes: list[str]) -> dict:
 
 
 def confusion_png(y_true: list[int], y_pred: list[int], classes: list[str], path: Path) -> None:
-    """A confusion-matrix heat map as PNG, drawn with PIL (no plotting library needed)."""
-    n = len(classes)
-    mat = [[0] * n for _ in range(n)]
-    for a, b in zip(y_true, y_pred):
-        mat[a][b] += 1
-    cell, margin = max(24, min(60, 600 // max(n, 1))), 110
-    img = Image.new("RGB", (margin + n * cell + 10, margin + n * cell + 10), "white")
-    d = ImageDraw.Draw(img)
-    d.text((margin, 8), "predicted ->", fill="black")
-    d.text((4, margin - 16), "actual", fill="black")
-    for i in range(n):
-        total = max(1, sum(mat[i]))
-        d.text((4, margin + i * cell + cell // 3), classes[i][:14], fill="black")
-        d.text((margin + i * cell + 2, margin - 16), classes[i][: max(3, cell // 7)], fill="black")
-        for j in range(n):
-            share = mat[i][j] / total
-            shade = int(255 * (1 - share))
-            x0, y0 = margin + j * cell, margin + i * cell
-            d.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline="grey")
-            d.text((x0 + 3, y0 + cell // 3), str(mat[i][j]), fill="black" if share < 0.6 else "white")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    """The confusion matrix as a PNG (matplotlib: counts, a colour scale, axis titles)."""
+    from frugalml.charts import plot_confusion
+
+    plot_confusion([(classes[a], classes[b]) for a, b in zip(y_true, y_pred)], classes, path)
 
 
 def write_confusion_csv(path: Path, classes: list[str], y_true: list[int], y_pred: list[int]) -> None:
