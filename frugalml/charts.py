@@ -188,7 +188,10 @@ def plot_variants(report: VariantsReport, path: Path, max_drop: float | None) ->
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     ax.margins(y=0.3)
     ax.set(xlabel="USD per 1k predictions (batch 1)", ylabel="test accuracy")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, frameon=False)
+    legend = ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, frameon=False)
+    for handle in legend.legend_handles:  # one marker size in the legend: the area is size, not identity
+        if hasattr(handle, "set_sizes"):
+            handle.set_sizes([40])
     skipped = [f"{v.name}: {v.reason}" for v in report.variants if v.status == "skipped"]
     title = f"Variants: {report.chosen} ships (ringed)" + (f"; skipped {'; '.join(skipped)}" if skipped else "")
     ax.set_title(title[:110], fontsize=9)

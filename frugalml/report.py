@@ -99,11 +99,12 @@ def _png(draw: Callable[[Path], None]) -> str:
 
 def _table(head: list[str], rows: list[list], left: int = 1) -> str:
     th = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(head))
+    th = th if any(head) else ""
     body = "".join(
         "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(r)) + "</tr>"
         for r in rows
     )
-    return f"<table><tr>{th}</tr>{body}</table>"
+    return f"<table>{f'<tr>{th}</tr>' if th else ''}{body}</table>"
 
 
 def _page(title: str, sections: list[str]) -> str:
@@ -253,7 +254,7 @@ def _validation(view: RunView) -> str:
         [
             _e(x.name),
             f'<span class="{"ok" if x.success else "bad"}">{"pass" if x.success else x.severity}</span>',
-            _e(json.dumps(x.observed)[:80] if not isinstance(x.observed, (int, float)) else x.observed),
+            _e(_observed(x.observed)),
             _e(x.threshold),
         ]
         for x in v.expectations
@@ -270,9 +271,20 @@ def _validation(view: RunView) -> str:
     warn = "".join(f"<p class='bad'>warning: {_e(w)}</p>" for w in v.warnings)
     return (
         f"<section><h2>Validation: {verdict}</h2>{ingest}{warn}<p>{v.images} images checked.{link}</p>"
-        + _table(["expectation", "result", "observed", "threshold"], rows)
+        + _table(["expectation", "result", "observed", "threshold"], rows, left=4)
         + "</section>"
     )
+
+
+def _observed(value) -> str:
+    if isinstance(value, dict) and "unexpected_count" in value:
+        examples = value.get("examples") or []
+        return f"{value['unexpected_count']} unexpected" + (
+            f", e.g. {', '.join(map(str, examples[:3]))}" if examples else ""
+        )
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return json.dumps(value)[:80] if not isinstance(value, (int, str)) else str(value)
 
 
 def _lineage(view: RunView) -> str:

