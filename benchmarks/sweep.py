@@ -129,7 +129,8 @@ def summarise(record: dict, wall: float, epochs: int) -> dict:
     return {
         "trials": len(trials),
         "pruned": sum(t["state"] == "pruned" for t in trials),
-        "usd": record["spent_usd"],
+        # the trials alone: the grid, run first, also paid the data preparation (billed to its record)
+        "usd": round(record["spent_usd"] - record.get("prep_usd", 0.0), 6),
         "wall_s": round(wall, 1),
         "best_accuracy": best.get("accuracy"),
         "best_settings": best["overrides"],
