@@ -227,6 +227,12 @@ def _run_locked(set_: list[str], until: str | None, always_flow: bool) -> None:
     print_summary(record)
     from frugalml.report import RUN_HTML
 
+    if record.package and record.package.packaged and record.status == "succeeded":
+        v = record.package.version
+        err.print("what next:")
+        err.print(f"  frugalml serve --version {v}          # serve the model it packaged on 127.0.0.1:3000")
+        err.print(f"  frugalml promote {v} --to production  # then `frugalml serve` follows production")
+        err.print("  frugalml sweep                        # search for the cheapest settings that pass the gates")
     if RUN_HTML.is_file() and record.run_id in RUN_HTML.read_text()[:4000]:
         err.print(f"report: {RUN_HTML} (open it in a browser; in the store: runs/{record.run_id}/report.html)")
     if record.status == "rejected":

