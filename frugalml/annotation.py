@@ -79,7 +79,7 @@ def _new_images(cfg: Params, skipped: dict[str, int]):
     """(entry, sha256, decoded RGB image) for each image of ``labels.unlabeled`` whose content is
     not labeled yet, read and decoded as ingest reads them; the rest counted in ``skipped``."""
     from frugalml.console import Progress
-    from frugalml.images import ImageRejected, decode
+    from frugalml.images import ImageRejected, cap_side, decode
 
     src = cfg.labels.unlabeled
     if not src:
@@ -97,7 +97,8 @@ def _new_images(cfg: Params, skipped: dict[str, int]):
             continue
         try:
             data = e.read()
-            rgb, _ = decode(data, cfg.data.max_pixels)
+            # as ingest prepares it (data.max_side): the features of an image are those training sees
+            rgb = cap_side(decode(data, cfg.data.max_pixels)[0], cfg.data.max_side)
         except (OSError, ImageRejected) as exc:
             _count(skipped, getattr(exc, "reason", "unreadable"))
             continue

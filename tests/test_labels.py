@@ -361,3 +361,20 @@ def test_a_large_tar_of_unlabeled_images_is_streamed_not_held(tmp_path, monkeypa
     assert sorted(new.paths) == sorted(images) and new.X.shape[0] == 300
     assert new.skipped == {"unknown_extension": 20_000, "not_an_image": 40}
     assert peak < 25, f"labels next held {peak:.0f} MB of 60 MB of images"
+
+
+def test_labels_next_sees_an_image_as_ingest_prepares_it(tmp_path, monkeypatch):
+    """Trust round 2, item 3: with data.max_side set, ingest caps each image's side before training
+    sees it, but `labels next` computed the features of the uncapped decode: the same image gave
+    other features than in training. It now caps as ingest does."""
+    from PIL import Image
+
+    from frugalml.annotation import _new_images
+
+    monkeypatch.chdir(tmp_path)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    Image.new("RGB", (200, 100), (10, 200, 30)).save(pool / "wide.png")
+    cfg = config.validate(config.apply_overrides({}, [f"labels.unlabeled={pool}", "data.max_side=50"]))
+    [(_, _, rgb)] = list(_new_images(cfg, {}))
+    assert rgb.size == (50, 25)
