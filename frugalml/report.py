@@ -97,13 +97,15 @@ def _png(draw: Callable[[Path], None]) -> str:
     return f'<img alt="chart" src="data:image/png;base64,{data}">'
 
 
-def _table(head: list[str], rows: list[list], left: int = 1) -> str:
-    th = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(head))
-    th = th if any(head) else ""
-    body = "".join(
-        "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(r)) + "</tr>"
-        for r in rows
-    )
+def _table(head: list[str], rows: list[list], left: int | set[int] = 1) -> str:
+    """Numbers right-aligned; the columns in ``left`` (the first ``left`` if a number) left-aligned."""
+    cols = set(range(left)) if isinstance(left, int) else left
+
+    def cls(i: int) -> str:
+        return ' class="l"' if i in cols else ""
+
+    th = "".join(f"<th{cls(i)}>{_e(h)}</th>" for i, h in enumerate(head)) if any(head) else ""
+    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
     return f"<table>{f'<tr>{th}</tr>' if th else ''}{body}</table>"
 
 
@@ -339,9 +341,7 @@ def _trend(view: RunView) -> str:
 # -- the sweep report ------------------------------------------------------------------------------
 def why_not(trial, rec) -> str:
     """Why a trial is not the recommendation."""
-    if rec is None:
-        return "no trial passes every gate"
-    if trial.number == rec.number:
+    if rec is not None and trial.number == rec.number:
         return "recommended: the cheapest trial that passes every gate"
     if trial.state == "pruned":
         return "pruned: trailed the others at an early epoch"
@@ -349,6 +349,8 @@ def why_not(trial, rec) -> str:
         return f"{trial.state}: {trial.message[:80]}"
     if trial.gate and trial.gate.decision != "accept":
         return "rejected by gates." + ", gates.".join(trial.gate.failed)
+    if rec is None:
+        return "no gate decision"
     if trial.usd >= rec.usd:
         return f"passes, but costs {trial.usd / rec.usd:.1f}x the recommended" if rec.usd else "passes, costs more"
     return "passes and costs less, but stopped before its last epoch"
@@ -381,10 +383,11 @@ def sweep_html(record: SweepRecord, gates: GatesConfig) -> str:
     prep = f" (data preparation {_usd(record.prep_usd)} of it)" if record.prep_usd else ""
     head = (
         f"<h1>Sweep {_e(record.id)}</h1><p class='muted'>{_e(record.status)}, {len(record.trials)} trials, "
-        f"{_usd(record.spent_usd)} spent of {_usd(record.budget_usd, 4)}{prep}; space "
+        f"{_usd(record.spent_usd)} spent of ${record.budget_usd:g}{prep}; space "
         f"<code>{_e(json.dumps(record.space))}</code></p>"
     )
-    table = _table(["trial", "settings", "state", "accuracy", "USD", "wall s", "", "why"], rows, left=2)
+    table = _table(["trial", "settings", "state", "accuracy", "USD", "wall s", "", "why"], rows, left=3)
+    table = table.replace('<td class="">front', '<td class="l">front')
     return _page(
         f"frugalml sweep {record.id}",
         [head, f"<section><h2>Recommendation</h2>{verdict}</section>",
