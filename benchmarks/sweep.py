@@ -91,8 +91,8 @@ def one_run(run: int, epochs: int) -> dict:
             sh(["git", "add", "-A"], repo, env)
             sh(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"], repo, env)
             for name, settings in VARIANTS.items():
-                if name != "grid":
-                    settings = [*settings, f"sweep.budget_usd={results['grid']['usd'] / 3:.6f}"]
+                if name != "grid":  # each run samples its own settings: sweep.seed = the run's number
+                    settings = [*settings, f"sweep.budget_usd={results['grid']['usd'] / 3:.6f}", f"sweep.seed={run}"]
                 print(f"run {run}, {name}: sweeping ...", file=sys.stderr, flush=True)
                 t0 = time.perf_counter()
                 sh(cli + ["sweep", *(a for s in settings for a in ("--set", s))], repo, env)
