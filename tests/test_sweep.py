@@ -298,6 +298,15 @@ def test_budget_below_one_trial_is_refused(pipeline_repo):
     assert not (pipeline_repo / ".frugalml" / "sweeps").exists()
 
 
+def test_data_that_fails_validation_stops_a_sweep_with_exit_3(pipeline_repo):
+    """Trust round 2, item 13: the pipeline ran and rejected the data: exit 3 (as `frugalml run`),
+    one line naming the report, and no trial started."""
+    res = run(FRUGALML + ["sweep", "--set", "validate.min_images_per_class=100000"], pipeline_repo, check=False)
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert "the data failed validation" in res.stderr and "Traceback" not in res.stderr
+    assert not (pipeline_repo / ".frugalml" / "sweeps").exists()
+
+
 SPACE = "sweep.space={train.finetune: [head, full], train.epochs: [1, 3]}"
 
 
