@@ -36,7 +36,7 @@ from frugalml.locks import RUN_LOCK, workspace_lock
 from frugalml.procs import dvc_env
 from frugalml.registry import Registry, write_champion
 from frugalml.reproduce import reproduce
-from frugalml.runs import get_record, list_runs, new_run_id
+from frugalml.runs import get_record, list_runs, new_run_id, recent_records
 from frugalml.sources import is_hidden, iter_folder
 from frugalml.store import Store, resolve_settings, split_s3_uri
 
@@ -243,16 +243,7 @@ def _run_locked(set_: list[str], until: str | None, always_flow: bool) -> None:
 
 def _history(cfg, last: int = 20) -> list[RunRecord]:
     """The most recent run records (none when no store is configured or it does not answer)."""
-    store = Store.optional(cfg.storage, tolerate_transient=True)
-    if store is None:
-        return []
-    records = []
-    for rid in list_runs(store)[-last:]:
-        try:
-            records.append(get_record(store, rid))
-        except FrugalError:  # a record written by another tool or damaged: not a basis for estimates
-            continue
-    return records
+    return recent_records(Store.optional(cfg.storage, tolerate_transient=True), last)
 
 
 def _estimate_table(est: Estimate) -> Table:

@@ -402,28 +402,13 @@ def _local(path: str) -> bytes | None:
     return p.read_bytes() if p.is_file() else None
 
 
-def recent_runs(store, last: int = 10) -> list[RunRecord]:
-    """The last run records in the store (none without one); a record that cannot be read is left out."""
-    from frugalml.errors import FrugalError
-    from frugalml.runs import get_record, list_runs
-
-    if store is None:
-        return []
-    out = []
-    for rid in list_runs(store)[-last:]:
-        try:
-            out.append(get_record(store, rid))
-        except FrugalError:
-            continue
-    return out
-
-
 def write_run_report(record: RunRecord, store, out: Path = RUN_HTML) -> Path:
     """The report of the run that just finished, from the workspace's files: ``reports/run.html``,
     and ``runs/<id>/report.html`` in the store (beside the files it links to)."""
     from frugalml.fsutil import atomic_write_text
+    from frugalml.runs import recent_records
 
-    history = [r for r in recent_runs(store) if r.run_id != record.run_id] + [record]
+    history = [r for r in recent_records(store) if r.run_id != record.run_id] + [record]
     view = load_run(record, _local, history)
     docs = Path("reports/validation/index.html")
     view.data_docs_href = "validation/index.html" if docs.is_file() and out == RUN_HTML else None
@@ -438,7 +423,7 @@ def write_run_report(record: RunRecord, store, out: Path = RUN_HTML) -> Path:
 def write_stored_run_report(store, run_id: str, out: Path) -> Path:
     """The report of any recorded run, from the files its record carries in the store."""
     from frugalml.fsutil import atomic_write_text
-    from frugalml.runs import get_record
+    from frugalml.runs import get_record, recent_records
 
     record = get_record(store, run_id)
     carried = set(record.files)
@@ -446,7 +431,7 @@ def write_stored_run_report(store, run_id: str, out: Path) -> Path:
     def read(path: str) -> bytes | None:
         return store.get_bytes(f"runs/{run_id}/{path}")[0] if path in carried else None
 
-    history = [r for r in recent_runs(store, 30) if r.run_id <= run_id][-10:]
+    history = [r for r in recent_records(store, 30) if r.run_id <= run_id][-10:]
     view = load_run(record, read, history)
     page = run_html(view)
     if "reports/validation/index.html" in carried:

@@ -50,3 +50,19 @@ def get_record(store: Store, run_id: str) -> RunRecord:
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
         raise DataError(f"run record {run_id} is not a valid RunRecord ({fields})") from None
+
+
+def recent_records(store: Store | None, last: int = 10) -> list[RunRecord]:
+    """The last ``last`` run records, oldest first (none without a store). A record that cannot be
+    read (written by another tool, or damaged) is left out: it is a basis for nothing."""
+    from frugalml.errors import FrugalError
+
+    if store is None:
+        return []
+    out = []
+    for rid in list_runs(store)[-last:]:
+        try:
+            out.append(get_record(store, rid))
+        except FrugalError:
+            continue
+    return out
