@@ -96,7 +96,7 @@ def chart(rows: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    fig, ax = plt.subplots(figsize=(10.5, 5), dpi=110)
     markers = {"scratch": "x", "imagenet head": "o", "imagenet last_n": "s", "imagenet full": "D"}
     colours = dict(zip(sorted({r["labels_per_class"] for r in rows.values()}), ("#9ecae1", "#4292c6", "#08519c")))
     for key, r in rows.items():
@@ -110,7 +110,7 @@ def chart(rows: dict, path: Path) -> None:
     ax.set_ylabel("test accuracy (median of seeds, min-max)")
     ax.set_title("builtin:shapes, EfficientNet-Lite0 at 64 px: what accuracy costs, labels included")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: no point hidden
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -127,8 +127,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budgets", default="20,60,200", help="labels a class, comma-separated")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--chart", default=str(ROOT / "benchmarks" / "results" / "transfer.png"))
+    ap.add_argument("--chart", default=str(ROOT / "docs" / "img" / "transfer.png"))
+    ap.add_argument("--replot", help="draw the chart again from this script's JSON output, without training")
     args = ap.parse_args()
+    if args.replot:
+        return chart(json.loads(Path(args.replot).read_text())["configs"], Path(args.chart))
     budgets = [int(b) for b in args.budgets.split(",")]
     price = Prices().labeling_usd_per_image
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
