@@ -783,6 +783,7 @@ def write_overrides(path: str | Path, overrides: list[str]) -> None:
     validate(apply_overrides(read_raw(path), overrides), f"{path} with --set {' '.join(overrides)}")
     ry = YAML()
     ry.preserve_quotes = True
+    ry.width = 4096  # a long flow line (sweep.space) stays one line: only the changed key differs
     # ruamel writes None as an empty value; the file says `null`: keep every untouched line as written
     ry.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     doc = ry.load(path.read_text(encoding="utf-8"))

@@ -444,7 +444,9 @@ def test_killed_sweep_resumes_without_losing_or_double_billing(pipeline_repo):
     assert after["trials"][: len(done)] == done  # kept as they were: not run again, not billed again
     states = [t["state"] for t in after["trials"]]
     assert states.count("interrupted") == 1 and len([s for s in states if s != "interrupted"]) == 3
-    assert after["spent_usd"] == pytest.approx(sum(t["usd"] for t in after["trials"]), abs=1e-6)
+    # the trials, each once, and the data preparation before the first (billed to the sweep, item 10)
+    spent = after.get("prep_usd", 0.0) + sum(t["usd"] for t in after["trials"])
+    assert after["spent_usd"] == pytest.approx(spent, abs=1e-6) and after["prep_usd"] == before["prep_usd"] > 0
 
 
 def test_sigterm_stops_the_running_trial_at_once_and_bills_it(pipeline_repo):
@@ -482,7 +484,7 @@ def test_sigterm_stops_the_running_trial_at_once_and_bills_it(pipeline_repo):
     assert record["status"] == "interrupted" and "--resume" in out
     (trial,) = record["trials"]
     assert trial["state"] == "interrupted" and trial["usd"] > 0 and 3 <= trial["wall_s"] < 3 + stopped_in + 300
-    assert record["spent_usd"] == pytest.approx(trial["usd"], abs=1e-6)
+    assert record["spent_usd"] == pytest.approx(record.get("prep_usd", 0.0) + trial["usd"], abs=1e-6)
 
 
 def test_a_rejected_experiment_completes_and_the_table_is_readable(pipeline_repo):
