@@ -27,7 +27,7 @@ from frugalml.builtin import materialize
 from frugalml.charts import plot_cost_per_run
 from frugalml.console import Progress, err, fast_exit
 from frugalml.contracts import STAGES as STAGE_NAMES
-from frugalml.contracts import CostEntry, RunRecord, SweepRecord, VariantsReport, cost_file
+from frugalml.contracts import CostEntry, RunRecord, SweepRecord, VariantsReport
 from frugalml.dvcconf import write_local_config
 from frugalml.embedded import EmbeddedS3
 from frugalml.errors import ConfigError, DataError, FrugalError, Rejected, StorageError
@@ -381,14 +381,8 @@ def _sweep_locked(set_: list[str], resume: str | None) -> None:
 def _entries_of(run_id: str, stages: tuple[str, ...]) -> list:
     """The cost entries of ``stages`` written under ``run_id`` (a stage DVC skipped keeps the
     entry of the run that last ran it)."""
-    out = []
-    for stage in stages:
-        path = cost_file(stage)
-        if path.exists():
-            entry = CostEntry.read(path)
-            if entry.run_id == run_id:
-                out.append(entry)
-    return out
+    entries = (CostEntry.for_stage(stage) for stage in stages)
+    return [e for e in entries if e is not None and e.run_id == run_id]
 
 
 def _prep_text(entries) -> str:

@@ -57,6 +57,7 @@ class RunView:
     manifest_md5: str | None = None
     history: list[RunRecord] = field(default_factory=list)
     data_docs_href: str | None = None  # the validation's data docs, relative to where the report lands
+    data_docs_uri: str | None = None  # ... or, where no relative link reaches them, their s3:// URI
 
 
 def load_run(record: RunRecord, read: Callable[[str], bytes | None], history: list[RunRecord]) -> RunView:
@@ -252,6 +253,8 @@ def _validation(view: RunView) -> str:
         return "<section><h2>Validation</h2><p class='muted'>The validate stage did not run.</p></section>"
     verdict = f'<span class="{"ok" if v.success else "bad"}">{"passed" if v.success else "failed"}</span>'
     link = f' <a href="{_e(view.data_docs_href)}">Data docs (Great Expectations)</a>' if view.data_docs_href else ""
+    if not link and view.data_docs_uri:
+        link = f" Data docs: <code>{_e(view.data_docs_uri)}</code>"
     rows = [
         [
             _e(x.name),
@@ -433,12 +436,9 @@ def write_stored_run_report(store, run_id: str, out: Path) -> Path:
 
     history = [r for r in recent_records(store, 30) if r.run_id <= run_id][-10:]
     view = load_run(record, read, history)
-    page = run_html(view)
     if "reports/validation/index.html" in carried:
-        page = page.replace(
-            "checked.</p>",
-            f"checked. Data docs: <code>{store.uri(f'runs/{run_id}/reports/validation/index.html')}</code></p>",
-        )
+        view.data_docs_uri = store.uri(f"runs/{run_id}/reports/validation/index.html")
+    page = run_html(view)
     atomic_write_text(out, page)
     store.put_bytes(f"runs/{run_id}/report.html", page.encode(), content_type="text/html; charset=utf-8")
     return out
