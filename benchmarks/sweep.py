@@ -11,16 +11,20 @@ Real ``frugalml sweep`` runs, each trial a DVC experiment with the real train an
 and their cost meters:
 
 - ``grid``: every setting, no pruner: the reference;
-- ``tpe + hyperband``: the sweep as a team runs it, with a budget: a third of what the grid
-  spent (``sweep.budget_usd``), up to as many trials (Optuna's TPE samples at random for its
-  first trials; the pruner stops trials trailing the others at epoch 1, 2 ...; the last trial
-  trains on what is left and may be stopped by it).
+- ``tpe + hyperband``: the sweep as a team runs it (defaults: ``sweep.screen`` on), with a
+  budget: a third of what the grid spent (``sweep.budget_usd``), up to as many trials. The
+  screen first trains the head alone on each start's cached features (ImageNet / scratch x 32 /
+  64 px) in the sweep's process; the best start's deeper fine-tunings (full, then last_n) are the
+  first trials; then Optuna's TPE (which samples at random for its first trials) and the pruner
+  (stops trials trailing the others at epoch 1, 2 ...); the last trial trains on what is left.
 
 For each: the best test accuracy, the $ spent (every trial billed as its stages are, pruned ones
 included) and ``cost ratio = sweep $ / grid $``. The grid's ``floor_ratio`` is its best trial's $
 over the grid's: the lowest cost ratio of any sweep that finds that setting and trains it to the
-end. What the two cheap parts contribute is printed per run: the share of the grid's $ spent on
-head-only trials (feature cache) and the $ the pruner saved (pruned trials' epochs not trained).
+end. What the cheap parts contribute is printed per run: the share of the grid's $ spent on
+head-only trials (feature cache), the screen's $ as a share of the grid's (``screen_ratio``) and
+the $ the pruner saved (pruned trials' epochs not trained). ``--no-screen`` runs the sweep
+without the screen (``sweep.screen=false``), for comparison.
 Target: cost ratio <= 0.34 with the best accuracy within 0.5 pp of the grid's, median of the runs.
 """
 
@@ -61,7 +65,7 @@ def sh(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     return res
 
 
-def one_run(run: int, epochs: int) -> dict:
+def one_run(run: int, epochs: int, screen: bool = True) -> dict:
     """Both variants in a fresh workspace: its own store, DVC repo and feature cache."""
     from frugalml.config import write_overrides
     from frugalml.embedded import EmbeddedS3
@@ -93,6 +97,7 @@ def one_run(run: int, epochs: int) -> dict:
             for name, settings in VARIANTS.items():
                 if name != "grid":  # each run samples its own settings: sweep.seed = the run's number
                     settings = [*settings, f"sweep.budget_usd={results['grid']['usd'] / 3:.6f}", f"sweep.seed={run}"]
+                    settings.append(f"sweep.screen={str(screen).lower()}")
                 print(f"run {run}, {name}: sweeping ...", file=sys.stderr, flush=True)
                 t0 = time.perf_counter()
                 sh(cli + ["sweep", *(a for s in settings for a in ("--set", s))], repo, env)
@@ -111,6 +116,7 @@ def one_run(run: int, epochs: int) -> dict:
             r["cost_ratio"] = round(r["usd"] / grid["usd"], 3)
             r["accuracy_gap_pp"] = round(100 * (grid["best_accuracy"] - r["best_accuracy"]), 2)
             r["pruner_saved_ratio"] = round(r.pop("pruned_saved_usd") / grid["usd"], 3)
+            r["screen_ratio"] = round(r["screen_usd"] / grid["usd"], 3)
             r.pop("head_usd")
     return results
 
@@ -138,6 +144,9 @@ def summarise(record: dict, wall: float, epochs: int) -> dict:
         "cheapest_trial_usd": min(t["usd"] for t in trials),
         "head_usd": sum(t["usd"] for t in trials if "train.finetune=head" in t["overrides"]),
         "pruned_saved_usd": saved,
+        "screen_usd": record.get("screen_usd", 0.0),
+        "screen": {" ".join(r["overrides"]): r["val_accuracy"] for r in record.get("screen", [])},
+        "order": [" ".join(t["overrides"]) for t in trials],
     }
 
 
@@ -145,10 +154,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-screen", action="store_true", help="the sweep without sweep.screen")
     args = parser.parse_args()
     exit_cleanly_on_sigterm()
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
-    runs = [one_run(i + 1, args.epochs) for i in range(args.runs)]
+    runs = [one_run(i + 1, args.epochs, screen=not args.no_screen) for i in range(args.runs)]
     for i, r in enumerate(runs, 1):
         print(json.dumps({"run": i, **r}))
     sweep = [r["tpe + hyperband"] for r in runs]
@@ -161,6 +171,7 @@ def main() -> None:
                     "grid_floor_ratio": statistics.median(r["grid"]["floor_ratio"] for r in runs),
                     "grid_head_share": statistics.median(r["grid"]["head_share"] for r in runs),
                     "pruner_saved_ratio": statistics.median(r["pruner_saved_ratio"] for r in sweep),
+                    "screen_ratio": statistics.median(r["screen_ratio"] for r in sweep),
                 },
                 "targets": {"cost_ratio": "<= 0.34", "accuracy_gap_pp": "<= 0.5"},
             },

@@ -452,6 +452,7 @@ def _frontier_table(record) -> Table:
     t = Table(
         title=f"Sweep {record.id}: {len(record.trials)} trials, ${record.spent_usd:.5f} of ${record.budget_usd:g}"
         + (f" (data preparation ${record.prep_usd:.5f} of it)" if record.prep_usd else "")
+        + (f" (the screen of {len(record.screen)} starts ${record.screen_usd:.5f} of it)" if record.screen else "")
         + (f"; ${record.prep_labeling_usd:.2f} of new labels" if record.prep_labeling_usd else "")
         + (f"; {record.repeats_skipped} repeated settings not run again" if record.repeats_skipped else "")
     )

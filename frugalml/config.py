@@ -558,6 +558,16 @@ class SweepConfig(_Strict):
     """`hyperband`, `successive_halving` or `none`, on per-epoch validation accuracy"""
     seed: int = 0
     """the sampler's seed"""
+    screen: bool = True
+    """before the sampler's trials, screen the *starts* in the space (every combination of its `model.arch`,
+    `model.pretrained` and `model.image_size` choices): train the head alone on each start's frozen, cached
+    features in the sweep's own process (seconds each, no DVC, no evaluation; billed to the sweep), then run the
+    best start's deeper fine-tunings (`train.finetune` deepest first) as the first trials; the sampler takes over
+    after them. Applies when `sweep.space` has at least two starts and `train.finetune` choices with `head` and a
+    deeper one, and the sampler is not `grid`. A head trained on frozen features ranks what a backbone already
+    knows of the data; its cost is one pass over the images per start, where a trial pays DVC, two stage start-ups
+    and an evaluation
+    """
 
 
 class LabelsConfig(_Strict):

@@ -585,6 +585,18 @@ class SweepTrial(BaseModel):
         return self.macro_f1 if objective == "macro_f1" else self.accuracy
 
 
+class ScreenResult(BaseModel):
+    """One start of a sweep screened before its trials (``sweep.screen``): the head alone trained
+    on the frozen backbone's cached features, scored on the validation split."""
+
+    model_config = ConfigDict(extra="forbid")
+    overrides: list[str]  # the start: model.arch / model.pretrained / model.image_size, KEY=VALUE
+    val_accuracy: float
+    usd: float  # its wall time at the price sheet (the sweep's own process, no DVC)
+    wall_s: float
+    features_cached: int = 0  # images whose features the feature cache already held
+
+
 class SweepRecord(BaseModel):
     """``sweeps/<id>/record.json`` (locally under .frugalml/ and in the bucket): trials, spend, front."""
 
@@ -606,6 +618,10 @@ class SweepRecord(BaseModel):
     # its compute counts in spent_usd (and against the budget); labels ingested then are billed here too
     prep_usd: float = 0.0
     prep_labeling_usd: float = 0.0
+    # the screen of the starts before the trials (`sweep.screen`): each start's head-only score, and
+    # its compute (counted in spent_usd and against the budget)
+    screen: list[ScreenResult] = []
+    screen_usd: float = 0.0
 
     @staticmethod
     def path(sweep_id: str) -> Path:

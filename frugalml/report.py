@@ -395,8 +395,24 @@ def sweep_html(record: SweepRecord, gates: GatesConfig) -> str:
         f"frugalml sweep {record.id}",
         [head, f"<section><h2>Recommendation</h2>{verdict}</section>",
          f"<section><h2>Accuracy against cost</h2>{chart}</section>",
+         *_screen_section(record),
          f"<section><h2>Trials</h2>{table}</section>"],
     )  # fmt: skip
+
+
+def _screen_section(record: SweepRecord) -> list[str]:
+    """The starts screened before the trials (``sweep.screen``), best first."""
+    if not record.screen:
+        return []
+    rows = [
+        [_e(" ".join(r.overrides)), f"{r.val_accuracy:.4f}", _usd(r.usd), f"{r.wall_s:.0f}", str(r.features_cached)]
+        for r in sorted(record.screen, key=lambda r: -r.val_accuracy)
+    ]
+    table = _table(["start", "head val accuracy", "USD", "wall s", "features cached"], rows, left=1)
+    return [
+        f"<section><h2>Screen</h2><p>Before the trials, the head alone on each start's frozen features "
+        f"({_usd(record.screen_usd)} in all); the best start's deeper fine-tunings ran first.</p>{table}</section>"
+    ]
 
 
 # -- writing them ----------------------------------------------------------------------------------

@@ -466,11 +466,13 @@ class Sweep:
 
     @property
     def spent(self) -> float:
-        """Compute so far: the data preparation and every trial (pruned and failed ones too)."""
-        return round(self.record.prep_usd + sum(t.usd for t in self.record.trials), 6)
+        """Compute so far: the data preparation, the screen and every trial (pruned and failed ones too)."""
+        r = self.record
+        return round(r.prep_usd + r.screen_usd + sum(t.usd for t in r.trials), 6)
 
     def run(self, progress: Callable[[str], None] = info) -> SweepRecord:
         try:
+            self._screen(progress)
             self._loop(progress)
         except KeyboardInterrupt:  # the loop has stopped the running trials and recorded them
             self.record.status = "interrupted"
@@ -483,6 +485,36 @@ class Sweep:
                 lanes.remove_lanes(self.id)
         self._save()
         return self.record
+
+    def _screen(self, progress: Callable[[str], None]) -> None:
+        """``sweep.screen``: score each start's head on its cached features, then queue the best
+        start's deeper fine-tunings as the first trials (see ``frugalml.screen``). Once per sweep:
+        a resumed sweep keeps its screen and its queue."""
+        from frugalml import screen
+
+        why = screen.why_not(self.cfg, self.space)
+        if why is not None or self.record.screen or self.record.trials:
+            return
+        n = len(screen.starts(self.space))
+        progress(f"sweep: screening {n} starts: the head alone on each one's cached features (sweep.screen)")
+        t0 = time.perf_counter()
+        results = screen.screen(self.cfg, self.space, self.cfg.sweep.budget_usd - self.spent, progress)
+        wall = time.perf_counter() - t0  # the starts and what is around them (loading torch, the manifest)
+        self.record.screen = results
+        self.record.screen_usd = round(price({"wall_s": wall}, self.cfg.costs, self.cfg.train.capacity)["total_usd"], 6)
+        best = screen.best_start(self.space, results)
+        first = screen.plan(self.space, best) if best else []
+        for params in first:
+            self.study.enqueue_trial(params)
+        if best:
+            progress(
+                f"sweep: screen ${self.record.screen_usd:.5f} ({wall:.0f} s); best start "
+                f"{' '.join(screen.overrides(best))}: its "
+                + ", ".join(p["train.finetune"] for p in first)
+                + " fine-tuning run first, then the sampler"
+            )
+        with self._lock:
+            self._save()
 
     def _loop(self, progress: Callable[[str], None]) -> None:
         """Up to ``sweep.parallel`` trials at a time, each in its own lane (one: in the workspace).

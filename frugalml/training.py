@@ -685,6 +685,14 @@ def fit(tr: Trainer, state: TrainState, ckpt: Checkpointer) -> tuple[TrainState,
     return state, "completed", time.perf_counter() - t_start
 
 
+def fit_quietly(tr: Trainer) -> float:
+    """Every epoch of ``tr`` with nothing around it (no checkpoint, budget, pruner or early stop):
+    the validation accuracy at the end. What the sweep's screen needs of a head-only training."""
+    for epoch in range(1, tr.t.epochs + 1):
+        _epoch(tr, epoch)
+    return tr.shared_validation()[0]
+
+
 def _device(t: TrainConfig) -> torch.device:
     device = select_device(t.device)
     if world() > 1:

@@ -584,3 +584,55 @@ def test_a_trial_is_billed_as_its_stages_are_gpu_and_spot_included():
     assert usd == pytest.approx(train.total_usd + ev.total_usd + rest, abs=2e-6)
     assert train.gpu_usd > 0 and usd > price({"wall_s": 130.0}, costs)["total_usd"]  # the GPU is billed
     assert usd - train.total_usd >= rest  # the overhead a trial adds is never negative
+
+
+def test_the_screen_applies_to_several_starts_and_a_head_with_a_deeper_choice():
+    from frugalml import config, screen
+
+    def space_of(**space):
+        return {k.replace("__", "."): v for k, v in space.items()}
+
+    depths = ["last_n", "head", "full"]
+    both = space_of(model__pretrained=["imagenet", "none"], model__image_size=[32, 64], train__finetune=depths)
+    cfg = config.validate({"sweep": {"space": both}})
+    assert screen.why_not(cfg, both) is None
+    assert screen.starts(both) == [
+        {"model.pretrained": p, "model.image_size": s} for p in ("imagenet", "none") for s in (32, 64)
+    ]
+    best = {"model.pretrained": "imagenet", "model.image_size": 64}
+    assert [p["train.finetune"] for p in screen.plan(both, best)] == ["full", "last_n"]  # deepest first
+    assert all(p["model.image_size"] == 64 for p in screen.plan(both, best))
+    one_start = space_of(model__image_size=[32], train__finetune=["head", "full"])
+    assert "one start" in screen.why_not(cfg, one_start)
+    no_head = space_of(model__image_size=[32, 64], train__finetune=["last_n", "full"])
+    assert "head and a deeper one" in screen.why_not(cfg, no_head)
+    assert "off" in screen.why_not(config.validate({"sweep": {"space": both, "screen": False}}), both)
+    assert "grid" in screen.why_not(config.validate({"sweep": {"space": both, "sampler": "grid"}}), both)
+    augmented = config.validate({"train": {"augment": {"rotation_deg": 30}, "finetune": "full"}})
+    c = screen.screen_config(augmented, best)
+    assert c.train.finetune == "head" and c.model.image_size == 64 and c.model.pretrained == "imagenet"
+    assert config.feature_cache_off(c.train) is None  # the screen always runs on cached features
+    assert augmented.train.augment.rotation_deg == 30  # the trials' own settings are untouched
+
+
+def test_a_sweep_screens_its_starts_then_fine_tunes_the_best_one_first(pipeline_repo):
+    """sweep.screen, for real: two starts (16 and 24 px) screened in the sweep's own process on
+    the feature cache, billed to the record; the first trial (a DVC experiment) is the best start
+    at the deepest fine-tuning of the space; the screen writes no model into the workspace."""
+    repo = pipeline_repo
+    space = "sweep.space={model.image_size: [16, 24], train.finetune: [head, full]}"
+    sets = [space, "sweep.max_trials=1", "sweep.budget_usd=1", "sweep.pruner=none", "train.epochs=2"]
+    res = run(FRUGALML + ["sweep", *(a for s in sets for a in ("--set", s))], repo, timeout=900)
+    out = res.stderr
+    assert "sweep: screening 2 starts" in out and "screen 2/2 model.image_size=24" in out, out[-4000:]
+    sweep_id = sorted(p.name for p in (repo / ".frugalml" / "sweeps").iterdir())[-1]
+    record = SweepRecord.model_validate_json((repo / ".frugalml" / "sweeps" / sweep_id / "record.json").read_text())
+    assert [r.overrides for r in record.screen] == [["model.image_size=16"], ["model.image_size=24"]]
+    assert all(0.0 <= r.val_accuracy <= 1.0 and r.usd > 0 and r.wall_s > 0 for r in record.screen)
+    assert record.screen_usd >= sum(r.usd for r in record.screen) > 0
+    best = max(record.screen, key=lambda r: r.val_accuracy).overrides
+    assert len(record.trials) == 1 and record.trials[0].overrides == [*best, "train.finetune=full"]
+    assert record.spent_usd == pytest.approx(record.prep_usd + record.screen_usd + record.trials[0].usd, abs=2e-6)
+    assert len(list((repo / ".frugalml" / "features").glob("*.pt"))) == 2  # one per start, kept for the trials
+    assert not (repo / "models" / "model.pt").exists()  # the trial ran in DVC's temporary copy, the screen in memory
+    assert f"the screen of 2 starts ${record.screen_usd:.5f}" in out
