@@ -56,9 +56,9 @@ def one(cli, repo: Path, env: dict, seed: int, pools: str, capacity: str) -> Non
 
 def main() -> None:
     exit_cleanly_on_sigterm()
-    from frugalml.config import StorageConfig
-    from frugalml.embedded import EmbeddedS3
-    from frugalml.store import Store
+    from frugalml.core.config import StorageConfig
+    from frugalml.core.embedded import EmbeddedS3
+    from frugalml.core.store import Store
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)

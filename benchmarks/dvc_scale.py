@@ -41,7 +41,7 @@ def main() -> None:
     from _common import exit_cleanly_on_sigterm
 
     exit_cleanly_on_sigterm()
-    from frugalml.embedded import EmbeddedS3
+    from frugalml.core.embedded import EmbeddedS3
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=20000)
@@ -53,7 +53,7 @@ def main() -> None:
         repo = pipeline_repo(tmp / "repo", env)
         print(f"generating {args.images} images ...", flush=True)
         generate(tmp / "src", args.images)
-        from frugalml.config import write_overrides
+        from frugalml.core.config import write_overrides
 
         write_overrides(repo / "params.yaml", [f"data.source={tmp / 'src'}"])
         server = EmbeddedS3(repo, bucket="frugalml")

@@ -48,7 +48,7 @@ def sh(cmd, cwd, env):
 
 
 def set_params(work: Path, params: dict) -> None:
-    from frugalml.config import write_overrides
+    from frugalml.core.config import write_overrides
 
     (work / "params.yaml").write_text("{}\n")
     write_overrides(work / "params.yaml", [f"{k}={v}" for k, v in params.items()])
@@ -109,8 +109,8 @@ def main() -> None:
                 f"{off6['accuracy']:.4f} / {warm6['accuracy']:.4f}",
                 file=sys.stderr,
             )
-        from frugalml.config import CostsConfig
-        from frugalml.costs import price
+        from frugalml.core.config import CostsConfig
+        from frugalml.core.costs import price
 
         per_s = price({"wall_s": 1.0}, CostsConfig())["total_usd"]
         med = {k: statistics.median(v) for k, v in rows.items()}

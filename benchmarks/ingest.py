@@ -65,7 +65,7 @@ def run_ingest(src: Path, work: Path) -> tuple[float, float, dict, float]:
     t0 = time.perf_counter()
     code = (
         "import resource, sys, time; from tasks import ingest; from frugalml import config; "
-        "from frugalml.costs import CostMeter\n"
+        "from frugalml.core.costs import CostMeter\n"
         "cfg = config.load()\n"
         "t0 = time.perf_counter()\n"
         "with CostMeter('ingest', 'bench') as m: ingest.run(cfg, m)\n"

@@ -9,7 +9,7 @@ and p50 ms at batch 1 of
   * torch fp32 (eager): what the pipeline serves without variants;
   * PT2E int8: ``X86InductorQuantizer`` (static, per-channel), calibrated on --calibration
     random images, run through ``torch.compile`` (inductor: what makes PT2E int8 fast on x86);
-  * ONNX Runtime fp32 and ONNX Runtime int8 QDQ: ``frugalml.variants.export_onnx`` and
+  * ONNX Runtime fp32 and ONNX Runtime int8 QDQ: ``frugalml.ship.variants.export_onnx`` and
     ``quantize_int8``, the functions the compress stage runs, calibrated on the same images;
 
 and the time each toolchain needs to build its int8 model (PT2E: quantize + compile warm-up).
@@ -81,8 +81,8 @@ def ort(path: Path):
 
 
 def measure(arch: str, args, work: Path) -> dict:
-    from frugalml.modeling import build_model
-    from frugalml.variants import export_onnx, quantize_int8
+    from frugalml.model.modeling import build_model
+    from frugalml.ship.variants import export_onnx, quantize_int8
 
     torch.manual_seed(0)
     model = build_model(arch, 10).eval()

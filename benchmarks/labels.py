@@ -59,7 +59,7 @@ def sh(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 def prepared_repo(path: Path, source: Path, env: dict, started: list[Path], image_size: int) -> Path:
     """A pipeline repo on ``source`` with its own embedded store (listed in ``started`` before it
     starts, so that the caller stops it), prepared up to validation."""
-    from frugalml.config import write_overrides
+    from frugalml.core.config import write_overrides
 
     repo = pipeline_repo(path, env)
     started.append(repo)
@@ -88,8 +88,9 @@ def flip(src: Path, share: float, seed: int) -> set[str]:
 def active_vs_random(repo: Path, rounds: int, seeds: int) -> dict:
     """Rounds of labels chosen by `labels next`'s selection vs at random, on the cached features."""
     os.chdir(repo)
-    from frugalml import config, labels
-    from frugalml.annotation import choose
+    from frugalml.core import config
+    from frugalml.decide import labels
+    from frugalml.decide.annotation import choose
 
     cfg = config.load()
     data = labels.labeled_features(cfg)
@@ -148,7 +149,7 @@ def active_vs_random(repo: Path, rounds: int, seeds: int) -> dict:
 
 
 def one_dataset(name: str, tmp: Path, env: dict, repos: list[Path], args) -> dict:
-    from frugalml.builtin import write_digits, write_shapes
+    from frugalml.data.builtin import write_digits, write_shapes
 
     write = write_digits if name == "digits" else write_shapes
     out: dict = {}

@@ -51,7 +51,7 @@ def main() -> None:
 
     import torch
 
-    from frugalml.modeling import build_model
+    from frugalml.model.modeling import build_model
 
     torch.manual_seed(0)
     model = build_model(args.arch, 10)

@@ -46,8 +46,8 @@ def meter_overhead_s(requests: int, stages: int) -> dict:
     """Seconds the meter itself costs: enter/exit per stage, two hooks per S3 request."""
     from types import SimpleNamespace
 
-    from frugalml.costs import CostMeter
-    from frugalml.store import _count_request, _count_response
+    from frugalml.core.costs import CostMeter
+    from frugalml.core.store import _count_request, _count_response
 
     n = 200
     t0 = time.perf_counter()
@@ -122,7 +122,7 @@ def main() -> None:
     from _common import exit_cleanly_on_sigterm
 
     exit_cleanly_on_sigterm()
-    from frugalml.embedded import EmbeddedS3
+    from frugalml.core.embedded import EmbeddedS3
 
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:

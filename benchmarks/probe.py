@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/probe.py [--sizes 64,128,224] [--arch timm/tf_efficientnet_lite0]
 
 The project's own code end to end: the ingest stage prepares builtin:shapes (its content-hash
-splits), ``frugalml.labels.labeled_features`` builds the model as the train stage would
+splits), ``frugalml.decide.labels.labeled_features`` builds the model as the train stage would
 (``model.pretrained``: the pip-installed ImageNet weights, or ``none``: the same network randomly
 initialised) and computes every image's pooled features through the feature cache at
 ``model.image_size``, and ``labels.make_head`` (standardised logistic regression, its C chosen by
@@ -39,8 +39,9 @@ def main() -> None:
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     import numpy as np
 
-    from frugalml import config, labels
-    from frugalml.costs import CostMeter
+    from frugalml.core import config
+    from frugalml.core.costs import CostMeter
+    from frugalml.decide import labels
     from tasks import ingest
 
     rows = []

@@ -47,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from _common import BENCH_DIR  # noqa: E402
-from frugalml.serving.runner import free_port  # noqa: E402
+from frugalml.ship.serving.runner import free_port  # noqa: E402
 
 
 def sh(cmd, cwd, env):
@@ -121,7 +121,7 @@ def raw(model_path: Path, images: list[bytes], batch: int, reps: int) -> dict:
     import torch
     from PIL import Image
 
-    from frugalml.modeling import eval_transform, load_model
+    from frugalml.model.modeling import eval_transform, load_model
 
     model, meta = load_model(model_path)
     tf = eval_transform(meta["image_size"], meta["mean"], meta["std"])
@@ -252,7 +252,7 @@ def variant_rows(arch: str, args, root: Path) -> list[dict]:
     """One row per variant of ``arch`` at ``--image-size`` on builtin:shapes: the compress stage's
     accuracy delta and size, then each variant served in turn: req/s at concurrency 16, p50 at 1."""
     from frugalml.contracts import VariantsReport
-    from frugalml.embedded import EmbeddedS3
+    from frugalml.core.embedded import EmbeddedS3
 
     slug = arch.replace("/", "-").replace("_", "-")
     work = root / slug
@@ -375,7 +375,7 @@ def main() -> None:
     from _common import exit_cleanly_on_sigterm
 
     exit_cleanly_on_sigterm()
-    from frugalml.embedded import EmbeddedS3
+    from frugalml.core.embedded import EmbeddedS3
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=400)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from frugalml.embedded import EmbeddedS3, _weed_binary  # noqa: E402
-from frugalml.procs import idle_cpu_share  # noqa: E402
+from frugalml.core.embedded import EmbeddedS3, _weed_binary  # noqa: E402
+from frugalml.core.procs import idle_cpu_share  # noqa: E402
 
 
 class MiniAsBefore(EmbeddedS3):
@@ -65,7 +65,7 @@ class MiniAsBefore(EmbeddedS3):
 def activity(info, megabytes: int) -> None:
     """Write ``megabytes`` in 8 MB objects, read them back twice, then delete every other one
     (what a run does to the store: uploads, downloads, deleted checkpoints)."""
-    from frugalml.store import S3Settings, Store
+    from frugalml.core.store import S3Settings, Store
 
     store = Store(
         S3Settings(

@@ -67,8 +67,8 @@ def sh(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 def one_run(run: int, epochs: int, screen: bool = True) -> dict:
     """Both variants in a fresh workspace: its own store, DVC repo and feature cache."""
-    from frugalml.config import write_overrides
-    from frugalml.embedded import EmbeddedS3
+    from frugalml.core.config import write_overrides
+    from frugalml.core.embedded import EmbeddedS3
 
     cli = [sys.executable, "-m", "frugalml.cli"]
     results = {}

@@ -33,7 +33,7 @@ def bare_loop(work: Path, arch: str, image_size: int, batch: int, epochs: int, t
     from torch import nn
 
     from frugalml.contracts import read_manifest
-    from frugalml.modeling import ManifestDataset, build_model, train_transform
+    from frugalml.model.modeling import ManifestDataset, build_model, train_transform
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -60,7 +60,7 @@ def stages(work: Path, env: dict, names) -> None:
 
 
 def set_params(work: Path, overrides: dict) -> None:
-    from frugalml.config import write_overrides
+    from frugalml.core.config import write_overrides
 
     (work / "params.yaml").write_text("{}\n")
     write_overrides(work / "params.yaml", [f"{k}={v}" for k, v in overrides.items()])
@@ -119,10 +119,10 @@ def chart(rows: dict, path: Path) -> None:
 
 def main() -> None:
     exit_cleanly_on_sigterm()
-    from frugalml.builtin import materialize
-    from frugalml.config import Prices
-    from frugalml.embedded import EmbeddedS3
-    from frugalml.labels import power_law
+    from frugalml.core.config import Prices
+    from frugalml.core.embedded import EmbeddedS3
+    from frugalml.data.builtin import materialize
+    from frugalml.decide.labels import power_law
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--budgets", default="20,60,200", help="labels a class, comma-separated")

@@ -36,7 +36,7 @@ def show(work: Path, env: dict, cmd: list[str], home: str) -> subprocess.Complet
 
 def main() -> None:
     exit_cleanly_on_sigterm()
-    from frugalml.embedded import EmbeddedS3
+    from frugalml.core.embedded import EmbeddedS3
     from tests.test_weights import WeightsServer, _closed_port
 
     BENCH_DIR.mkdir(parents=True, exist_ok=True)

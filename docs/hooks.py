@@ -1,7 +1,7 @@
 """MkDocs hooks: the generated parts of the docs, rendered at build time from the code itself.
 
 - ``<!-- frugalml:params-reference -->``: every params.yaml key with its default and description,
-  from the config models (``frugalml.paramsdoc``);
+  from the config models (``frugalml.core.paramsdoc``);
 - ``<!-- frugalml:command-reference -->``: the help of every command, from the CLI.
 
 Nothing generated is committed, so nothing can drift from the code.
@@ -38,7 +38,7 @@ def _commands() -> str:
 def on_page_markdown(markdown: str, page, config, files) -> str:
     os.environ.setdefault("FRUGALML_DOCS_BUILD", "1")
     if "<!-- frugalml:params-reference -->" in markdown:
-        from frugalml.paramsdoc import reference_markdown
+        from frugalml.core.paramsdoc import reference_markdown
 
         markdown = markdown.replace("<!-- frugalml:params-reference -->", reference_markdown())
     if "<!-- frugalml:command-reference -->" in markdown:

@@ -20,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from frugalml.errors import FrugalError
+from frugalml.core.errors import FrugalError
 
 
 class LocalPrefectServer:

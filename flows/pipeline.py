@@ -20,8 +20,6 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from frugalml import config, dispatch
-from frugalml.config import OrchestrationConfig
 from frugalml.contracts import (
     CostEntry,
     CostMetrics,
@@ -39,15 +37,18 @@ from frugalml.contracts import (
     VariantsReport,
     status_file,
 )
-from frugalml.costs import price
-from frugalml.dvcconf import write_local_config
-from frugalml.errors import FrugalError, Rejected, StorageError, TransientStorageError
-from frugalml.lineage import git_commit, git_dirty
-from frugalml.locks import RUN_LOCK, workspace_lock
-from frugalml.procs import dvc_env
-from frugalml.registry import Registry, write_champion
-from frugalml.runs import STAGES, new_run_id, write_record
-from frugalml.store import Store, resolve_settings
+from frugalml.core import config
+from frugalml.core.config import OrchestrationConfig
+from frugalml.core.costs import price
+from frugalml.core.errors import FrugalError, Rejected, StorageError, TransientStorageError
+from frugalml.core.lineage import git_commit, git_dirty
+from frugalml.core.locks import RUN_LOCK, workspace_lock
+from frugalml.core.procs import dvc_env
+from frugalml.core.registry import Registry, write_champion
+from frugalml.core.store import Store, resolve_settings
+from frugalml.data.dvcconf import write_local_config
+from frugalml.runs import dispatch
+from frugalml.runs.records import STAGES, new_run_id, write_record
 
 
 class StageFailed(FrugalError):
@@ -581,12 +582,12 @@ def run_if_unchanged(run_id: str, overrides: list[str] | None = None, until: str
 def run_report(cfg_storage, record: RunRecord) -> Path | None:
     """``reports/run.html`` and ``runs/<id>/report.html``; a report that cannot be written is said
     and the run stands (it is recorded already)."""
-    from frugalml.report import write_run_report
+    from frugalml.runs.report import write_run_report
 
     try:
         return write_run_report(record, Store.optional(cfg_storage, tolerate_transient=True))
     except Exception as exc:  # the run is recorded: a chart or upload problem must not fail it
-        from frugalml.console import err
+        from frugalml.core.console import err
 
         err.print(f"run report not written ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})")
         return None

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from frugalml import config
-from frugalml.registry import Registry
-from frugalml.store import Store
+from frugalml.core import config
+from frugalml.core.registry import Registry
+from frugalml.core.store import Store
 
 
 @flow(name="frugalml-promotion", log_prints=True)

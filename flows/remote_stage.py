@@ -7,7 +7,7 @@ workspace at the run's commit (``git clone`` + ``checkout``, the run's params.ya
 DVC remote and publishes the stage's dvc.lock entry, metrics and cost file under
 ``runs/<run_id>/stages/<stage>/``; the folder is removed afterwards, also on failure, and by the
 next flow run on this worker when its process was killed outright. The work is
-``frugalml.dispatch``; the S3 endpoint and credentials come from the worker's environment.
+``frugalml.runs.dispatch``; the S3 endpoint and credentials come from the worker's environment.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ from pathlib import Path
 from prefect import flow
 
 from flows.pipeline import _checked_dvc, _dvc
-from frugalml import config, dispatch
-from frugalml.config import StorageConfig
 from frugalml.contracts import RemoteStage, StageStatus, status_file
-from frugalml.dvcconf import write_local_config
-from frugalml.errors import FrugalError
-from frugalml.store import Store, resolve_settings
+from frugalml.core import config
+from frugalml.core.config import StorageConfig
+from frugalml.core.errors import FrugalError
+from frugalml.core.store import Store, resolve_settings
+from frugalml.data.dvcconf import write_local_config
+from frugalml.runs import dispatch
 
 WORK = Path(".frugalml") / "remote"
 

@@ -22,23 +22,25 @@ import typer
 from rich import box
 from rich.table import Table
 
-from frugalml import bento, config, weights
-from frugalml.builtin import materialize
-from frugalml.charts import plot_cost_per_run
-from frugalml.console import Progress, err, fast_exit
 from frugalml.contracts import STAGES as STAGE_NAMES
 from frugalml.contracts import CostEntry, RunRecord, SweepRecord, VariantsReport
-from frugalml.dvcconf import write_local_config
-from frugalml.embedded import EmbeddedS3
-from frugalml.errors import ConfigError, DataError, FrugalError, Rejected, StorageError
-from frugalml.estimate import Estimate, estimate
-from frugalml.locks import RUN_LOCK, workspace_lock
-from frugalml.procs import dvc_env
-from frugalml.registry import Registry, write_champion
-from frugalml.reproduce import reproduce
-from frugalml.runs import get_record, list_runs, new_run_id, recent_records
-from frugalml.sources import is_hidden, iter_folder
-from frugalml.store import Store, resolve_settings, split_s3_uri
+from frugalml.core import config
+from frugalml.core.charts import plot_cost_per_run
+from frugalml.core.console import Progress, err, fast_exit
+from frugalml.core.embedded import EmbeddedS3
+from frugalml.core.errors import ConfigError, DataError, FrugalError, Rejected, StorageError
+from frugalml.core.locks import RUN_LOCK, workspace_lock
+from frugalml.core.procs import dvc_env
+from frugalml.core.registry import Registry, write_champion
+from frugalml.core.store import Store, resolve_settings, split_s3_uri
+from frugalml.data.builtin import materialize
+from frugalml.data.dvcconf import write_local_config
+from frugalml.data.sources import is_hidden, iter_folder
+from frugalml.decide.estimate import Estimate, estimate
+from frugalml.model import weights
+from frugalml.runs.records import get_record, list_runs, new_run_id, recent_records
+from frugalml.runs.reproduce import reproduce
+from frugalml.ship import bento
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Cost-aware MLOps pipeline for image classification."
@@ -225,7 +227,7 @@ def _run_locked(set_: list[str], until: str | None, always_flow: bool) -> None:
             run_id=run_id, overrides=set_, until=until, checked_changed=ephemeral and not always_flow
         )
     print_summary(record)
-    from frugalml.report import RUN_HTML
+    from frugalml.runs.report import RUN_HTML
 
     if record.package and record.package.packaged and record.status == "succeeded":
         v = record.package.version
@@ -292,8 +294,8 @@ def estimate_cmd(
 def _one_trial_estimate(cfg, space) -> tuple[float, float, list[str]]:
     """What the cheapest-looking trial (each key's first choice or low end) would cost, and what
     of that is not its train stage (evaluation, DVC's checks and start-ups around the stages)."""
-    from frugalml.costs import price
-    from frugalml.sweep import DVC_TRIAL_S
+    from frugalml.core.costs import price
+    from frugalml.decide.sweep import DVC_TRIAL_S
 
     first = [f"{k}={(v[0] if isinstance(v, list) else v.low)}" for k, v in space.items()]
     trial_cfg = config.validate(config.apply_overrides(config.dump(cfg), first))
@@ -327,7 +329,7 @@ def sweep_cmd(
 
 
 def _sweep_locked(set_: list[str], resume: str | None) -> None:
-    from frugalml import sweep as sw
+    from frugalml.decide import sweep as sw
 
     if set_:
         config.write_overrides("params.yaml", set_)
@@ -370,7 +372,7 @@ def _sweep_locked(set_: list[str], resume: str | None) -> None:
     record = sweep.run(lambda line: err.print(line))
     _show_frontier(cfg, record, plot=None, as_json=False)
     _publish_sweep(record)
-    from frugalml.report import write_sweep_report
+    from frugalml.runs.report import write_sweep_report
 
     path = write_sweep_report(
         record, cfg.gates, Store.optional(cfg.storage, tolerate_transient=True), Path("reports/sweep.html")
@@ -407,12 +409,12 @@ def report_cmd(
     """One self-contained HTML report of a run (costs, gate, accuracy, confusion matrix, variants,
     validation, lineage, trend) or of a sweep (frontier, trials, recommendation): charts inlined,
     opens offline. Also uploaded beside the run's (the sweep's) record in the store."""
-    from frugalml import report
+    from frugalml.runs import report
 
     cfg = _cfg()
     store = Store.optional(cfg.storage, tolerate_transient=True)
     if sweep is not None:
-        from frugalml import sweep as sw
+        from frugalml.decide import sweep as sw
 
         sweep_id = sw.latest_id() if sweep == "last" else sweep
         if sweep_id is None:
@@ -479,7 +481,7 @@ def _frontier_table(record) -> Table:
 
 def _closest_misses(record) -> str:
     """What came nearest to each gate no trial passed, and what would close the gap."""
-    from frugalml.sweep import closest_misses
+    from frugalml.decide.sweep import closest_misses
 
     misses = closest_misses(record.trials)
     if not misses:
@@ -498,8 +500,8 @@ def _closest_misses(record) -> str:
 
 
 def _show_frontier(cfg, record, plot: Optional[Path], as_json: bool) -> None:
-    from frugalml import sweep as sw
-    from frugalml.charts import plot_frontier
+    from frugalml.core.charts import plot_frontier
+    from frugalml.decide import sweep as sw
 
     if as_json:
         print(record.model_dump_json(indent=2, exclude_none=True))
@@ -529,7 +531,7 @@ def frontier_cmd(
 ) -> None:
     """The sweep's trials as a table and a chart ($ vs accuracy, the Pareto front, the gates) and
     the recommendation: the cheapest trial that passes every gate."""
-    from frugalml import sweep as sw
+    from frugalml.decide import sweep as sw
 
     cfg = _cfg()
     sweep_id = sweep_id or sw.latest_id()
@@ -554,8 +556,8 @@ def labels_curve(
 ) -> None:
     """Test accuracy on nested subsets of the train labels, the fitted power law, and what 1.5x / 2x /
     4x the labels (or labels.target_accuracy) would buy and cost. Seconds: frozen-backbone features."""
-    from frugalml import labels  # lazy: torch, scikit-learn, scipy
-    from frugalml.charts import plot_label_curve
+    from frugalml.core.charts import plot_label_curve
+    from frugalml.decide import labels  # lazy: torch, scikit-learn, scipy
 
     cfg, started = _cfg(set_), time.perf_counter()
     result = labels.curve(cfg, labels.labeled_features(cfg), progress=lambda line: err.print(line))
@@ -610,8 +612,8 @@ def labels_audit(
 ) -> None:
     """Labels that out-of-sample predictions contradict (k-fold on frozen-backbone features, then
     cleanlab): an HTML page with thumbnails, a CSV of every flagged image, metrics/label_audit.json."""
-    from frugalml import labels  # lazy: torch, scikit-learn, cleanlab
     from frugalml.contracts import LabelAudit
+    from frugalml.decide import labels  # lazy: torch, scikit-learn, cleanlab
 
     cfg, started = _cfg(set_), time.perf_counter()
     report, issues = labels.audit(cfg, labels.audit_inputs(cfg))
@@ -641,8 +643,8 @@ def labels_next(
 ) -> None:
     """The images of labels.unlabeled to label next: the most uncertain for the current head, spread
     out by k-center greedy; a CSV, a Label Studio import file (presigned image URLs) and the price."""
-    from frugalml import annotation  # lazy: torch, scikit-learn
-    from frugalml.labels import bill
+    from frugalml.decide import annotation  # lazy: torch, scikit-learn
+    from frugalml.decide.labels import bill
 
     cfg, started = _cfg(set_), time.perf_counter()
     batch, classes = annotation.next_batch(cfg, budget, progress=lambda line: err.print(line))
@@ -675,7 +677,7 @@ def labels_import(
     """Label Studio's answers become <class>/<file> images in data.source (S3 prefix or folder), with
     the task and annotator kept as provenance; the next run ingests and prices only those. Any
     problem (unknown class, missing image, malformed export): all are listed, nothing is written."""
-    from frugalml import annotation  # lazy
+    from frugalml.decide import annotation  # lazy
 
     cfg = _cfg(set_)
     annotation.check_destination(cfg)
@@ -1062,7 +1064,7 @@ def serve(
     poll_s: float = typer.Option(10.0, "--poll-s", help="With --follow: how often to read the alias."),
 ) -> None:
     """Serve a registered model: resolve the alias, fetch its bento from S3 if needed, run `bentoml serve`."""
-    from frugalml.serving import runner  # lazy: the serving modules import BentoML
+    from frugalml.ship.serving import runner  # lazy: the serving modules import BentoML
 
     if follow and version:
         raise ConfigError("--follow follows an alias; it cannot be combined with --version")

@@ -20,8 +20,8 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from frugalml.errors import ConfigError, DataError
-from frugalml.fsutil import atomic_write_json, atomic_write_text
+from frugalml.core.errors import ConfigError, DataError
+from frugalml.core.fsutil import atomic_write_json, atomic_write_text
 
 # -- where things are ---------------------------------------------------------------------------
 STAGES = ("ingest", "validate", "train", "evaluate", "compress", "gate", "package")  # the order of dvc.yaml

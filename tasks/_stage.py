@@ -15,13 +15,13 @@ import time
 import traceback
 from collections.abc import Callable
 
-from frugalml import config
-from frugalml.config import Params
-from frugalml.console import err, fast_exit
 from frugalml.contracts import Contract, CostEntry, CostMetrics, StageStatus, cost_file, headline_file, status_file
-from frugalml.costs import CostMeter, price
-from frugalml.errors import FrugalError
-from frugalml.fsutil import atomic_write_json
+from frugalml.core import config
+from frugalml.core.config import Params
+from frugalml.core.console import err, fast_exit
+from frugalml.core.costs import CostMeter, price
+from frugalml.core.errors import FrugalError
+from frugalml.core.fsutil import atomic_write_json
 
 
 def run_id() -> str:

@@ -4,16 +4,17 @@ Builds ``compress.variants`` under ``models/variants/`` (ONNX fp32, int8 static 
 ONNX Runtime), scores each beside the PyTorch model on the same test images and writes
 ``metrics/variants.json``: accuracy, delta vs fp32, latency, throughput, size, USD per 1k
 predictions, and the variant ``serving.variant`` chooses; ``plots/variants.csv`` (a DVC plot)
-and ``plots/variants.png`` draw accuracy against USD per 1k. The work is ``frugalml.variants``.
+and ``plots/variants.png`` draw accuracy against USD per 1k. The work is ``frugalml.ship.variants``.
 """
 
 from __future__ import annotations
 
-from frugalml import charts, variants
-from frugalml.config import Params
-from frugalml.console import info
 from frugalml.contracts import VARIANTS_PNG, VariantsReport
-from frugalml.costs import CostMeter
+from frugalml.core import charts
+from frugalml.core.config import Params
+from frugalml.core.console import info
+from frugalml.core.costs import CostMeter
+from frugalml.ship import variants
 from tasks._stage import stage_main
 
 

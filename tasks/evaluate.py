@@ -4,15 +4,15 @@ Writes ``metrics/eval.json`` (accuracy, macro-F1, per-class precision/recall/F1,
 p50/p95 at batch 1, throughput at the evaluation batch size, model size and parameter count,
 the champion's scores on the same images) and the confusion matrix as ``plots/confusion.csv``
 (one row per test image, for ``dvc plots show``) and ``plots/confusion.png``. The work is
-``frugalml.evaluation``.
+``frugalml.ship.evaluation``.
 """
 
 from __future__ import annotations
 
-from frugalml import evaluation
-from frugalml.config import Params
 from frugalml.contracts import CONFUSION_CSV, CONFUSION_PNG, EvalReport
-from frugalml.costs import CostMeter
+from frugalml.core.config import Params
+from frugalml.core.costs import CostMeter
+from frugalml.ship import evaluation
 from tasks._stage import stage_main
 
 

@@ -3,16 +3,16 @@
 Writes ``metrics/gate.json``: every check with its value, threshold and verdict, and the
 overall decision (``accept`` or ``reject``). The stage itself succeeds either way, so the
 decision is recorded by DVC; the package stage refuses a rejected model. The rules are
-``frugalml.gates``.
+``frugalml.ship.gates``.
 """
 
 from __future__ import annotations
 
-from frugalml.config import Params
-from frugalml.console import info
 from frugalml.contracts import CostEntry, EvalReport, GateDecision, VariantsReport
-from frugalml.costs import CostMeter
-from frugalml.gates import as_served, decide
+from frugalml.core.config import Params
+from frugalml.core.console import info
+from frugalml.core.costs import CostMeter
+from frugalml.ship.gates import as_served, decide
 from tasks._stage import stage_main
 
 

@@ -2,15 +2,15 @@
 
 Reads ``data.source``; writes ``data/prepared/`` (shards), ``data/manifest.csv`` and
 ``metrics/ingest.json`` (counts and every file left out, with its reason). It never stops on
-one bad file. The work is ``frugalml.ingestion``.
+one bad file. The work is ``frugalml.data.ingestion``.
 """
 
 from __future__ import annotations
 
-from frugalml import ingestion
-from frugalml.config import Params
 from frugalml.contracts import IngestReport
-from frugalml.costs import CostMeter
+from frugalml.core.config import Params
+from frugalml.core.costs import CostMeter
+from frugalml.data import ingestion
 from tasks._stage import stage_main
 
 

@@ -2,17 +2,17 @@
 
 Refuses a model the gate rejected (exit 3). Otherwise saves the BentoML model (classes,
 architecture, image size, normalisation, metrics, gate, costs and lineage in its metadata),
-builds the bento from ``frugalml/serving/``, uploads it to ``bentos/<model>/<version>.bento``
+builds the bento from ``frugalml/ship/serving/``, uploads it to ``bentos/<model>/<version>.bento``
 and then, last, writes the version record ``registry/<model>/versions/<version>.json``.
-Writes ``metrics/package.json``. The work is ``frugalml.packaging``.
+Writes ``metrics/package.json``. The work is ``frugalml.ship.packaging``.
 """
 
 from __future__ import annotations
 
-from frugalml import packaging
-from frugalml.config import Params
 from frugalml.contracts import PackageReport
-from frugalml.costs import CostMeter
+from frugalml.core.config import Params
+from frugalml.core.costs import CostMeter
+from frugalml.ship import packaging
 from tasks._stage import stage_main
 
 

@@ -1,10 +1,10 @@
 """Stage train: fine-tune a torchvision backbone on the prepared images.
 
 Writes ``models/model.pt`` (weights + everything needed to serve them), ``metrics/train.json``
-and the learning curves in ``plots/train.csv``. The loop itself is ``frugalml.training``.
+and the learning curves in ``plots/train.csv``. The loop itself is ``frugalml.model.training``.
 
 * Pretrained start (``model.pretrained``): ``none``, ``torchvision`` (hub cache, team mirror or
-  download: ``frugalml.weights``; file and sha256 in the report's ``pretrained``) or
+  download: ``frugalml.model.weights``; file and sha256 in the report's ``pretrained``) or
   ``registry:<model>@<alias or version>`` (warm start; the head is re-initialised when the
   classes changed).
 * Fine-tuning: ``head``, ``last_n`` blocks or ``full``; the head and the backbone get their
@@ -24,12 +24,13 @@ import sys
 import tempfile
 import time
 
-from frugalml import config, training
-from frugalml.config import Params
-from frugalml.console import info
 from frugalml.contracts import Pretrained, TrainReport
-from frugalml.costs import CostMeter
-from frugalml.errors import FrugalError
+from frugalml.core import config
+from frugalml.core.config import Params
+from frugalml.core.console import info
+from frugalml.core.costs import CostMeter
+from frugalml.core.errors import FrugalError
+from frugalml.model import training
 from tasks._stage import run_id, stage_main
 
 STARTED_ENV = "FRUGALML_STAGE_STARTED"  # the stage's start, for the DDP workers' budget

@@ -45,7 +45,7 @@ def _split_threads(config) -> None:
     threads then slow both many times over (`procs.thread_env`). The worker count is known here
     only in the workers (``workerinput``); the controller runs no tests. A user's
     ``OMP_NUM_THREADS`` is kept."""
-    from frugalml.procs import thread_env
+    from frugalml.core.procs import thread_env
 
     workers = getattr(config, "workerinput", {}).get("workercount")
     if not workers or workers < 2 or os.environ.get("OMP_NUM_THREADS"):
@@ -58,7 +58,7 @@ def _split_threads(config) -> None:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real SeaweedFS S3 server on 127.0.0.1, shared by the session; env points clients at it."""
-    from frugalml.embedded import EmbeddedS3
+    from frugalml.core.embedded import EmbeddedS3
 
     server = EmbeddedS3(tmp_path_factory.mktemp("seaweedfs"), bucket="frugalml")
     info = server.up()
@@ -86,8 +86,8 @@ def s3_server(tmp_path_factory):
 
 @pytest.fixture
 def store(s3_server):
-    from frugalml.config import StorageConfig
-    from frugalml.store import Store
+    from frugalml.core.config import StorageConfig
+    from frugalml.core.store import Store
 
     return Store.from_config(StorageConfig(prefix=f"t-{uuid.uuid4().hex[:8]}"))
 
@@ -140,7 +140,7 @@ def make_pipeline_repo(tmp_path: Path, store, extra: list[str] | None = None) ->
             shutil.copy2(src, repo / name)
     shutil.copy2(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
     source = upload_folder(store, make_dataset(tmp_path / "src"), "sources/tiny")
-    from frugalml.config import write_overrides
+    from frugalml.core.config import write_overrides
 
     name = f"tiny-{uuid.uuid4().hex[:6]}"
     write_overrides(

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from frugalml import config
-from frugalml.errors import ConfigError
+from frugalml.core import config
+from frugalml.core.errors import ConfigError
 
 
 def test_repo_params_yaml_is_valid():
@@ -79,7 +79,7 @@ def test_a_contract_file_with_a_renamed_field_is_a_clear_error(tmp_path):
     import json
 
     from frugalml.contracts import GateDecision
-    from frugalml.errors import DataError
+    from frugalml.core.errors import DataError
 
     good = {"decision": "accept", "failed": [], "checks": [], "serving_usd_per_1k": 0.1, "train_usd": 0.01}
     path = tmp_path / "gate.json"
@@ -96,15 +96,15 @@ def test_a_contract_file_with_a_renamed_field_is_a_clear_error(tmp_path):
 
 
 def test_params_yaml_is_written_from_the_config_models_and_every_key_is_described():
-    """Issue 30, item 7: each key is described once (the docstring under it in frugalml/config.py);
+    """Issue 30, item 7: each key is described once (the docstring under it in frugalml/core/config.py);
     params.yaml lists every section at its defaults with that description as its comment, and the
     docs' reference shows the same. A key added without a description, or a params.yaml edited by
-    hand, fails here: `python -m frugalml.paramsdoc --write` rewrites it."""
-    from frugalml import paramsdoc
+    hand, fails here: `python -m frugalml.core.paramsdoc --write` rewrites it."""
+    from frugalml.core import paramsdoc
 
     undescribed = [k.path for k in paramsdoc.keys() if not k.description]
     assert not undescribed, undescribed
-    assert Path("params.yaml").read_text() == paramsdoc.params_yaml(), "run: python -m frugalml.paramsdoc --write"
+    assert Path("params.yaml").read_text() == paramsdoc.params_yaml(), "run: python -m frugalml.core.paramsdoc --write"
     sections = {k.path for k in paramsdoc.keys() if "." not in k.path}
     assert "orchestration" in sections and len(sections) == 14
     page = paramsdoc.reference_markdown()

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from frugalml.training import Budget, BudgetReached
+from frugalml.model.training import Budget, BudgetReached
 from tests.test_train import _train, _weights, _workspace
 
 
@@ -30,8 +30,8 @@ def test_budget_check_looks_ahead_by_the_largest_interval_with_a_margin():
 
 def test_training_stops_before_the_budget_and_keeps_the_last_completed_epoch(tmp_path):
     """A real train stage with many epochs and a budget of a few seconds of this machine."""
-    from frugalml.config import CostsConfig
-    from frugalml.costs import price
+    from frugalml.core.config import CostsConfig
+    from frugalml.core.costs import price
 
     per_s = price({"wall_s": 1.0}, CostsConfig())["total_usd"]
     probe = _workspace(tmp_path / "probe", "train.epochs=3", per_class=40)
@@ -90,7 +90,7 @@ def test_feature_cache_trains_the_same_head_and_is_reused(tmp_path, s3_server):
     assert ra["feature_cache"] == "off" and rb["feature_cache"].startswith("on (0 of")
     assert abs(ra["final_val_acc"] - rb["final_val_acc"]) <= 0.005
 
-    from frugalml import config
+    from frugalml.core import config
 
     config.write_overrides(on / "params.yaml", ["train.lr=0.01"])
     again = _train(on)
@@ -112,8 +112,8 @@ def _record(run_id: str, params: dict, stages: list[dict]):
 def test_estimate_from_history_scales_per_image_epoch():
     """Pure computation over run records: seconds per image-epoch for the same training
     signature, times the planned image-epochs; other settings are not a basis."""
-    from frugalml import config
-    from frugalml.estimate import from_history
+    from frugalml.core import config
+    from frugalml.decide.estimate import from_history
 
     cfg = config.validate(config.apply_overrides({}, ["data.source=builtin:shapes", "train.epochs=4"]))
     same = config.dump(cfg)
@@ -153,8 +153,8 @@ def test_estimate_from_history_scales_per_image_epoch():
 def test_estimate_probes_without_history(tmp_path, monkeypatch):
     """No history: a measured probe of this model on this machine prices train and evaluate;
     the stages without a basis say so instead of guessing, and labeling is priced for new images."""
-    from frugalml import config
-    from frugalml.estimate import estimate, from_probe
+    from frugalml.core import config
+    from frugalml.decide.estimate import estimate, from_probe
 
     monkeypatch.chdir(tmp_path)
     cfg = config.validate(config.apply_overrides({}, ["data.source=builtin:digits", "model.image_size=32"]))
@@ -170,9 +170,9 @@ def test_estimate_probes_without_history(tmp_path, monkeypatch):
 
 
 def test_estimate_needs_an_image_count(tmp_path, monkeypatch):
-    from frugalml import config
-    from frugalml.errors import ConfigError
-    from frugalml.estimate import estimate
+    from frugalml.core import config
+    from frugalml.core.errors import ConfigError
+    from frugalml.decide.estimate import estimate
 
     monkeypatch.chdir(tmp_path)
     cfg = config.validate(config.apply_overrides({}, [f"data.source={tmp_path}/images"]))
@@ -184,9 +184,10 @@ def test_a_wrong_or_malformed_shared_feature_entry_is_recomputed_not_trusted(tmp
     """Trust round 2, item 3: an entry in the store under the right key but with other features (a
     tampered or foreign object, its recorded sha256 consistent) is caught by recomputing a sample
     and is recomputed; a malformed one is discarded, not left pinned; data.max_side is in the key."""
-    from frugalml import config, features
-    from frugalml.config import StorageConfig
-    from frugalml.store import Store
+    from frugalml.core import config
+    from frugalml.core.config import StorageConfig
+    from frugalml.core.store import Store
+    from frugalml.model import features
 
     first = _workspace(tmp_path / "first", *HEAD, per_class=30)
     _train(first)

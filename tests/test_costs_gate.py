@@ -1,9 +1,9 @@
 import pytest
 
-from frugalml.config import CostsConfig, Params
 from frugalml.contracts import EvalReport
-from frugalml.costs import CostMeter, price
-from frugalml.gates import decide as _decide
+from frugalml.core.config import CostsConfig, Params
+from frugalml.core.costs import CostMeter, price
+from frugalml.ship.gates import decide as _decide
 
 
 def test_price_sheet_prices_each_component():
@@ -39,8 +39,8 @@ def test_spot_capacity_is_priced_at_spot_rates_and_against_the_work_kept_on_dema
 
 def test_a_spot_row_shows_its_interruption_and_its_saving_vs_on_demand():
     from flows.pipeline import StageOutcome, cost_rows
-    from frugalml.config import OrchestrationConfig
     from frugalml.contracts import CostEntry
+    from frugalml.core.config import OrchestrationConfig
 
     def attempt(wall_s, lost_s):
         entry = {"wall_s": wall_s, "lost_s": lost_s}

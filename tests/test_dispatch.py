@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from frugalml.errors import NotFound
+from frugalml.core.errors import NotFound
 from tests.conftest import BIN, ROOT, make_pipeline_repo, prefect_api, prefect_client_env, run
 
 pytestmark = pytest.mark.slow
@@ -263,9 +263,9 @@ def test_a_pool_without_a_worker_fails_in_bounded_time_naming_the_pool(prefect_s
 def test_merge_takes_only_the_stage_s_own_outputs_from_the_store(store, tmp_path, monkeypatch):
     """Trust round 2, item 2: whoever can write runs/<id>/stages/<stage>/result.json in the bucket
     must not get dvc.yaml, code or git hooks written on the orchestrating machine."""
-    from frugalml import dispatch
     from frugalml.contracts import RemoteStage
-    from frugalml.errors import StorageError
+    from frugalml.core.errors import StorageError
+    from frugalml.runs import dispatch
     from tests.conftest import make_pipeline_repo
 
     repo = make_pipeline_repo(tmp_path, store)
@@ -297,8 +297,8 @@ def test_merge_takes_only_the_stage_s_own_outputs_from_the_store(store, tmp_path
 def test_a_token_in_the_git_remote_never_leaves_the_process(tmp_path):
     """Trust round 2, item 14: credentials in the remote URL are kept out of the flow-run
     parameters (Prefect's database and UI) and out of error messages."""
-    from frugalml import dispatch
-    from frugalml.errors import ConfigError
+    from frugalml.core.errors import ConfigError
+    from frugalml.runs import dispatch
 
     url = "https://ci-bot:ghp_s3cretT0ken@127.0.0.1:9/team/pipeline.git"
     assert dispatch.redact(url) == "https://127.0.0.1:9/team/pipeline.git"

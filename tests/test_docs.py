@@ -17,7 +17,7 @@ def test_the_docs_build_strict_with_the_generated_references(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-4000:]
-    from frugalml import paramsdoc
+    from frugalml.core import paramsdoc
 
     params = (site / "params.html").read_text()
     assert all(k.path.rpartition(".")[2] in params for k in paramsdoc.keys())  # every key, from the models

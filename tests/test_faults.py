@@ -24,7 +24,7 @@ FRUGALML = [sys.executable, "-m", "frugalml.cli"]
 
 @pytest.fixture
 def private_s3(tmp_path_factory, monkeypatch, s3_server):
-    from frugalml.embedded import EmbeddedS3
+    from frugalml.core.embedded import EmbeddedS3
 
     server = EmbeddedS3(tmp_path_factory.mktemp("seaweedfs-fault"), bucket="frugalml")
     info = server.up()
@@ -66,8 +66,8 @@ def assert_nothing_half_written(store) -> int:
 
 
 def test_store_outage_mid_run_is_retried_and_nothing_is_half_written(private_s3, tmp_path):
-    from frugalml.config import StorageConfig
-    from frugalml.store import Store
+    from frugalml.core.config import StorageConfig
+    from frugalml.core.store import Store
 
     server, info = private_s3
     store = Store.from_config(StorageConfig(prefix="fault/"))

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from frugalml import config
-from frugalml.costs import CostMeter
-from frugalml.errors import Rejected
+from frugalml.core import config
+from frugalml.core.costs import CostMeter
+from frugalml.core.errors import Rejected
 from tests.conftest import make_dataset
 
 
@@ -75,7 +75,7 @@ def test_modes_are_normalised_to_rgb_and_originals_kept(tmp_path, monkeypatch):
 
     rows = {r["source_path"]: r for r in read_manifest()}
     assert {r["mode"] for r in rows.values()} >= {"P", "LA", "CMYK", "RGBA"}
-    from frugalml.shards import ShardReader
+    from frugalml.data.shards import ShardReader
 
     reader = ShardReader(Path("data/prepared"))
     for r in rows.values():
@@ -236,7 +236,7 @@ def test_split_folders_exif_orientation_and_max_side(tmp_path, monkeypatch):
     img.save(src / "train" / "red" / "rotated.jpg", exif=exif.tobytes())
     _, report, _ = _ingest(tmp_path, monkeypatch, src, "data.max_side=30")
     from frugalml.contracts import read_manifest
-    from frugalml.shards import ShardReader
+    from frugalml.data.shards import ShardReader
 
     rows = read_manifest()
     assert report["counts"]["per_split"] == {"test": 6, "train": 7, "val": 6}
@@ -264,7 +264,7 @@ def test_s3_source_on_its_own_endpoint(tmp_path, monkeypatch, store):
 
 
 def test_builtin_shapes_is_deterministic_per_image_and_regenerated_on_a_new_version(tmp_path):
-    from frugalml import builtin
+    from frugalml.data import builtin
 
     a = builtin.write_shapes(tmp_path / "a", per_class=6)
     b = builtin.write_shapes(tmp_path / "b", per_class=6)
@@ -283,7 +283,7 @@ def test_builtin_shapes_is_deterministic_per_image_and_regenerated_on_a_new_vers
 
 
 def test_unknown_builtin_dataset_is_a_config_error(tmp_path):
-    from frugalml.errors import ConfigError
+    from frugalml.core.errors import ConfigError
 
     (tmp_path / "params.yaml").write_text("data:\n  source: builtin:cifar\n")
     with pytest.raises(ConfigError) as e:

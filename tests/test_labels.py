@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from frugalml import config
-from frugalml.builtin import write_digits
-from frugalml.labels import fit_power_law, labels_for, nested_subsets, power_law
+from frugalml.core import config
+from frugalml.data.builtin import write_digits
+from frugalml.decide.labels import fit_power_law, labels_for, nested_subsets, power_law
 from tests.conftest import make_pipeline_repo, run, upload_folder
 
 FRUGALML = [sys.executable, "-m", "frugalml.cli"]
@@ -62,7 +62,7 @@ def digits_repo(tmp_path, store):
 
 
 def test_the_next_batch_is_uncertain_and_spread_over_the_clusters():
-    from frugalml.annotation import diverse_top
+    from frugalml.decide.annotation import diverse_top
 
     rng = np.random.default_rng(0)
     blobs = np.concatenate([rng.normal(c, 0.05, size=(50, 2)) for c in ([0, 0], [5, 0], [0, 5], [5, 5])])
@@ -265,7 +265,7 @@ def test_next_then_import_buys_the_chosen_labels_and_the_run_prices_them(unlabel
 def test_a_class_that_is_not_one_plain_folder_name_is_refused_even_with_no_known_classes(label):
     """Trust round 2, item 1: before the first ingest (no manifest, no validate.expected_classes)
     the known classes are empty; the class is still checked as one folder name."""
-    from frugalml.annotation import _task_problem
+    from frugalml.decide.annotation import _task_problem
 
     task = _export([{"data": {"source_path": "img.png", "sha256": "0" * 64}}], {}, label=label)[0]
     why = _task_problem(task, [], {}, {"img.png": object()}, [".png"])
@@ -279,7 +279,7 @@ def test_a_class_that_is_not_one_plain_folder_name_is_refused_even_with_no_known
 def test_a_malformed_export_field_is_a_listed_problem_not_a_crash(task):
     """Trust round 2, item 13: a malformed field is one of the listed problems (exit 2), never an
     exception (exit 1)."""
-    from frugalml.annotation import _task_problem
+    from frugalml.decide.annotation import _task_problem
 
     task = {**task, "annotations": [{"result": [{"type": "choices", "value": {"choices": ["cat"]}}]}]}
     assert "not a `frugalml labels next` task" in _task_problem(task, [], {}, {}, [".png"])
@@ -315,8 +315,8 @@ def test_a_large_tar_of_unlabeled_images_is_streamed_not_held(tmp_path, monkeypa
     """Trust round 2, item 7: `labels import` of 5 tasks from a 250 MB tar with 20,000 members, and
     `labels next` over 300 incompressible images (60 MB), each in a bounded amount of memory. The old
     code held every member's bytes (and tarfile every header): peaks of 250 MB and 60 MB."""
-    from frugalml.annotation import plan_import, read_unlabeled
-    from frugalml.modeling import build_model
+    from frugalml.decide.annotation import plan_import, read_unlabeled
+    from frugalml.model.modeling import build_model
 
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
@@ -369,7 +369,7 @@ def test_labels_next_sees_an_image_as_ingest_prepares_it(tmp_path, monkeypatch):
     other features than in training. It now caps as ingest does."""
     from PIL import Image
 
-    from frugalml.annotation import _new_images
+    from frugalml.decide.annotation import _new_images
 
     monkeypatch.chdir(tmp_path)
     pool = tmp_path / "pool"

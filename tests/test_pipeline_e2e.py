@@ -12,7 +12,7 @@ FRUGALML = [sys.executable, "-m", "frugalml.cli"]
 
 
 def _params(repo):
-    from frugalml import config
+    from frugalml.core import config
 
     return config.load(repo / "params.yaml")
 
@@ -252,7 +252,7 @@ def test_costs_command_reads_run_records(pipeline_repo, store):
 
     # Two small records written the way the flow writes them (the flow itself is covered above).
     from frugalml.contracts import RunRecord
-    from frugalml.runs import write_record
+    from frugalml.runs.records import write_record
 
     for i, (status, ran) in enumerate([("succeeded", "ran"), ("succeeded", "up to date")]):
         stages = [

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from frugalml.registry import Registry, RegistryError
+from frugalml.core.registry import Registry, RegistryError
 
 
 def _registry(store) -> Registry:
@@ -42,7 +42,7 @@ def test_eight_concurrent_promoters_lose_no_update(store):
     errors = []
 
     def promote(v):
-        from frugalml.store import Store
+        from frugalml.core.store import Store
 
         mine = Registry(Store(store.settings), reg.model)  # one client per promoter
         barrier.wait()

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from frugalml import config
-from frugalml.serving.runner import free_port
+from frugalml.core import config
+from frugalml.ship.serving.runner import free_port
 from tests.conftest import make_dataset
 
 pytestmark = pytest.mark.slow
@@ -200,7 +200,7 @@ def test_metadata_and_batch(served):
     assert meta["version"] == version and meta["classes"] == ["blue", "green", "red"]
     assert "accuracy" in meta["metrics"]
     # the served model says where its backbone's weights came from: the package, its version, the file's sha256
-    from frugalml.weights import PACKAGED
+    from frugalml.model.weights import PACKAGED
 
     pin = PACKAGED["timm/tf_efficientnet_lite0"]
     pretrained = meta["lineage"]["pretrained"]
@@ -270,8 +270,8 @@ def test_follow_switches_versions_without_failed_requests(served, ctx, monkeypat
         time.sleep(2)
         # Trust item 12: a malformed alias object, then an alias pointing at a version whose
         # bento does not verify: logged, retried, and the healthy backend keeps serving.
-        from frugalml.registry import Registry
-        from frugalml.store import Store
+        from frugalml.core.registry import Registry
+        from frugalml.core.store import Store
 
         monkeypatch.chdir(work)
         cfg = config.load()
@@ -462,7 +462,7 @@ def test_item4_a_bad_upload_fails_only_its_own_request_in_a_batch(served):
 
 def test_item4_uploads_are_reduced_to_model_size_on_decode(tmp_path):
     """Trust item 4: a many-pixel upload is decoded and reduced to the model's side at once."""
-    from frugalml.serving import service
+    from frugalml.ship.serving import service
 
     service._SIDE["image_size"] = 16
     path = tmp_path / "big.png"
@@ -529,11 +529,11 @@ def test_item13_non_file_fields_and_oversized_bodies_are_refused(served):
 def test_item13_bento_is_verified_against_the_registry_every_time(served, ctx, monkeypatch):
     """Trust item 13: a cached bento archive that differs from the registry's sha256 is fetched
     again; a bento whose bytes do not match its record is refused."""
-    from frugalml import bento
-    from frugalml.errors import FrugalError
-    from frugalml.registry import Registry
-    from frugalml.serving.runner import ensure_bento
-    from frugalml.store import Store, file_sha256
+    from frugalml.core.errors import FrugalError
+    from frugalml.core.registry import Registry
+    from frugalml.core.store import Store, file_sha256
+    from frugalml.ship import bento
+    from frugalml.ship.serving.runner import ensure_bento
 
     url, version, _ = served
     work, env = ctx.work, ctx.env
@@ -565,9 +565,9 @@ def test_the_follow_proxy_takes_what_the_service_takes():
     """Trust round 2, item 12: `serve --follow` read at most 4 x max_image_bytes + 1 MiB (41 MB by
     default) while the service takes a batch of max_images_per_request images (80 MB): the same
     request got 413 only through the proxy."""
-    from frugalml.config import ServingConfig
-    from frugalml.images import body_limits
-    from frugalml.serving.runner import proxy_body_limit
+    from frugalml.core.config import ServingConfig
+    from frugalml.data.images import body_limits
+    from frugalml.ship.serving.runner import proxy_body_limit
 
     for s in (ServingConfig(), ServingConfig(max_image_bytes=20000, max_images_per_request=3)):
         assert proxy_body_limit(s) == body_limits(s.max_image_bytes, s.max_images_per_request)["/classify_batch"]

@@ -7,8 +7,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from frugalml.embedded import EmbeddedS3
-from frugalml.errors import PreconditionFailed, StorageError
+from frugalml.core.embedded import EmbeddedS3
+from frugalml.core.errors import PreconditionFailed, StorageError
 
 
 def test_embedded_server_is_private_and_idempotent(s3_server):
@@ -67,8 +67,8 @@ def test_conditional_writes(store):
 
 
 def test_unreachable_store_is_a_clear_transient_error(tmp_path):
-    from frugalml.errors import TransientStorageError
-    from frugalml.store import S3Settings, Store
+    from frugalml.core.errors import TransientStorageError
+    from frugalml.core.store import S3Settings, Store
 
     s = Store(S3Settings("frugalml", endpoint_url="http://127.0.0.1:9", access_key_id="x", secret_access_key="y"))
     with pytest.raises(TransientStorageError, match="did not answer"):

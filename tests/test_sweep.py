@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from frugalml.contracts import GateCheck, GateDecision, SweepRecord, SweepTrial
-from frugalml.procs import ProcessRecord
-from frugalml.sweep import closest_misses, pareto_front, recommend
-from frugalml.trial import TrialLink, make_pruner
+from frugalml.core.procs import ProcessRecord
+from frugalml.decide.sweep import closest_misses, pareto_front, recommend
+from frugalml.model.trial import TrialLink, make_pruner
 from tests.browser import open_page
 from tests.conftest import BIN, prefect_api, prefect_client_env, run
 
@@ -56,7 +56,8 @@ def test_the_last_trial_trains_on_what_is_left_less_its_other_costs(tmp_path, mo
     for DVC, start-ups and evaluation: given all that is left as its train budget, the last trial
     took the sweep past sweep.budget_usd by those costs. The loop and Optuna are real; the trial
     is replaced by a model of one (a train stage that honours its live budget, then $0.002)."""
-    from frugalml import config, sweep
+    from frugalml.core import config
+    from frugalml.decide import sweep
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FRUGALML_S3_ENDPOINT", raising=False)
@@ -89,7 +90,8 @@ def test_the_first_trials_hold_back_the_estimated_overhead(tmp_path, monkeypatch
     DVC on top: $0.005 + $0.002 of a $0.005 budget. The estimate the CLI gives is held back until
     a trial has finished. The loop and Optuna are real; the trial is a model of one (a train stage
     that spends its whole live budget, then $0.002 more)."""
-    from frugalml import config, lanes, sweep
+    from frugalml.core import config
+    from frugalml.decide import lanes, sweep
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FRUGALML_S3_ENDPOINT", raising=False)
@@ -142,7 +144,8 @@ def test_a_setting_the_sampler_proposes_again_is_not_run_or_billed_again(tmp_pat
     clone's `frugalml sweep` on builtin:shapes): each repeat is told the earlier result instead of
     running, and the sweep ends when every setting of the space has run. The loop and Optuna are
     real; the trial itself (a DVC experiment, tested below) is replaced by its result."""
-    from frugalml import config, sweep
+    from frugalml.core import config
+    from frugalml.decide import sweep
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FRUGALML_S3_ENDPOINT", raising=False)
@@ -181,8 +184,8 @@ def test_the_objective_can_be_macro_f1():
 
 
 def test_side_by_side_trials_split_the_cores(monkeypatch):
-    from frugalml import config
-    from frugalml.sweep import trial_threads
+    from frugalml.core import config
+    from frugalml.decide.sweep import trial_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the suite sets it for its own workers
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
@@ -198,8 +201,8 @@ def test_side_by_side_trials_split_the_cores(monkeypatch):
 
 def test_side_by_side_trials_are_billed_their_share_of_the_machine(monkeypatch):
     """Two trials on one 8-core machine: each is billed 4 vCPUs, or the sweep pays twice for it."""
-    from frugalml import config
-    from frugalml.sweep import trial_vcpus
+    from frugalml.core import config
+    from frugalml.decide.sweep import trial_vcpus
 
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert trial_vcpus(config.validate({"sweep": {"parallel": 1}})) is None  # the whole machine
@@ -519,8 +522,8 @@ def test_resume_over_an_edited_space_says_to_start_a_new_sweep():
     what to do (exit 2)."""
     import optuna
 
-    from frugalml import sweep
-    from frugalml.errors import ConfigError
+    from frugalml.core.errors import ConfigError
+    from frugalml.decide import sweep
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     trial = study.ask()
@@ -538,7 +541,7 @@ def test_a_sweep_takes_the_workspace_lock_as_a_run_does(tmp_path):
     import subprocess
     import sys
 
-    from frugalml.locks import RUN_LOCK, workspace_lock
+    from frugalml.core.locks import RUN_LOCK, workspace_lock
 
     cli = [sys.executable, "-m", "frugalml.cli"]
     env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
@@ -569,10 +572,10 @@ def test_a_trial_cut_short_is_not_recommended():
 def test_a_trial_is_billed_as_its_stages_are_gpu_and_spot_included():
     """Trust round 2, item 8: a trial was billed price({"wall_s": wall}): no GPU, no spot rates, so
     a sweep on a GPU recorded a fraction of its spend and its overhead went negative."""
-    from frugalml.config import CostsConfig
     from frugalml.contracts import CostEntry
-    from frugalml.costs import price
-    from frugalml.sweep import trial_usd
+    from frugalml.core.config import CostsConfig
+    from frugalml.core.costs import price
+    from frugalml.decide.sweep import trial_usd
 
     costs = CostsConfig(vcpus=8)
     train_entry = {"stage": "train", "run_id": "x-t0", "wall_s": 100.0, "gpu_s": 100.0}
@@ -587,7 +590,8 @@ def test_a_trial_is_billed_as_its_stages_are_gpu_and_spot_included():
 
 
 def test_the_screen_applies_to_several_starts_and_a_head_with_a_deeper_choice():
-    from frugalml import config, screen
+    from frugalml.core import config
+    from frugalml.decide import screen
 
     def space_of(**space):
         return {k.replace("__", "."): v for k, v in space.items()}

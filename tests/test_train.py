@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from frugalml import config
-from frugalml.costs import CostMeter
+from frugalml.core import config
+from frugalml.core.costs import CostMeter
 from tests.conftest import make_dataset
 
 BASE = [
@@ -119,8 +119,8 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, s3_server):
     assert _same(_weights(ref), _weights(work))
     assert not list(ckpts.glob("*/last.pt"))  # a finished training leaves no resume point
     # Trust item 14: nor does it leave checkpoints in the store (train.keep_checkpoints: false)
-    from frugalml.config import StorageConfig
-    from frugalml.store import Store
+    from frugalml.core.config import StorageConfig
+    from frugalml.core.store import Store
 
     assert list(Store.from_config(StorageConfig()).list(f"checkpoints/{run_id}/")) == []
 
@@ -157,8 +157,8 @@ def test_a_spot_notice_stops_training_as_transient_and_the_ledger_prices_the_los
 
 def test_item14_keep_checkpoints_keeps_only_the_last_one(tmp_path, s3_server):
     """Trust item 14: during training only the newest epoch stays in S3; keep_checkpoints keeps it."""
-    from frugalml.config import StorageConfig
-    from frugalml.store import Store
+    from frugalml.core.config import StorageConfig
+    from frugalml.core.store import Store
 
     work = _workspace(tmp_path / "keep", "train.epochs=3", "train.keep_checkpoints=true")
     run_id = f"keep-{uuid.uuid4().hex[:6]}"
@@ -168,7 +168,7 @@ def test_item14_keep_checkpoints_keeps_only_the_last_one(tmp_path, s3_server):
 
 
 def test_head_and_last_n_freeze_the_rest(tmp_path):
-    from frugalml.modeling import build_model, param_groups
+    from frugalml.model.modeling import build_model, param_groups
 
     model = build_model("resnet18", 3)
     groups = param_groups(model, "head", 1, 0.01, 0.1)
@@ -195,7 +195,7 @@ def test_head_and_last_n_freeze_the_rest(tmp_path):
 
 
 def head_module_path(model) -> str:
-    from frugalml.modeling import head_module
+    from frugalml.model.modeling import head_module
 
     return head_module(model)[0]
 
@@ -208,7 +208,7 @@ def test_ddp_with_two_cpu_processes_produces_a_valid_model(tmp_path):
 
     report = json.loads((work / "metrics/train.json").read_text())
     assert report["processes"] == 2
-    from frugalml.modeling import load_model
+    from frugalml.model.modeling import load_model
 
     model, meta = load_model(work / "models" / "model.pt")
     assert meta["classes"] == ["blue", "green", "red"]
@@ -235,7 +235,7 @@ def test_early_stopping_stops_when_validation_stalls(tmp_path):
 
 
 def test_class_weights_are_inverse_frequency():
-    from frugalml.training import class_weights as _class_weights
+    from frugalml.model.training import class_weights as _class_weights
 
     rows = (
         [{"split": "train", "label": "a"}] * 30
@@ -247,7 +247,7 @@ def test_class_weights_are_inverse_frequency():
 
 
 def test_warm_start_keeps_backbone_when_classes_change():
-    from frugalml.modeling import build_model, warm_start
+    from frugalml.model.modeling import build_model, warm_start
 
     old = build_model("resnet18", 3)
     blob = {"state_dict": old.state_dict(), "classes": ["a", "b", "c"]}
@@ -267,7 +267,7 @@ def _publish(store, name: str, workspace: Path) -> None:
     import io
     import tarfile
 
-    from frugalml.registry import Registry
+    from frugalml.core.registry import Registry
 
     data = (workspace / "models" / "model.pt").read_bytes()
     buf = io.BytesIO()
@@ -301,8 +301,8 @@ def test_distillation_learns_from_the_teacher_alone_at_alpha_1(tmp_path, s3_serv
     on the right ones, and both differ from a student trained without the teacher."""
     import json
 
-    from frugalml.config import StorageConfig
-    from frugalml.store import Store
+    from frugalml.core.config import StorageConfig
+    from frugalml.core.store import Store
 
     store = Store.from_config(StorageConfig())  # where the workspaces' params point
     name = f"teacher-{uuid.uuid4().hex[:6]}"
@@ -340,7 +340,7 @@ def test_distillation_learns_from_the_teacher_alone_at_alpha_1(tmp_path, s3_serv
 
 
 def test_distill_loss_is_the_temperature_scaled_mixture():
-    from frugalml.distillation import DistillLoss
+    from frugalml.model.distillation import DistillLoss
 
     torch.manual_seed(0)
     s, t, y = torch.randn(8, 3), torch.randn(8, 3), torch.randint(0, 3, (8,))
@@ -359,7 +359,7 @@ def test_evaluate_scores_match_scikit_learn(seed):
     import numpy as np
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-    from frugalml.evaluation import quality
+    from frugalml.ship.evaluation import quality
 
     rng = np.random.default_rng(seed)
     n, classes = 500, ["a", "b", "c", "d", "e", "never-seen"]

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from frugalml import config, variants
 from frugalml.contracts import VariantScore
-from frugalml.modeling import build_model
+from frugalml.core import config
+from frugalml.model.modeling import build_model
+from frugalml.ship import variants
 
 
 def _v(name, acc, usd, size=1000, status="built", reason=""):

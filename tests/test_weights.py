@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from frugalml import weights
-from frugalml.errors import ConfigError
-from frugalml.modeling import bare_backbone
-from frugalml.store import TRAFFIC
+from frugalml.core.errors import ConfigError
+from frugalml.core.store import TRAFFIC
+from frugalml.model import weights
+from frugalml.model.modeling import bare_backbone
 from tests.conftest import ROOT, run
 
 FRUGALML = [sys.executable, "-m", "frugalml.cli"]
@@ -270,8 +270,8 @@ def _imagenet_top5(arch: str, monkeypatch, tmp_path) -> list[list[int]]:
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    from frugalml.config import ModelConfig
-    from frugalml.modeling import eval_transform, native_size
+    from frugalml.core.config import ModelConfig
+    from frugalml.model.modeling import eval_transform, native_size
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
     cfg = ModelConfig(arch=arch, pretrained="imagenet")
