@@ -245,7 +245,7 @@ def test_the_sweep_record_is_published_as_prefect_artifacts(prefect_server, tmp_
         recommended=1,
     )
     code = (
-        "import sys; from frugalml.cli import _publish_sweep; from frugalml.contracts import SweepRecord; "
+        "import sys; from frugalml.cli.sweep import _publish_sweep; from frugalml.contracts import SweepRecord; "
         "_publish_sweep(SweepRecord.model_validate_json(sys.stdin.read()))"
     )
     res = subprocess.run(

@@ -1,0 +1,5 @@
+"""``python -m frugalml.cli``."""
+
+from frugalml.cli import main
+
+main()
