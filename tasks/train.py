@@ -1,7 +1,7 @@
 """Stage train: fine-tune a torchvision backbone on the prepared images.
 
 Writes ``models/model.pt`` (weights + everything needed to serve them), ``metrics/train.json``
-and the learning curves in ``plots/train.csv``. The loop itself is ``frugalml.model.training``.
+and the learning curves in ``plots/train.csv``. The stage's work is ``frugalml.model.training`` (the loop: ``frugalml.model.loop``).
 
 * Pretrained start (``model.pretrained``): ``none``, ``torchvision`` (hub cache, team mirror or
   download: ``frugalml.model.weights``; file and sha256 in the report's ``pretrained``) or
@@ -30,7 +30,7 @@ from frugalml.core.config import Params
 from frugalml.core.console import info
 from frugalml.core.costs import CostMeter
 from frugalml.core.errors import FrugalError
-from frugalml.model import training
+from frugalml.model import parts, training
 from tasks._stage import run_id, stage_main
 
 STARTED_ENV = "FRUGALML_STAGE_STARTED"  # the stage's start, for the DDP workers' budget
@@ -91,7 +91,7 @@ def main() -> None:
         try:
             train(config.load(), None, run_id(), float(os.environ[STARTED_ENV]))
         except FrugalError as exc:
-            print(f"train (rank {training.rank()}): {exc}", file=sys.stderr)
+            print(f"train (rank {parts.rank()}): {exc}", file=sys.stderr)
             sys.exit(exc.exit_code)
         return
     stage_main("train", run)

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from frugalml.model.training import Budget, BudgetReached
+from frugalml.model.budget import Budget, BudgetReached
 from tests.test_train import _train, _weights, _workspace
 
 

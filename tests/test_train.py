@@ -235,7 +235,7 @@ def test_early_stopping_stops_when_validation_stalls(tmp_path):
 
 
 def test_class_weights_are_inverse_frequency():
-    from frugalml.model.training import class_weights as _class_weights
+    from frugalml.model.parts import class_weights as _class_weights
 
     rows = (
         [{"split": "train", "label": "a"}] * 30

@@ -162,22 +162,22 @@ def probe(cfg: Params) -> Probe:
     import torch  # lazy: torch: seconds to import; only a probe pays for it
     from torch import nn
 
-    from frugalml.model import training
+    from frugalml.model import parts
     from frugalml.model.modeling import build_model, param_groups, select_device
 
     m, t = cfg.model, cfg.train
     torch.set_num_threads(t.num_threads or torch.get_num_threads())
     device = select_device(t.device)
     model = build_model(m.arch, 10).to(device)
-    opt = training.create_optimizer(param_groups(model, t.finetune, t.finetune_last_n, t.lr, t.backbone_lr_mult), t)
-    precision = training.Precision.choose(t.precision, device)
+    opt = parts.create_optimizer(param_groups(model, t.finetune, t.finetune_last_n, t.lr, t.backbone_lr_mult), t)
+    precision = parts.Precision.choose(t.precision, device)
     x = torch.randn(t.batch_size, 3, m.image_size, m.image_size, device=device)
     y = torch.randint(0, 10, (t.batch_size,), device=device)
     loss_fn = nn.CrossEntropyLoss()
 
     def step() -> None:
         model.train()
-        training.freeze_frozen_norms(model)
+        parts.freeze_frozen_norms(model)
         opt.zero_grad(set_to_none=True)
         with precision.autocast():
             loss = loss_fn(model(x).float(), y)

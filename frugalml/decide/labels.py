@@ -86,7 +86,7 @@ def train_model(cfg: Params, rows: list[dict], classes: list[str], seed: int):
     no live budget: a throwaway model for an analysis (the audit's folds, benchmarks)."""
     import uuid
 
-    from frugalml.model import training  # lazy: the CLI starts without torch
+    from frugalml.model import checkpoint, loop, training  # lazy: the CLI starts without torch
     from frugalml.model.modeling import seed_everything, select_device
 
     t = cfg.train
@@ -95,9 +95,9 @@ def train_model(cfg: Params, rows: list[dict], classes: list[str], seed: int):
     tr, _, _ = training.build_trainer(
         cfg, [dict(r, split="train") for r in rows], classes, select_device(t.device), None
     )
-    ckpt = training.Checkpointer(cfg, f"analysis-{uuid.uuid4().hex}", "analysis")
+    ckpt = checkpoint.Checkpointer(cfg, f"analysis-{uuid.uuid4().hex}", "analysis")
     try:
-        training.fit(tr, training.TrainState(), ckpt)
+        loop.fit(tr, checkpoint.TrainState(), ckpt)
     finally:
         ckpt.done()
         ckpt.local.parent.rmdir()  # its own folder, emptied by done()

@@ -78,7 +78,8 @@ def screen(cfg: Params, space: dict[str, list | Range], budget_left: float, prog
 
     from frugalml.contracts import read_manifest
     from frugalml.model.modeling import seed_everything, select_device
-    from frugalml.model.training import build_trainer, fit_quietly
+    from frugalml.model.loop import fit_quietly
+    from frugalml.model.training import build_trainer
 
     rows = read_manifest()
     classes = sorted({r["label"] for r in rows})
