@@ -1,7 +1,8 @@
 """Stage train: fine-tune a torchvision backbone on the prepared images.
 
 Writes ``models/model.pt`` (weights + everything needed to serve them), ``metrics/train.json``
-and the learning curves in ``plots/train.csv``. The stage's work is ``frugalml.model.training`` (the loop: ``frugalml.model.loop``).
+and the learning curves in ``plots/train.csv``. The stage's work is ``frugalml.model.training``
+(the epochs: ``frugalml.model.loop``).
 
 * Pretrained start (``model.pretrained``): ``none``, ``torchvision`` (hub cache, team mirror or
   download: ``frugalml.model.weights``; file and sha256 in the report's ``pretrained``) or

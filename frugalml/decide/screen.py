@@ -77,8 +77,8 @@ def screen(cfg: Params, space: dict[str, list | Range], budget_left: float, prog
     import torch
 
     from frugalml.contracts import read_manifest
-    from frugalml.model.modeling import seed_everything, select_device
     from frugalml.model.loop import fit_quietly
+    from frugalml.model.modeling import seed_everything, select_device
     from frugalml.model.training import build_trainer
 
     rows = read_manifest()
