@@ -16,7 +16,7 @@ import pytest
 
 from frugalml.contracts import GateCheck, GateDecision, SweepRecord, SweepTrial
 from frugalml.core.procs import ProcessRecord
-from frugalml.decide.sweep import closest_misses, pareto_front, recommend
+from frugalml.decide.frontier import closest_misses, pareto_front, recommend
 from frugalml.model.trial import TrialLink, make_pruner
 from tests.browser import open_page
 from tests.conftest import BIN, prefect_api, prefect_client_env, run
@@ -202,7 +202,7 @@ def test_side_by_side_trials_split_the_cores(monkeypatch):
 def test_side_by_side_trials_are_billed_their_share_of_the_machine(monkeypatch):
     """Two trials on one 8-core machine: each is billed 4 vCPUs, or the sweep pays twice for it."""
     from frugalml.core import config
-    from frugalml.decide.sweep import trial_vcpus
+    from frugalml.decide.trials import trial_vcpus
 
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert trial_vcpus(config.validate({"sweep": {"parallel": 1}})) is None  # the whole machine
@@ -575,7 +575,7 @@ def test_a_trial_is_billed_as_its_stages_are_gpu_and_spot_included():
     from frugalml.contracts import CostEntry
     from frugalml.core.config import CostsConfig
     from frugalml.core.costs import price
-    from frugalml.decide.sweep import trial_usd
+    from frugalml.decide.trials import trial_usd
 
     costs = CostsConfig(vcpus=8)
     train_entry = {"stage": "train", "run_id": "x-t0", "wall_s": 100.0, "gpu_s": 100.0}

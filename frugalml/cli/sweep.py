@@ -31,7 +31,7 @@ def _one_trial_estimate(cfg, space) -> tuple[float, float, list[str]]:
     """What the cheapest-looking trial (each key's first choice or low end) would cost, and what
     of that is not its train stage (evaluation, DVC's checks and start-ups around the stages)."""
     from frugalml.core.costs import price
-    from frugalml.decide.sweep import DVC_TRIAL_S
+    from frugalml.decide.trials import DVC_TRIAL_S
 
     first = [f"{k}={(v[0] if isinstance(v, list) else v.low)}" for k, v in space.items()]
     trial_cfg = config.validate(config.apply_overrides(config.dump(cfg), first))
@@ -176,7 +176,7 @@ def _frontier_table(record) -> Table:
 
 def _closest_misses(record) -> str:
     """What came nearest to each gate no trial passed, and what would close the gap."""
-    from frugalml.decide.sweep import closest_misses
+    from frugalml.decide.frontier import closest_misses
 
     misses = closest_misses(record.trials)
     if not misses:
