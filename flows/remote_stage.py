@@ -24,7 +24,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.pipeline import _checked_dvc, _dvc
+from flows.stages import _checked_dvc, _dvc
 from frugalml.contracts import RemoteStage, StageStatus, status_file
 from frugalml.core import config
 from frugalml.core.config import StorageConfig

@@ -38,7 +38,8 @@ def test_spot_capacity_is_priced_at_spot_rates_and_against_the_work_kept_on_dema
 
 
 def test_a_spot_row_shows_its_interruption_and_its_saving_vs_on_demand():
-    from flows.pipeline import StageOutcome, cost_rows
+    from flows.record import cost_rows
+    from flows.stages import StageOutcome
     from frugalml.contracts import CostEntry
     from frugalml.core.config import OrchestrationConfig
 

@@ -312,6 +312,6 @@ def test_a_token_in_the_git_remote_never_leaves_the_process(tmp_path):
     assert "ghp_s3cretT0ken" not in str(e.value) and "127.0.0.1:9/team/pipeline.git" in str(e.value)
     import inspect
 
-    from flows import pipeline
+    from flows import stages
 
-    assert "dispatch.redact(dispatch.repo_url(" in inspect.getsource(pipeline._submit)
+    assert "dispatch.redact(dispatch.repo_url(" in inspect.getsource(stages._submit)

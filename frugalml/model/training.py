@@ -256,15 +256,7 @@ def train(cfg: Params, meter: CostMeter | None, run_id: str, started: float | No
     tr, start, pretrained = build_trainer(cfg, rows, classes, device, meter)
     teacher_id = tr.teacher.ref if tr.teacher is not None else ""  # an alias may move to another version
     ckpt = Checkpointer(cfg, fingerprint(cfg, file_hash(MANIFEST) + teacher_id), run_id)
-    state, blob = TrainState(), ckpt.load()
-    resumed_s = 0.0  # a resumed attempt's time until the resume: paid again because of the interruption
-    if blob is not None:
-        state = TrainState.restore(blob, tr.model, tr.opt, tr.sched, tr.gen, tr.precision)
-        if is_main():
-            info(f"train: resuming after epoch {state.epoch} from checkpoint {ckpt.local}")
-        if meter is not None:
-            resumed_s = meter.elapsed_s()
-            meter.add(lost_s=round(resumed_s, 3))
+    state, resumed_s = _resume(tr, ckpt, meter)
     if is_main():
         info(
             f"train: {m.arch} on {device.type} ({tr.precision.name}), {len(classes)} classes, "
@@ -295,20 +287,35 @@ def train(cfg: Params, meter: CostMeter | None, run_id: str, started: float | No
         meter.add(gpu_s=gpu_s, image_epochs=sum(h.get("images", 0) for h in state.history))
         meter.add(features_cached=tr.cached or 0)
         meter.extra["stopped"] = stopped
+    _save(tr, state, cfg, classes)
+    report = _report(
+        tr, state, arch=m.arch, start=start, pretrained=pretrained, stopped=stopped, wall=wall, gpu_s=gpu_s,
+        classes=len(classes),
+    )  # fmt: skip
+    ckpt.done()
+    return report
+
+
+def _resume(tr: Trainer, ckpt: Checkpointer, meter: CostMeter | None) -> tuple[TrainState, float]:
+    """The state to start from (a checkpoint of the same inputs, or the beginning), and the time
+    the resumed attempt had spent until the resume: paid again because of the interruption."""
+    blob = ckpt.load()
+    if blob is None:
+        return TrainState(), 0.0
+    state = TrainState.restore(blob, tr.model, tr.opt, tr.sched, tr.gen, tr.precision)
+    if is_main():
+        info(f"train: resuming after epoch {state.epoch} from checkpoint {ckpt.local}")
+    resumed_s = 0.0
+    if meter is not None:
+        resumed_s = meter.elapsed_s()
+        meter.add(lost_s=round(resumed_s, 3))
+    return state, resumed_s
+
+
+def _save(tr: Trainer, state: TrainState, cfg: Params, classes: list[str]) -> None:
+    """The model file (CPU, contiguous) and the learning curves."""
+    m = cfg.model
     model = tr.model.to("cpu").to(memory_format=torch.contiguous_format)
     mean, std = m.norm()
     save_model(MODEL, model, classes=classes, arch=m.arch, image_size=m.image_size, mean=mean, std=std)
     atomic_write_text(TRAIN_CURVES, "\n".join([CURVE_COLUMNS, *state.curves]) + "\n")
-    report = _report(
-        tr,
-        state,
-        arch=m.arch,
-        start=start,
-        pretrained=pretrained,
-        stopped=stopped,
-        wall=wall,
-        gpu_s=gpu_s,
-        classes=len(classes),
-    )
-    ckpt.done()
-    return report
