@@ -97,8 +97,8 @@ def one_run(run: int, epochs: int, screen: bool = True) -> dict:
             sh(["git", "add", "-A"], repo, env)
             sh(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"], repo, env)
             for name, settings in VARIANTS.items():
-                if name != "grid":
-                    forget_features(repo, env)  # the sweep pays for its own features, as on a fresh machine  # each run samples its own settings: sweep.seed = the run's number
+                if name != "grid":  # each run samples its own settings: sweep.seed = the run's number
+                    forget_features(repo, env)  # the sweep pays for its own features, as on a fresh machine
                     settings = [*settings, f"sweep.budget_usd={results['grid']['usd'] / 3:.6f}", f"sweep.seed={run}"]
                     settings.append(f"sweep.screen={str(screen).lower()}")
                 print(f"run {run}, {name}: sweeping ...", file=sys.stderr, flush=True)
