@@ -612,6 +612,17 @@ def test_the_screen_applies_to_several_starts_and_a_head_with_a_deeper_choice():
     assert "head and a deeper one" in screen.why_not(cfg, no_head)
     assert "off" in screen.why_not(config.validate({"sweep": {"space": both, "screen": False}}), both)
     assert "grid" in screen.why_not(config.validate({"sweep": {"space": both, "sampler": "grid"}}), both)
+    from frugalml.contracts import ScreenResult
+
+    def scored(size, acc, message=""):
+        return ScreenResult(
+            overrides=[f"model.image_size={size}"], val_accuracy=acc, usd=0.0, wall_s=1.0, message=message
+        )
+
+    sizes = {"model.image_size": [32, 64, 96], "train.finetune": ["head", "full"]}
+    unscreened = scored(96, None, "weights not to be had offline")  # its start failed: never the best
+    assert screen.best_start(sizes, [scored(32, 0.4), scored(64, 0.7), unscreened]) == {"model.image_size": 64}
+    assert screen.best_start(sizes, [unscreened]) is None
     augmented = config.validate({"train": {"augment": {"rotation_deg": 30}, "finetune": "full"}})
     c = screen.screen_config(augmented, best)
     assert c.train.finetune == "head" and c.model.image_size == 64 and c.model.pretrained == "imagenet"
@@ -640,3 +651,24 @@ def test_a_sweep_screens_its_starts_then_fine_tunes_the_best_one_first(pipeline_
     assert len(list((repo / ".frugalml" / "features").glob("*.pt"))) == 2  # one per start, kept for the trials
     assert not (repo / "models" / "model.pt").exists()  # the trial ran in DVC's temporary copy, the screen in memory
     assert f"the screen of 2 starts ${record.screen_usd:.5f}" in out
+
+
+def test_the_sweep_report_shows_the_screen_best_first_and_a_start_that_failed():
+    from frugalml.contracts import ScreenResult
+    from frugalml.core import config
+    from frugalml.runs.report import sweep_html
+
+    record = SweepRecord(
+        id="s20261205-120000-ab12", created="2026-12-05T12:00:00Z", status="finished", space={}, budget_usd=1.0,
+        max_trials=1, trials=[_t(0, 0.95, 0.010)], screen_usd=0.0004,
+        screen=[
+            ScreenResult(overrides=["model.image_size=32"], val_accuracy=0.41, usd=0.0001, wall_s=4.0),
+            ScreenResult(overrides=["model.image_size=64"], val_accuracy=0.68, usd=0.0002, wall_s=8.0),
+            ScreenResult(overrides=["model.image_size=96"], val_accuracy=None, usd=0, wall_s=0.1, message="no <weights>"),
+        ],
+    )  # fmt: skip
+    page = sweep_html(record, config.Params().gates)
+    screen = page[page.index("<h2>Screen</h2>") :]
+    assert screen.index("image_size=64") < screen.index("image_size=32") < screen.index("image_size=96")
+    assert "no &lt;weights&gt;" in screen and "0.6800" in screen
+    assert "<h2>Screen</h2>" not in sweep_html(record.model_copy(update={"screen": []}), config.Params().gates)

@@ -49,10 +49,11 @@ class ScreenResult(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     overrides: list[str]  # the start: model.arch / model.pretrained / model.image_size, KEY=VALUE
-    val_accuracy: float
+    val_accuracy: float | None  # None: the start could not be screened (message says why)
     usd: float  # its wall time at the price sheet (the sweep's own process, no DVC)
     wall_s: float
     features_cached: int = 0  # images whose features the feature cache already held
+    message: str = ""
 
 
 class SweepRecord(BaseModel):

@@ -24,6 +24,7 @@ from frugalml.contracts import ScreenResult
 from frugalml.core import config
 from frugalml.core.config import AugmentConfig, Params, Range
 from frugalml.core.costs import price
+from frugalml.core.errors import FrugalError
 
 START_KEYS = ("model.arch", "model.pretrained", "model.image_size")
 DEPTHS = ("full", "last_n", "head")  # deepest first: what a good start's first trials try
@@ -94,32 +95,36 @@ def screen(cfg: Params, space: dict[str, list | Range], budget_left: float, prog
             break
         c = screen_config(cfg, start)
         t0 = time.perf_counter()
-        if c.train.num_threads:
-            torch.set_num_threads(c.train.num_threads)
-        seed_everything(c.train.seed)
-        tr, _, _ = build_trainer(c, rows, classes, device, None)
-        acc = fit_quietly(tr)
+        acc, cached, message = None, 0, ""
+        try:
+            if c.train.num_threads:
+                torch.set_num_threads(c.train.num_threads)
+            seed_everything(c.train.seed)
+            tr, _, _ = build_trainer(c, rows, classes, device, None)
+            acc, cached = fit_quietly(tr), tr.cached or 0
+        except FrugalError as exc:  # e.g. weights not to be had offline: its trials would fail alike
+            message = str(exc).splitlines()[0][:300]
         wall = time.perf_counter() - t0
         usd = price({"wall_s": wall}, cfg.costs, cfg.train.capacity)["total_usd"]
         results.append(
             ScreenResult(
                 overrides=overrides(start),
-                val_accuracy=round(acc, 6),
+                val_accuracy=None if acc is None else round(acc, 6),
                 usd=round(usd, 6),
                 wall_s=round(wall, 2),
-                features_cached=tr.cached or 0,
+                features_cached=cached,
+                message=message,
             )
         )
-        progress(
-            f"sweep: screen {i}/{len(todo)} {' '.join(overrides(start))}: head val_accuracy {acc:.4f} "
-            f"(${usd:.5f}, {wall:.0f} s)"
-        )
+        outcome = f"head val_accuracy {acc:.4f}" if acc is not None else f"not screened ({message})"
+        progress(f"sweep: screen {i}/{len(todo)} {' '.join(overrides(start))}: {outcome} (${usd:.5f}, {wall:.0f} s)")
     return results
 
 
 def best_start(space: dict[str, list | Range], results: list[ScreenResult]) -> dict | None:
     """The start whose head scored best (the first of equals), with the space's own values."""
-    if not results:
+    scored = [r for r in results if r.val_accuracy is not None]
+    if not scored:
         return None
-    top = max(results, key=lambda r: r.val_accuracy)
+    top = max(scored, key=lambda r: r.val_accuracy)
     return next((s for s in starts(space) if overrides(s) == top.overrides), None)

@@ -405,10 +405,17 @@ def _screen_section(record: SweepRecord) -> list[str]:
     if not record.screen:
         return []
     rows = [
-        [_e(" ".join(r.overrides)), f"{r.val_accuracy:.4f}", _usd(r.usd), f"{r.wall_s:.0f}", str(r.features_cached)]
-        for r in sorted(record.screen, key=lambda r: -r.val_accuracy)
+        [
+            _e(" ".join(r.overrides)),
+            "-" if r.val_accuracy is None else f"{r.val_accuracy:.4f}",
+            _usd(r.usd),
+            f"{r.wall_s:.0f}",
+            str(r.features_cached),
+            _e(r.message),
+        ]
+        for r in sorted(record.screen, key=lambda r: -(r.val_accuracy if r.val_accuracy is not None else -1.0))
     ]
-    table = _table(["start", "head val accuracy", "USD", "wall s", "features cached"], rows, left=1)
+    table = _table(["start", "head val accuracy", "USD", "wall s", "features cached", ""], rows, left={0, 5})
     return [
         f"<section><h2>Screen</h2><p>Before the trials, the head alone on each start's frozen features "
         f"({_usd(record.screen_usd)} in all); the best start's deeper fine-tunings ran first.</p>{table}</section>"
