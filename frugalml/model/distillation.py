@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frugalml.core.config import ConfigError, Params, registry_ref
+from frugalml.core.config import Params, registry_ref
+from frugalml.core.errors import ConfigError
 from frugalml.core.registry import Registry, fetch_model_blob
 from frugalml.core.store import Store
 from frugalml.model.modeling import build_model
