@@ -96,7 +96,7 @@ def test_a_contract_file_with_a_renamed_field_is_a_clear_error(tmp_path):
 
 
 def test_params_yaml_is_written_from_the_config_models_and_every_key_is_described():
-    """Issue 30, item 7: each key is described once (the docstring under it in frugalml/core/config.py);
+    """Issue 30, item 7: each key is described once (the docstring under it in frugalml/core/config/);
     params.yaml lists every section at its defaults with that description as its comment, and the
     docs' reference shows the same. A key added without a description, or a params.yaml edited by
     hand, fails here: `python -m frugalml.core.paramsdoc --write` rewrites it."""

@@ -1,6 +1,6 @@
 """params.yaml and the docs' params reference, both written from the config models.
 
-Each key's description lives once, as the docstring under the key in ``frugalml/core/config.py``;
+Each key's description lives once, as the docstring under the key in ``frugalml/core/config/``;
 this module shows it where users read it: the comments of ``params.yaml`` (the repo's file is
 this module's output, and a test keeps it so) and the params reference page of the docs.
 
@@ -23,7 +23,7 @@ from frugalml.core.config import PARAMS_FILE, Params
 
 HEADER = """\
 # frugalml pipeline parameters: every section with its defaults. Written from the config models
-# (frugalml/core/config.py, where each key is described once) by `python -m frugalml.core.paramsdoc --write`;
+# (frugalml/core/config/, where each key is described once) by `python -m frugalml.core.paramsdoc --write`;
 # the docs' params reference shows the same descriptions. DVC tracks each section as a stage
 # parameter; `frugalml run --set KEY=VALUE` changes a value here and keeps these comments.
 """
