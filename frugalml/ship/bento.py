@@ -15,18 +15,31 @@ import uuid
 from pathlib import Path
 
 SERVICE = "frugalml.ship.serving.service:Classifier"
-BENTO_INCLUDE = [
-    "frugalml/__init__.py",
-    "frugalml/core/__init__.py",
-    "frugalml/core/errors.py",
-    "frugalml/data/__init__.py",
-    "frugalml/data/images.py",
-    "frugalml/model/__init__.py",
-    "frugalml/model/modeling.py",
-    "frugalml/ship/__init__.py",
-    "frugalml/ship/serving/__init__.py",
-    "frugalml/ship/serving/service.py",
-]
+
+
+def service_files(root: Path | None = None) -> list[str]:
+    """What the bento carries: the service's module and every project module it imports,
+    transitively (package ``__init__`` files included), as paths relative to ``root``. A bento's
+    ``src/`` comes first on the serving process's path: a module it lacks under a package it
+    holds cannot be found anywhere else."""
+    import ast
+
+    root = root or package_root()
+    todo, seen = [SERVICE.split(":")[0]], set()
+    while todo:
+        parts = todo.pop().split(".")
+        for i in range(1, len(parts) + 1):  # each package on the way, and the module itself
+            base = root.joinpath(*parts[:i])
+            for f in (base / "__init__.py", base.with_suffix(".py")):
+                if f.is_file() and f not in seen:
+                    seen.add(f)
+                    for node in ast.walk(ast.parse(f.read_text())):
+                        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                            todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                        elif isinstance(node, ast.Import):
+                            todo += [a.name for a in node.names]
+            todo = [m for m in todo if m.split(".")[0] == "frugalml"]
+    return sorted(f.relative_to(root).as_posix() for f in seen)
 
 
 def use_workspace_home(root: str | os.PathLike = ".") -> Path:
@@ -83,10 +96,11 @@ def build_bento(name: str, version: str, model_tag: str, serving) -> str:
         name=name,
         version=version,
         build_ctx=str(package_root()),
-        include=BENTO_INCLUDE,
+        include=service_files(),
         labels={"frugalml": "true"},
         python={
-            "packages": ["torch", "torchvision", "timm", "pillow", "pydantic", "onnxruntime"],
+            # what the service and the modules it carries import (the config: PyYAML, ruamel.yaml)
+            "packages": ["torch", "torchvision", "timm", "pillow", "pydantic", "onnxruntime", "pyyaml", "ruamel.yaml"],
             "lock_packages": False,
         },
         args={
