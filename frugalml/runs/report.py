@@ -362,7 +362,11 @@ def why_not(trial, rec) -> str:
 def sweep_html(record: SweepRecord, gates: GatesConfig) -> str:
     rec = next((t for t in record.trials if t.number == record.recommended), None)
     scored = [t for t in record.trials if t.accuracy is not None]
-    chart = _png(lambda p: charts.plot_frontier(record, p, gates)) if scored else ""
+    chart = (
+        _png(lambda p: charts.plot_frontier(record, p, gates))
+        if scored
+        else "<p class='muted'>No trial has finished with a score yet: nothing to draw.</p>"
+    )
     rows = [
         [
             str(t.number + 1),
@@ -383,7 +387,9 @@ def sweep_html(record: SweepRecord, gates: GatesConfig) -> str:
         if rec
         else "<p class='bad'>No trial passes every gate: see each trial's reason below.</p>"
     )
-    prep = f" (data preparation {_usd(record.prep_usd)} of it)" if record.prep_usd else ""
+    parts = [f"data preparation {_usd(record.prep_usd)}"] if record.prep_usd else []
+    parts += [f"the screen {_usd(record.screen_usd)}"] if record.screen else []
+    prep = f" ({' and '.join(parts)} of it)" if parts else ""
     head = (
         f"<h1>Sweep {_e(record.id)}</h1><p class='muted'>{_e(record.status)}, {len(record.trials)} trials, "
         f"{_usd(record.spent_usd)} spent of ${record.budget_usd:g}{prep}; space "
