@@ -2,6 +2,7 @@
 (EfficientNet-Lite0 from its ImageNet weights, the pip package), on the demo's datasets.
 
     .venv/bin/python benchmarks/labels.py [--datasets digits,shapes] [--rounds 5] [--seeds 16]
+        [--image-size 64] [--audit-models head,train] [--train-audit-on digits] [--audit-set K=V ...]
 
 For each dataset (``digits``: 1,797 images of 8x8 px upscaled, 10 classes; ``shapes``: 3,000 of
 64 px, 10 classes), at ``--image-size`` (64), two throwaway pipeline repos, each with its own
@@ -174,6 +175,7 @@ def one_dataset(name: str, tmp: Path, env: dict, repos: list[Path], args) -> dic
     models = [m for m in args.audit_models.split(",") if m != "train" or name in args.train_audit_on.split(",")]
     for model in models:  # side by side on the same flipped labels
         cmd = CLI + ["labels", "audit", "--json", "--set", f"labels.audit_model={model}"]
+        cmd += [a for kv in args.audit_set for a in ("--set", kv)]
         audit = json.loads(sh(cmd, noisy, env).stdout)
         csv_rows = (noisy / "reports" / "label_audit.csv").read_text().splitlines()[1:]
         flagged = {r.split(",")[0] for r in csv_rows}
@@ -211,6 +213,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=16)
     parser.add_argument("--audit-models", default="head,train", help="labels.audit_model values, side by side")
     parser.add_argument("--train-audit-on", default="digits", help="datasets the (slow) train audit runs on")
+    parser.add_argument(
+        "--audit-set", action="append", default=[], metavar="KEY=VALUE", help="more --set for the audits (repeatable)"
+    )
     args = parser.parse_args()
     exit_cleanly_on_sigterm()
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
