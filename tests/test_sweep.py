@@ -670,5 +670,7 @@ def test_the_sweep_report_shows_the_screen_best_first_and_a_start_that_failed():
     page = sweep_html(record, config.Params().gates)
     screen = page[page.index("<h2>Screen</h2>") :]
     assert screen.index("image_size=64") < screen.index("image_size=32") < screen.index("image_size=96")
-    assert "no &lt;w&gt;" in screen and "0.6800" in screen
+    assert "no &lt;w&gt;" in screen and "0.6800" in screen and "why not screened" in screen
+    clean = sweep_html(record.model_copy(update={"screen": record.screen[:2]}), config.Params().gates)
+    assert "<h2>Screen</h2>" in clean and "why not screened" not in clean  # no failure: no empty column
     assert "<h2>Screen</h2>" not in sweep_html(record.model_copy(update={"screen": []}), config.Params().gates)

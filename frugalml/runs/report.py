@@ -421,7 +421,10 @@ def _screen_section(record: SweepRecord) -> list[str]:
         ]
         for r in sorted(record.screen, key=lambda r: -(r.val_accuracy if r.val_accuracy is not None else -1.0))
     ]
-    table = _table(["start", "head val accuracy", "USD", "wall s", "features cached", ""], rows, left={0, 5})
+    head = ["start", "head val accuracy", "USD", "wall s", "features cached", "why not screened"]
+    if not any(r.message for r in record.screen):  # the last column only when a start failed
+        head, rows = head[:-1], [row[:-1] for row in rows]
+    table = _table(head, rows, left={0, 5})
     return [
         f"<section><h2>Screen</h2><p>Before the trials, the head alone on each start's frozen features "
         f"({_usd(record.screen_usd)} in all); the best start's deeper fine-tunings ran first.</p>{table}</section>"
