@@ -61,6 +61,27 @@ def digits_repo(tmp_path, store):
     return repo, flipped
 
 
+@pytest.mark.parametrize("signal", [0.0, 6.0])
+def test_a_head_too_weak_to_trust_says_so_and_what_to_do(signal):
+    """Features with no signal: the head is at chance and its flags are noise, and the audit says
+    so; well separated features: no advice. The threshold is labels.WEAK_HEAD."""
+    from frugalml.decide.labels import WEAK_HEAD, Labeled, audit, weak_head_advice
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 60)
+    X = rng.normal(size=(240, 8)) + signal * np.eye(8)[y]
+    rows = [
+        {"source_path": f"{c}/{i}.png", "path": f"{i}.png", "sha256": f"{i:064x}", "split": "train"}
+        for i, c in enumerate(y)
+    ]
+    data = Labeled(rows=rows, X=X, y=y, classes=["a", "b", "c", "d"], backbone="planted")
+    report, _ = audit(config.Params(), data)
+    weak = report.out_of_sample_accuracy < WEAK_HEAD
+    assert weak == (signal == 0.0), report.out_of_sample_accuracy
+    assert ("labels.audit_model=train" in report.advice) == weak
+    assert weak_head_advice("train", report.out_of_sample_accuracy) == ""  # a train audit is not told to train
+
+
 def test_the_next_batch_is_uncertain_and_spread_over_the_clusters():
     from frugalml.decide.annotation import diverse_top
 
@@ -91,12 +112,16 @@ def test_curve_and_audit_on_the_digits_with_flipped_labels(digits_repo):
     html = (repo / "reports/label_audit.html").read_text()
     assert "data:image/png;base64," in html and "flipped_" in html
     assert json.loads((repo / "metrics/label_audit.json").read_text())["issues"] == audit["issues"]
+    weak = audit["out_of_sample_accuracy"] < 0.9  # labels.WEAK_HEAD: the advice is said where it applies
+    assert bool(audit["advice"]) == weak and ("Trust these flags less" in html) == weak
+    assert ("labels audit: the head on frozen features" in res.stderr) == weak
 
     # labels.audit_model: train: k models trained like the train stage (here 2 folds of 3 epochs)
     quick = ["--set", "labels.audit_model=train", "--set", "labels.audit_folds=2", "--set", "train.epochs=3"]
     res = run(FRUGALML + ["labels", "audit", "--json", *quick], repo, timeout=600)
     trained = json.loads(res.stdout)
     assert trained["folds"] == 2 and trained["head"].startswith("resnet18 trained like the train stage")
+    assert trained["advice"] == ""
     assert "labels audit: model 2/2: training on" in res.stderr
     found = flipped & {row.split(",")[0] for row in (repo / "reports/label_audit.csv").read_text().splitlines()[1:]}
     # two 3-epoch models from scratch: recall ~0.9, precision 0.68-0.75 from one machine or thread

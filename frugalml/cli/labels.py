@@ -89,6 +89,8 @@ def labels_audit(
     report, issues = labels.audit(cfg, labels.audit_inputs(cfg))
     labels.bill(cfg, report, started)
     labels.write_audit(report, issues)
+    if report.advice:
+        err.print(f"labels audit: {report.advice}")
     if as_json:
         print(report.model_dump_json(indent=2))
         return

@@ -171,6 +171,7 @@ class LabelAudit(Contract):
     top: list[LabelIssue]  # the worst first (all of them are in the CSV)
     wall_s: float
     usd: float
+    advice: str = ""  # set when the audit's model is too weak for its flags to be trusted (what to do)
 
 
 class NextImage(BaseModel):
