@@ -66,10 +66,14 @@ class LocalPrefectServer:
         self.api_url = f"http://127.0.0.1:{port}/api"
         atexit.register(self.stop)  # registered before Prefect's own exit handlers, so it runs after them
 
-    def wait_ready(self, timeout_s: float = 90.0) -> None:
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
+        """Until the API answers. It runs Prefect's database migrations first: seconds on a quiet
+        machine, and once over 90 s on a 2-core CI box beside a pip install and a training."""
         deadline = time.monotonic() + timeout_s
+        why = f"not ready after {timeout_s:.0f} s"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                why = f"it exited with code {self.proc.returncode}"
                 break
             try:
                 with urllib.request.urlopen(self.api_url + "/health", timeout=2) as resp:
@@ -81,7 +85,7 @@ class LocalPrefectServer:
         tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
         self.stop()
         raise FrugalError(
-            f"the local Prefect server did not start (see {self.log_path}); "
+            f"the local Prefect server did not start: {why} (see {self.log_path}); "
             f"set PREFECT_API_URL to use a running one.\n{tail}"
         )
 

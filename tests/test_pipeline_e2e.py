@@ -314,3 +314,21 @@ def test_failed_dvc_push_still_records_the_run_and_is_not_retried(pipeline_repo,
     rec = store.get_json(f"runs/{runs[0]}/record.json")
     assert rec["status"] == "failed" and "dvc push" in rec["message"]
     assert [s["stage"] for s in rec["stages"]][:1] == ["ingest"] and rec["stages"][0]["status"] == "ran"
+
+
+def test_a_local_prefect_server_that_does_not_come_up_says_why(tmp_path):
+    """`frugalml run`'s own Prefect server: one that exited and one not ready in time are told
+    apart in the one-line error, and the process is stopped either way."""
+    from flows.local_server import LocalPrefectServer
+    from frugalml.core.errors import FrugalError
+
+    server = LocalPrefectServer(tmp_path / "prefect-server.log")
+    with pytest.raises(FrugalError, match=r"did not start: not ready after 0 s"):
+        server.wait_ready(timeout_s=0.01)  # a real server needs seconds to migrate its database
+    assert server.proc.wait(timeout=30) is not None
+
+    server = LocalPrefectServer(tmp_path / "prefect-server.log")
+    server.proc.kill()
+    server.proc.wait(timeout=30)
+    with pytest.raises(FrugalError, match=r"did not start: it exited with code -9"):
+        server.wait_ready(timeout_s=30)
